@@ -1,0 +1,260 @@
+//! The one definition of everything that crosses the kernel/userspace boundary.
+//!
+//! Both `lagtrace-ebpf` (no_std, BPF target) and `lagtrace` (userspace) compile
+//! this crate, so a field added here changes both sides at once. Rules that keep
+//! the layout honest:
+//! - every type is `#[repr(C)]`, with explicit padding fields and `u32` flags in
+//!   place of `bool`, so no byte is left undefined;
+//! - every ring-buffer record starts with [`EventHeader`], whose `kind` and
+//!   `size` let userspace check a record before it decodes it;
+//! - nothing here allocates or depends on std.
+#![no_std]
+
+/// Most threads the kernel tracks at once (loop threads of all targets).
+pub const MAX_THREADS: u32 = 1024;
+/// Samples a thread buffers in the kernel before its iteration crosses the
+/// threshold. A power of two, so the index can be masked for the verifier.
+pub const SAMPLE_BUF: usize = 128;
+/// Sub-buckets per power of two in the iteration histogram (2 bits).
+pub const HIST_SUB_BITS: u32 = 2;
+/// Buckets in the iteration histogram: 64 powers of two × 4 sub-buckets.
+pub const HIST_BUCKETS: usize = 64 << HIST_SUB_BITS;
+/// Depth of a captured stack (the kernel's PERF_MAX_STACK_DEPTH).
+pub const MAX_STACK_DEPTH: usize = 127;
+
+/// Ring-buffer record kinds.
+pub const EVENT_SPAN: u32 = 1;
+pub const EVENT_SAMPLES: u32 = 2;
+
+/// Sample kinds.
+pub const SAMPLE_ON_CPU: u32 = 1;
+/// The thread slept (blocked in a syscall, a lock, a page fault).
+pub const SAMPLE_OFF_CPU: u32 = 2;
+/// The thread was preempted and waited, runnable, for a CPU.
+pub const SAMPLE_RUNQUEUE: u32 = 3;
+
+/// `ThreadState::flags` bits.
+pub const THREAD_IN_ITER: u32 = 1;
+/// The open iteration has already crossed the threshold (samples stream live).
+pub const THREAD_OVER: u32 = 2;
+
+/// Scheduler phase of a thread inside an open iteration.
+pub const PHASE_ON_CPU: u32 = 0;
+pub const PHASE_OFF_CPU: u32 = 1;
+pub const PHASE_RUNQUEUE: u32 = 2;
+
+/// Indices into the `COUNTERS` per-CPU array.
+pub const CTR_RINGBUF_LOST: u32 = 0;
+pub const CTR_STACK_ERRORS: u32 = 1;
+pub const CTR_SAMPLES_DROPPED: u32 = 2;
+pub const CTR_THREADS_FULL: u32 = 3;
+pub const CTR_SAMPLES: u32 = 4;
+pub const CTR_ITERATIONS: u32 = 5;
+pub const NUM_COUNTERS: u32 = 8;
+
+/// `Config::flags` bits.
+pub const CFG_SAMPLING: u32 = 1;
+pub const CFG_SCHED: u32 = 2;
+
+/// Run-time settings, written by userspace into the `CONFIG` array at index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// An iteration at least this long is a blocking span.
+    pub threshold_ns: u64,
+    pub flags: u32,
+    /// Offsets of fields in the classic sched tracepoints, read from tracefs at
+    /// start so that a kernel with another layout still decodes right.
+    pub switch_prev_pid_off: u16,
+    pub switch_prev_state_off: u16,
+    pub switch_next_pid_off: u16,
+    pub wakeup_pid_off: u16,
+    pub _pad: u32,
+}
+
+/// The first bytes of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    /// Size of the whole record in bytes.
+    pub size: u32,
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+/// One stack sample taken inside an open iteration.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleRec {
+    /// CLOCK_MONOTONIC time the sample was taken (for off-CPU: when it left).
+    pub ts_ns: u64,
+    /// Off-CPU and runqueue samples: how long until the thread ran again.
+    pub weight_ns: u64,
+    /// Id in the `STACKS` map, or negative when the capture failed.
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    /// One of `SAMPLE_*`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// A batch of samples of one iteration of one thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SamplesEvent {
+    pub header: EventHeader,
+    pub iteration: u64,
+    pub count: u32,
+    pub _pad: u32,
+    pub recs: [SampleRec; SAMPLE_BUF],
+}
+
+/// A finished blocking span: an iteration at or over the threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpanEvent {
+    pub header: EventHeader,
+    pub iteration: u64,
+    /// CLOCK_MONOTONIC ns of the wait return that opened the iteration.
+    pub start_ns: u64,
+    /// CLOCK_MONOTONIC ns of the wait entry that closed it.
+    pub end_ns: u64,
+    pub on_cpu_ns: u64,
+    pub off_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    /// Samples taken in the span, and those lost to a full buffer.
+    pub samples: u32,
+    pub samples_dropped: u32,
+    pub comm: [u8; 16],
+}
+
+/// Per-thread state of a loop thread, the value of the `THREADS` map.
+///
+/// Userspace reads it for the histogram and to see iterations that are open
+/// right now; only the kernel writes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadState {
+    pub tgid: u32,
+    pub flags: u32,
+    pub iteration: u64,
+    pub iter_start_ns: u64,
+    /// Scheduler accounting of the open iteration.
+    pub phase: u32,
+    pub nbuf: u32,
+    pub phase_since_ns: u64,
+    pub on_cpu_ns: u64,
+    pub off_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    /// Stack captured when the thread last left the CPU inside the iteration.
+    pub pending_kind: u32,
+    pub pending_user_stack: i32,
+    pub pending_kernel_stack: i32,
+    pub _pad: u32,
+    pub pending_since_ns: u64,
+    pub samples: u32,
+    pub samples_dropped: u32,
+    /// Completed iterations and their longest.
+    pub iterations: u64,
+    pub max_ns: u64,
+    pub sum_ns: u64,
+    pub hist: [u64; HIST_BUCKETS],
+    /// Samples of the open iteration, kept until it proves to be a span.
+    pub buf: SamplesEvent,
+}
+
+/// The histogram bucket of a duration: 4 sub-buckets per power of two.
+///
+/// Written without loops or `leading_zeros` so that the BPF verifier accepts
+/// it; userspace uses the same function, so both agree on bucket bounds.
+#[inline(always)]
+pub fn hist_bucket(ns: u64) -> usize {
+    let mut v = ns;
+    let mut log = 0u32;
+    if v >= 1 << 32 {
+        v >>= 32;
+        log += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        log += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        log += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        log += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        log += 2;
+    }
+    if v >= 1 << 1 {
+        log += 1;
+    }
+    if log < HIST_SUB_BITS {
+        return ns as usize;
+    }
+    let sub = (ns >> (log - HIST_SUB_BITS)) & ((1 << HIST_SUB_BITS) - 1);
+    ((((log - HIST_SUB_BITS + 1) as u64) << HIST_SUB_BITS) + sub) as usize & (HIST_BUCKETS - 1)
+}
+
+/// The smallest duration in bucket `b` (inverse of [`hist_bucket`]).
+pub fn hist_bucket_low(b: usize) -> u64 {
+    let sub = (b & ((1 << HIST_SUB_BITS) - 1)) as u64;
+    let group = (b >> HIST_SUB_BITS) as u32;
+    if group == 0 {
+        return sub;
+    }
+    let log = group - 1 + HIST_SUB_BITS;
+    (1u64 << log) + (sub << (log - HIST_SUB_BITS))
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made only of integers and arrays of
+    // integers, with every padding byte spelled out as a field.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::SpanEvent {}
+    unsafe impl aya::Pod for super::SamplesEvent {}
+    unsafe impl aya::Pod for super::SampleRec {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_monotonic_and_invert() {
+        let mut last = 0;
+        for ns in (0..5000u64)
+            .chain((1..40).map(|s| 1u64 << s))
+            .chain([u64::MAX / 2])
+        {
+            let b = hist_bucket(ns);
+            assert!(b < HIST_BUCKETS);
+            assert!(hist_bucket_low(b) <= ns, "ns {ns} bucket {b}");
+            if b + 1 < HIST_BUCKETS {
+                assert!(hist_bucket_low(b + 1) > ns, "ns {ns} bucket {b}");
+            }
+            if ns < 5000 {
+                assert!(b >= last);
+                last = b;
+            }
+        }
+    }
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        use core::mem::size_of;
+        assert_eq!(size_of::<EventHeader>(), 16);
+        assert_eq!(size_of::<SampleRec>(), 32);
+        assert_eq!(size_of::<SpanEvent>(), 16 + 8 * 6 + 8 + 16);
+        assert_eq!(size_of::<SamplesEvent>(), 16 + 16 + 32 * SAMPLE_BUF);
+        assert_eq!(size_of::<Config>(), 24);
+    }
+}

@@ -1,0 +1,226 @@
+//! What the probes share: finding a loop thread's state, opening and closing
+//! an iteration, and buffering or streaming its samples.
+//!
+//! Samples taken before an iteration crosses the threshold wait in the
+//! thread's own buffer; most iterations are short and their samples are
+//! dropped here without reaching userspace. Once the iteration is over the
+//! threshold, the buffer is flushed and later samples stream one by one, so
+//! a loop stuck for minutes is visible while it is stuck.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+};
+use lagtrace_common::{
+    CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL, Config,
+    EVENT_SAMPLES, EVENT_SPAN, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
+    SAMPLE_BUF, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER, THREAD_OVER, ThreadState,
+    hist_bucket,
+};
+
+use aya_log_ebpf::debug;
+
+use crate::maps::{CONFIG, COUNTERS, EVENTS, TARGETS, THREADS, ZERO};
+
+/// A batch of one sample: the same layout as the head of [`SamplesEvent`],
+/// so userspace decodes both with one definition.
+#[repr(C)]
+struct OneSample {
+    header: EventHeader,
+    iteration: u64,
+    count: u32,
+    _pad: u32,
+    rec: SampleRec,
+}
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+pub fn bump(counter: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    unsafe { TARGETS.get(&tgid) }.is_some()
+}
+
+/// The state of a known loop thread.
+#[inline(always)]
+pub fn thread(tid: u32) -> Option<&'static mut ThreadState> {
+    THREADS.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+}
+
+/// The state of a thread of a target, created on first sight.
+#[inline(always)]
+pub fn thread_or_insert<C: EbpfContext>(
+    ctx: &C,
+    tid: u32,
+    tgid: u32,
+) -> Option<&'static mut ThreadState> {
+    if let Some(t) = thread(tid) {
+        if t.tgid == tgid {
+            return Some(t);
+        }
+        // A stale entry of a dead thread whose tid was reused: start afresh.
+        let _ = THREADS.remove(&tid);
+    }
+    let zero = ZERO.get_ptr(0)?;
+    if THREADS
+        .insert(&tid, unsafe { &*zero }, BPF_NOEXIST.into())
+        .is_err()
+    {
+        bump(CTR_THREADS_FULL);
+        return None;
+    }
+    let t = thread(tid)?;
+    t.tgid = tgid;
+    debug!(ctx, "lagtrace: new loop thread tid={} tgid={}", tid, tgid);
+    Some(t)
+}
+
+/// A wait returned: the thread starts serving callbacks.
+#[inline(always)]
+pub fn begin(t: &mut ThreadState, now: u64) {
+    t.flags = THREAD_IN_ITER;
+    t.iteration += 1;
+    t.iter_start_ns = now;
+    t.phase = PHASE_ON_CPU;
+    t.phase_since_ns = now;
+    t.on_cpu_ns = 0;
+    t.off_cpu_ns = 0;
+    t.runqueue_ns = 0;
+    t.pending_kind = 0;
+    t.samples = 0;
+    t.samples_dropped = 0;
+    t.nbuf = 0;
+}
+
+/// The thread enters the next wait: account the iteration, and report it if
+/// it was a blocking span.
+#[inline(always)]
+pub fn end(t: &mut ThreadState, tid: u32, now: u64) {
+    let Some(cfg) = config() else { return };
+    let dur = now.saturating_sub(t.iter_start_ns);
+    close_phase(t, now);
+    t.flags = 0;
+    t.iterations += 1;
+    t.sum_ns += dur;
+    if dur > t.max_ns {
+        t.max_ns = dur;
+    }
+    let b = hist_bucket(dur) & (t.hist.len() - 1);
+    t.hist[b] += 1;
+    bump(CTR_ITERATIONS);
+    if dur >= cfg.threshold_ns {
+        flush(t, tid);
+        emit_span(t, tid, now);
+    }
+    t.nbuf = 0;
+}
+
+/// Add the time since the last scheduler transition to the current phase.
+#[inline(always)]
+pub fn close_phase(t: &mut ThreadState, now: u64) {
+    let d = now.saturating_sub(t.phase_since_ns);
+    match t.phase {
+        PHASE_OFF_CPU => t.off_cpu_ns += d,
+        PHASE_RUNQUEUE => t.runqueue_ns += d,
+        _ => t.on_cpu_ns += d,
+    }
+    t.phase_since_ns = now;
+}
+
+fn emit_span(t: &ThreadState, tid: u32, now: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
+        bump(CTR_RINGBUF_LOST);
+        return;
+    };
+    entry.write(SpanEvent {
+        header: EventHeader {
+            kind: EVENT_SPAN,
+            size: core::mem::size_of::<SpanEvent>() as u32,
+            tgid: t.tgid,
+            tid,
+        },
+        iteration: t.iteration,
+        start_ns: t.iter_start_ns,
+        end_ns: now,
+        on_cpu_ns: t.on_cpu_ns,
+        off_cpu_ns: t.off_cpu_ns,
+        runqueue_ns: t.runqueue_ns,
+        samples: t.samples,
+        samples_dropped: t.samples_dropped,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    });
+    entry.submit(0);
+}
+
+/// Send the buffered samples of the open iteration.
+#[inline(always)]
+fn flush(t: &mut ThreadState, tid: u32) {
+    if t.nbuf == 0 {
+        return;
+    }
+    t.buf.header = EventHeader {
+        kind: EVENT_SAMPLES,
+        size: core::mem::size_of::<SamplesEvent>() as u32,
+        tgid: t.tgid,
+        tid,
+    };
+    t.buf.iteration = t.iteration;
+    t.buf.count = t.nbuf;
+    if EVENTS.output::<SamplesEvent>(&t.buf, 0).is_err() {
+        bump(CTR_RINGBUF_LOST);
+    }
+    t.nbuf = 0;
+}
+
+/// Keep one sample of the open iteration: in the buffer while the iteration
+/// may still turn out short, straight to userspace once it is a span.
+#[inline(always)]
+pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, rec: SampleRec) {
+    let Some(cfg) = config() else { return };
+    t.samples += 1;
+    bump(CTR_SAMPLES);
+    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {
+        let n = t.nbuf as usize;
+        if n >= SAMPLE_BUF {
+            t.samples_dropped += 1;
+            bump(CTR_SAMPLES_DROPPED);
+            return;
+        }
+        t.buf.recs[n & (SAMPLE_BUF - 1)] = rec;
+        t.nbuf += 1;
+        return;
+    }
+    t.flags |= THREAD_OVER;
+    flush(t, tid);
+    let Some(mut entry) = EVENTS.reserve::<OneSample>(0) else {
+        bump(CTR_RINGBUF_LOST);
+        return;
+    };
+    entry.write(OneSample {
+        header: EventHeader {
+            kind: EVENT_SAMPLES,
+            size: core::mem::size_of::<OneSample>() as u32,
+            tgid: t.tgid,
+            tid,
+        },
+        iteration: t.iteration,
+        count: 1,
+        _pad: 0,
+        rec,
+    });
+    entry.submit(0);
+}

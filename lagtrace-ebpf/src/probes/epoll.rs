@@ -1,0 +1,45 @@
+//! The wait points: `sys_exit_epoll_*` opens a loop iteration and
+//! `sys_enter_epoll_*` closes it. One program of each kind is attached to
+//! epoll_wait, epoll_pwait and epoll_pwait2.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use lagtrace_common::THREAD_IN_ITER;
+
+use crate::iteration::{begin, end, is_target, now_ns, thread, thread_or_insert};
+
+#[tracepoint]
+pub fn epoll_exit(ctx: TracePointContext) -> u32 {
+    try_epoll_exit(&ctx).unwrap_or(0)
+}
+
+fn try_epoll_exit(ctx: &TracePointContext) -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return None;
+    }
+    let t = thread_or_insert(ctx, pid_tgid as u32, tgid)?;
+    begin(t, now_ns());
+    Some(0)
+}
+
+#[tracepoint]
+pub fn epoll_enter(_ctx: TracePointContext) -> u32 {
+    try_epoll_enter().unwrap_or(0)
+}
+
+fn try_epoll_enter() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_target(tgid) {
+        return None;
+    }
+    let tid = pid_tgid as u32;
+    let t = thread(tid)?;
+    if t.flags & THREAD_IN_ITER == 0 || t.tgid != tgid {
+        return None;
+    }
+    end(t, tid, now_ns());
+    Some(0)
+}

@@ -1,0 +1,5 @@
+//! One file per probe. Each entry point only delegates to its `try_` function.
+pub mod epoll;
+pub mod sample;
+pub mod sched;
+pub mod stacks;

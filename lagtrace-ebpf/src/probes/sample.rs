@@ -1,0 +1,46 @@
+//! On-CPU sampling: a perf_event program on a software CPU clock on every
+//! CPU. It does work only for a loop thread inside an open iteration.
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::perf_event, programs::PerfEventContext};
+use lagtrace_common::{CFG_SAMPLING, SAMPLE_ON_CPU, SampleRec, THREAD_IN_ITER};
+
+use crate::{
+    iteration::{config, now_ns, push_sample, thread},
+    probes::stacks::capture,
+};
+
+#[perf_event]
+pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
+    try_on_cpu_sample(&ctx).unwrap_or(0)
+}
+
+fn try_on_cpu_sample(ctx: &PerfEventContext) -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if tid == 0 {
+        return None;
+    }
+    // THREADS holds only loop threads of targets: one lookup rejects the rest.
+    let t = thread(tid)?;
+    if t.flags & THREAD_IN_ITER == 0 || t.tgid != (pid_tgid >> 32) as u32 {
+        return None;
+    }
+    if config()?.flags & CFG_SAMPLING == 0 {
+        return None;
+    }
+    let now = now_ns();
+    let (user_stack, kernel_stack) = capture(ctx);
+    push_sample(
+        t,
+        tid,
+        now,
+        SampleRec {
+            ts_ns: now,
+            weight_ns: 0,
+            user_stack,
+            kernel_stack,
+            kind: SAMPLE_ON_CPU,
+            _pad: 0,
+        },
+    );
+    Some(0)
+}

@@ -1,0 +1,101 @@
+//! Scheduler accounting: splits an open iteration into on-CPU, off-CPU
+//! (sleeping or blocked) and runqueue (runnable, waiting for a CPU) time, and
+//! captures the stack where the loop thread left the CPU.
+//!
+//! sched_switch fires for every context switch on the host, so the first
+//! thing done is a lookup of the two tids in THREADS, which holds only loop
+//! threads of targets. Field offsets come from tracefs via `Config`.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use lagtrace_common::{
+    CFG_SCHED, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE,
+    SampleRec, THREAD_IN_ITER,
+};
+
+use crate::{
+    iteration::{close_phase, config, now_ns, push_sample, thread},
+    probes::stacks::capture,
+};
+
+/// Bits of `prev_state` that mean the task went to sleep; preemption (R+)
+/// reports only bit 0x100, a runnable task 0.
+const SLEEP_STATE_MASK: i64 = 0xff;
+
+#[tracepoint]
+pub fn sched_switch(ctx: TracePointContext) -> u32 {
+    try_sched_switch(&ctx).unwrap_or(0)
+}
+
+fn try_sched_switch(ctx: &TracePointContext) -> Option<u32> {
+    let cfg = config()?;
+    if cfg.flags & CFG_SCHED == 0 {
+        return None;
+    }
+    let prev: i32 = unsafe { ctx.read_at(cfg.switch_prev_pid_off as usize) }.ok()?;
+    let next: i32 = unsafe { ctx.read_at(cfg.switch_next_pid_off as usize) }.ok()?;
+    if let Some(t) = thread(prev as u32)
+        && t.flags & THREAD_IN_ITER != 0
+        && t.tgid == (bpf_get_current_pid_tgid() >> 32) as u32
+    {
+        let now = now_ns();
+        close_phase(t, now);
+        let state: i64 = unsafe { ctx.read_at(cfg.switch_prev_state_off as usize) }.ok()?;
+        let sleeping = state & SLEEP_STATE_MASK != 0;
+        t.phase = if sleeping {
+            PHASE_OFF_CPU
+        } else {
+            PHASE_RUNQUEUE
+        };
+        // The current task is still `prev`, so this is the stack it sleeps in.
+        let (user, kernel) = capture(ctx);
+        t.pending_kind = if sleeping {
+            SAMPLE_OFF_CPU
+        } else {
+            SAMPLE_RUNQUEUE
+        };
+        t.pending_user_stack = user;
+        t.pending_kernel_stack = kernel;
+        t.pending_since_ns = now;
+    }
+    if let Some(t) = thread(next as u32)
+        && t.flags & THREAD_IN_ITER != 0
+    {
+        let now = now_ns();
+        close_phase(t, now);
+        t.phase = PHASE_ON_CPU;
+        if t.pending_kind != 0 {
+            let rec = SampleRec {
+                ts_ns: t.pending_since_ns,
+                weight_ns: now.saturating_sub(t.pending_since_ns),
+                user_stack: t.pending_user_stack,
+                kernel_stack: t.pending_kernel_stack,
+                kind: t.pending_kind,
+                _pad: 0,
+            };
+            t.pending_kind = 0;
+            push_sample(t, next as u32, now, rec);
+        }
+    }
+    Some(0)
+}
+
+#[tracepoint]
+pub fn sched_wakeup(ctx: TracePointContext) -> u32 {
+    try_sched_wakeup(&ctx).unwrap_or(0)
+}
+
+fn try_sched_wakeup(ctx: &TracePointContext) -> Option<u32> {
+    let cfg = config()?;
+    if cfg.flags & CFG_SCHED == 0 {
+        return None;
+    }
+    let pid: i32 = unsafe { ctx.read_at(cfg.wakeup_pid_off as usize) }.ok()?;
+    let t = thread(pid as u32)?;
+    if t.flags & THREAD_IN_ITER == 0 || t.phase != PHASE_OFF_CPU {
+        return None;
+    }
+    close_phase(t, now_ns());
+    t.phase = PHASE_RUNQUEUE;
+    Some(0)
+}

@@ -1,0 +1,100 @@
+//! The end-of-trace summary of every loop thread: iterations, percentiles of
+//! iteration time, blocking spans and the share of wall time they took.
+use std::collections::BTreeMap;
+
+use lagtrace_common::ThreadState;
+
+use super::hist::quantile;
+use crate::spans::Span;
+
+/// One loop thread's figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThreadSummary {
+    pub pid: u32,
+    pub tid: u32,
+    pub thread: String,
+    pub iterations: u64,
+    pub p50_ns: u64,
+    pub p90_ns: u64,
+    pub p99_ns: u64,
+    pub max_ns: u64,
+    pub spans: u64,
+    pub span_total_ns: u64,
+    pub span_longest_ns: u64,
+    /// Blocking spans' share of the traced wall time, 0..=1.
+    pub lag_share: f64,
+}
+
+/// Collects kernel snapshots of threads and finished spans.
+#[derive(Default)]
+pub struct SummaryBuilder {
+    threads: BTreeMap<u32, (u32, ThreadState)>,
+    spans: BTreeMap<u32, (u64, u64, u64)>,
+    names: BTreeMap<u32, String>,
+}
+
+impl SummaryBuilder {
+    /// Keep the latest kernel state of a thread (the last one survives the thread).
+    pub fn snapshot(&mut self, tid: u32, state: &ThreadState) {
+        self.threads.insert(tid, (state.tgid, *state));
+    }
+
+    pub fn span(&mut self, span: &Span) {
+        let e = self.spans.entry(span.tid).or_default();
+        e.0 += 1;
+        e.1 += span.duration_ns;
+        e.2 = e.2.max(span.duration_ns);
+        self.names.insert(span.tid, span.thread.clone());
+    }
+
+    pub fn name(&mut self, tid: u32, name: String) {
+        self.names.entry(tid).or_insert(name);
+    }
+
+    pub fn has_activity(&self, pid: u32) -> bool {
+        self.threads
+            .values()
+            .any(|(tgid, s)| *tgid == pid && (s.iterations > 0 || s.iteration > 0))
+    }
+
+    /// Threads of `pid` that ran at least one iteration, busiest first.
+    pub fn build(&self, pid: u32, wall_ns: u64) -> Vec<ThreadSummary> {
+        let mut out: Vec<ThreadSummary> = self
+            .threads
+            .iter()
+            .filter(|(_, (tgid, s))| *tgid == pid && s.iterations > 0)
+            .map(|(&tid, (_, s))| {
+                let (spans, total, longest) = self.spans.get(&tid).copied().unwrap_or_default();
+                let q = |p| quantile(&s.hist, p, s.max_ns).unwrap_or(0);
+                ThreadSummary {
+                    pid,
+                    tid,
+                    thread: self
+                        .names
+                        .get(&tid)
+                        .cloned()
+                        .unwrap_or_else(|| tid.to_string()),
+                    iterations: s.iterations,
+                    p50_ns: q(0.5),
+                    p90_ns: q(0.9),
+                    p99_ns: q(0.99),
+                    max_ns: s.max_ns,
+                    spans,
+                    span_total_ns: total,
+                    span_longest_ns: longest,
+                    lag_share: if wall_ns > 0 {
+                        (total as f64 / wall_ns as f64).min(1.0)
+                    } else {
+                        0.0
+                    },
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.span_total_ns
+                .cmp(&a.span_total_ns)
+                .then(b.iterations.cmp(&a.iterations))
+        });
+        out
+    }
+}

@@ -1,0 +1,152 @@
+//! The command line: what users and scripts type, and its parsing.
+//!
+//! Values are validated here, so that a bad flag fails before anything is
+//! loaded into the kernel.
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Default threshold: half of asyncio's `slow_callback_duration` (100 ms),
+/// since a 50 ms stall already dominates a typical p99 budget.
+pub const DEFAULT_THRESHOLD: &str = "50ms";
+/// Default sampling frequency: a 50 ms span gets about 25 samples. A prime
+/// rate avoids lockstep with timers that fire every 1, 5 or 10 ms.
+pub const DEFAULT_FREQUENCY: u64 = 499;
+/// The highest sampling frequency accepted.
+pub const MAX_FREQUENCY: u64 = 4999;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "lagtrace",
+    version,
+    about = "Find event-loop stalls (blocking spans) in a running process, from outside, with eBPF.",
+    after_help = "Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE to read other users' processes)."
+)]
+pub struct Args {
+    /// Process to trace, by pid (repeat for several processes).
+    #[arg(short = 'p', long = "pid", required = true, value_parser = parse_pid)]
+    pub pids: Vec<u32>,
+
+    /// An event-loop iteration at least this long is a blocking span (e.g. 50ms, 0.2s, 500us).
+    #[arg(short = 't', long, default_value = DEFAULT_THRESHOLD, value_parser = parse_duration)]
+    pub threshold: Duration,
+
+    /// Stop after this long (e.g. 30s, 5m). Without it: until Ctrl-C, SIGTERM or the target exits.
+    #[arg(short = 'd', long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Write one JSON object per blocking span to this file (JSON lines).
+    #[arg(long, value_name = "FILE")]
+    pub spans: Option<PathBuf>,
+
+    /// Write a flamegraph (SVG) of blocking spans to this file.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Write the stacks of blocking spans in FlameGraph's folded format.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+
+    /// On-CPU stack samples per second while a loop iteration is open (0: no sampling).
+    #[arg(short = 'F', long, default_value_t = DEFAULT_FREQUENCY, value_parser = parse_frequency)]
+    pub frequency: u64,
+
+    /// Do not attach the scheduler tracepoints (no on/off-CPU split, no off-CPU stacks).
+    #[arg(long)]
+    pub no_sched: bool,
+
+    /// More output: -v shows kernel-side diagnostics, -vv debugging.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parse a duration with a unit: `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`.
+/// Fractions are allowed (`1.5s`); a bare number is refused, since its unit
+/// would be a guess.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{s}` needs a unit, e.g. {s}ms or {s}s"))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; try e.g. 50ms or 2s"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-9,
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`; use ns, us, ms, s, m or h"
+            ));
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("`{s}` must be greater than zero"));
+    }
+    if secs > 365.0 * 86400.0 {
+        return Err(format!("`{s}` is longer than a year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) | Err(_) => Err(format!("`{s}` is not a process id (a positive integer)")),
+        Ok(pid) => Ok(pid),
+    }
+}
+
+fn parse_frequency(s: &str) -> Result<u64, String> {
+    let hz: u64 = s
+        .trim()
+        .trim_end_matches("Hz")
+        .parse()
+        .map_err(|_| format!("`{s}` is not a frequency in Hz"))?;
+    if hz > MAX_FREQUENCY {
+        return Err(format!(
+            "{hz} Hz is above the maximum of {MAX_FREQUENCY} Hz"
+        ));
+    }
+    Ok(hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_with_units() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500us"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 10 s"), Ok(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn durations_refused() {
+        for bad in ["50", "", "ms", "-5ms", "0ms", "5 parsecs", "1e999s", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn flags_parse_and_refuse() {
+        let a = Args::try_parse_from(["lagtrace", "--pid", "42", "--threshold", "20ms"]).unwrap();
+        assert_eq!(a.pids, vec![42]);
+        assert_eq!(a.threshold, Duration::from_millis(20));
+        assert_eq!(a.frequency, DEFAULT_FREQUENCY);
+        assert!(Args::try_parse_from(["lagtrace"]).is_err());
+        assert!(Args::try_parse_from(["lagtrace", "--pid", "x"]).is_err());
+        assert!(Args::try_parse_from(["lagtrace", "--pid", "1", "--threshold", "50"]).is_err());
+        assert!(Args::try_parse_from(["lagtrace", "--pid", "1", "-F", "100000"]).is_err());
+        let two = Args::try_parse_from(["lagtrace", "-p", "1", "-p", "2"]).unwrap();
+        assert_eq!(two.pids, vec![1, 2]);
+    }
+}

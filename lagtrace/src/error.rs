@@ -1,0 +1,60 @@
+//! Errors of the library, with the facts a remedy needs. `main.rs` turns each
+//! into one line that tells the user what to do.
+use std::{io, path::PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no process with pid {pid}")]
+    NoSuchProcess { pid: u32 },
+
+    #[error("pid {pid} is a kernel thread, which runs no event loop")]
+    KernelThread { pid: u32 },
+
+    #[error("missing privileges: {what}")]
+    Privileges { what: String },
+
+    #[error("tracefs is not mounted at {path} and mounting it failed: {source}")]
+    Tracefs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("the kernel refused to load lagtrace's BPF programs: {source}")]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+    },
+
+    #[error("cannot attach {probe}: {source}")]
+    Attach {
+        probe: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,105 @@
+//! The live log: one line per blocking span as it ends, and a line for a
+//! loop that is stuck right now.
+use crate::spans::{Span, StackKind};
+
+use super::fmt_ns;
+
+/// Local wall-clock time of day, `HH:MM:SS.mmm`.
+pub fn local_time(unix_ns: u64) -> String {
+    let secs = (unix_ns / 1_000_000_000) as libc::time_t;
+    let ms = (unix_ns / 1_000_000) % 1000;
+    // SAFETY: localtime_r fills the tm we own from a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        tm.tm_hour, tm.tm_min, tm.tm_sec
+    )
+}
+
+fn leaf_and_caller(span: &Span) -> Option<String> {
+    let stack = span.hottest_stack()?;
+    let mut it = stack.frames.iter().rev();
+    let leaf = it.next()?;
+    Some(match it.next() {
+        Some(caller) => format!("{leaf} ← {caller}"),
+        None => leaf.clone(),
+    })
+}
+
+/// The line of a finished span.
+pub fn span_line(span: &Span, with_pid: bool) -> String {
+    let who = if with_pid {
+        format!("{} {}[{}/{}]", span.comm, span.thread, span.pid, span.tid)
+    } else {
+        format!("{}[{}]", span.thread, span.tid)
+    };
+    let mut line = format!(
+        "{}  {}  blocked {}",
+        local_time(span.start_unix_ns),
+        who,
+        fmt_ns(span.duration_ns)
+    );
+    if let Some(cause) = &span.cause {
+        line.push_str(&format!("  {cause}"));
+    }
+    if let Some(task) = &span.task {
+        line.push_str(&format!("  task {task}"));
+    }
+    if span.cause.is_none()
+        && let Some(hot) = leaf_and_caller(span)
+    {
+        let tag = match span.hottest_stack().map(|s| s.kind) {
+            Some(StackKind::OffCpu) => " (off-cpu)",
+            _ => "",
+        };
+        line.push_str(&format!("  {hot}{tag}"));
+    }
+    if span.unfinished {
+        line.push_str("  (still open at exit)");
+    }
+    line
+}
+
+/// The line of a loop stuck right now, `open_ns` into its iteration.
+pub fn stuck_line(
+    thread: &str,
+    tid: u32,
+    start_unix_ns: u64,
+    open_ns: u64,
+    threshold_ns: u64,
+) -> String {
+    format!(
+        "{}  {}[{}]  STILL BLOCKED for {} ({}× threshold, since {})",
+        local_time(start_unix_ns + open_ns),
+        thread,
+        tid,
+        fmt_ns(open_ns),
+        open_ns / threshold_ns.max(1),
+        local_time(start_unix_ns)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::fold::tests::{span_with, stack};
+
+    #[test]
+    fn span_line_names_thread_duration_and_hot_frames() {
+        let s = span_with(vec![
+            stack(&["main", "handler", "burn_cpu"], 9, StackKind::OnCpu, 0),
+            stack(&["main", "idle"], 1, StackKind::OnCpu, 0),
+        ]);
+        let l = span_line(&s, false);
+        assert!(l.contains("MainThread[8]"), "{l}");
+        assert!(l.contains("blocked 100 ms"), "{l}");
+        assert!(l.ends_with("burn_cpu ← handler"), "{l}");
+    }
+
+    #[test]
+    fn stuck_line_counts_thresholds() {
+        let l = stuck_line("loop", 3, 0, 2_000_000_000, 50_000_000);
+        assert!(l.contains("STILL BLOCKED for 2.00 s (40× threshold"), "{l}");
+    }
+}

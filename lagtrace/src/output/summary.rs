@@ -1,0 +1,41 @@
+//! The summary printed on exit: one block per traced process, one row per
+//! loop thread.
+use super::fmt_ns;
+use crate::aggregate::summary::ThreadSummary;
+
+pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited: bool) -> String {
+    let mut out = format!(
+        "\n== lag summary: pid {pid} ({comm}), traced {}{} ==\n",
+        fmt_ns(wall_ns),
+        if exited { ", target exited" } else { "" }
+    );
+    out.push_str(&format!(
+        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>9} {:>6}\n",
+        "thread[tid]",
+        "iterations",
+        "p50",
+        "p90",
+        "p99",
+        "max",
+        "spans",
+        "span total",
+        "longest",
+        "lag%"
+    ));
+    for r in rows {
+        out.push_str(&format!(
+            "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>9} {:>5.1}%\n",
+            format!("{}[{}]", r.thread, r.tid),
+            r.iterations,
+            fmt_ns(r.p50_ns),
+            fmt_ns(r.p90_ns),
+            fmt_ns(r.p99_ns),
+            fmt_ns(r.max_ns),
+            r.spans,
+            fmt_ns(r.span_total_ns),
+            fmt_ns(r.span_longest_ns),
+            r.lag_share * 100.0
+        ));
+    }
+    out
+}

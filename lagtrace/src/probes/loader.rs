@@ -1,0 +1,214 @@
+//! Loads lagtrace's BPF object, configures it and attaches every program.
+//!
+//! The order matters: config and targets are written before anything is
+//! attached, so no program ever runs half-configured.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use lagtrace_common::{
+    CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
+    CTR_STACK_ERRORS, CTR_THREADS_FULL, Config, ThreadState,
+};
+
+use super::tracefs;
+use crate::error::{Error, Result};
+
+/// What to attach and how.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    pub threshold_ns: u64,
+    /// On-CPU samples per second; 0 attaches no sampler.
+    pub frequency: u64,
+    /// Attach sched_switch and sched_wakeup.
+    pub sched: bool,
+}
+
+/// The kernel's health counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub ringbuf_lost: u64,
+    pub stack_errors: u64,
+    pub samples_dropped: u64,
+    pub threads_full: u64,
+    pub samples: u64,
+    pub iterations: u64,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Whether lagtrace mounted tracefs (reported, and left mounted: other
+    /// tools on the host may start using it meanwhile).
+    pub mounted_tracefs: bool,
+    /// Wait points that exist on this kernel and were attached.
+    pub attached: Vec<String>,
+}
+
+const WAIT_SYSCALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
+    move |source| Error::Map { name, source }
+}
+
+fn attach_err(probe: String) -> impl FnOnce(aya::programs::ProgramError) -> Error {
+    move |source| Error::Attach { probe, source }
+}
+
+impl Probes {
+    pub fn load(opts: &ProbeOptions) -> Result<Self> {
+        let mounted_tracefs = tracefs::ensure_mounted()?;
+        let config = Config {
+            threshold_ns: opts.threshold_ns,
+            flags: if opts.frequency > 0 { CFG_SAMPLING } else { 0 }
+                | if opts.sched { CFG_SCHED } else { 0 },
+            switch_prev_pid_off: tracefs::field_offset("sched", "sched_switch", "prev_pid")?,
+            switch_prev_state_off: tracefs::field_offset("sched", "sched_switch", "prev_state")?,
+            switch_next_pid_off: tracefs::field_offset("sched", "sched_switch", "next_pid")?,
+            wakeup_pid_off: tracefs::field_offset("sched", "sched_wakeup", "pid")?,
+            _pad: 0,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/lagtrace"
+            )))
+            .map_err(|source| Error::Load { source })?;
+        {
+            let mut cfg: Array<_, Config> =
+                Array::try_from(ebpf.map_mut("CONFIG").expect("CONFIG map"))
+                    .map_err(map_err("CONFIG"))?;
+            cfg.set(0, config, 0).map_err(map_err("CONFIG"))?;
+        }
+        Ok(Self {
+            ebpf,
+            mounted_tracefs,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Start the kernel-side diagnostics stream (shown at -v).
+    pub fn logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// Trace this process: every thread of it, including threads created later.
+    pub fn add_target(&mut self, tgid: u32) -> Result<()> {
+        let mut targets: HashMap<_, u32, u32> =
+            HashMap::try_from(self.ebpf.map_mut("TARGETS").expect("TARGETS map"))
+                .map_err(map_err("TARGETS"))?;
+        targets.insert(tgid, 1, 0).map_err(map_err("TARGETS"))
+    }
+
+    /// Attach all programs. The targets must be set first.
+    pub fn attach(&mut self, opts: &ProbeOptions) -> Result<()> {
+        let mut attached = Vec::new();
+        for (prog, dir) in [("epoll_exit", "sys_exit"), ("epoll_enter", "sys_enter")] {
+            let tp: &mut TracePoint = self.program(prog)?;
+            tp.load().map_err(attach_err(format!("program {prog}")))?;
+            for sc in WAIT_SYSCALLS {
+                let name = format!("{dir}_{sc}");
+                if !tracefs::has_tracepoint("syscalls", &name) {
+                    // epoll_pwait2 is 5.11+; the others are everywhere.
+                    log::warn!("tracepoint syscalls:{name} does not exist on this kernel; skipped");
+                    continue;
+                }
+                tp.attach("syscalls", &name)
+                    .map_err(attach_err(format!("tracepoint syscalls:{name}")))?;
+                attached.push(format!("syscalls:{name}"));
+            }
+        }
+        if opts.sched {
+            for prog in ["sched_switch", "sched_wakeup"] {
+                let tp: &mut TracePoint = self.program(prog)?;
+                tp.load().map_err(attach_err(format!("program {prog}")))?;
+                tp.attach("sched", prog)
+                    .map_err(attach_err(format!("tracepoint sched:{prog}")))?;
+                attached.push(format!("sched:{prog}"));
+            }
+        }
+        if opts.frequency > 0 {
+            let pe: &mut PerfEvent = self.program("on_cpu_sample")?;
+            pe.load()
+                .map_err(attach_err("program on_cpu_sample".into()))?;
+            let cpus =
+                online_cpus().map_err(|(what, e)| Error::io(format!("reading {what}"), e))?;
+            for cpu in cpus {
+                pe.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(opts.frequency),
+                    false,
+                )
+                .map_err(attach_err(format!("perf_event cpu-clock on CPU {cpu}")))?;
+            }
+            attached.push(format!("perf_event cpu-clock @ {} Hz", opts.frequency));
+        }
+        Ok(())
+    }
+
+    fn program<T>(&mut self, name: &str) -> Result<&mut T>
+    where
+        for<'a> &'a mut T:
+            TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .expect("program is in the object");
+        prog.try_into()
+            .map_err(attach_err(format!("program {name}")))
+    }
+
+    /// The ring buffer of spans and samples; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").expect("EVENTS map");
+        RingBuf::try_from(map).map_err(map_err("EVENTS"))
+    }
+
+    /// Every loop thread the kernel knows, with its state.
+    pub fn threads(&self) -> Result<Vec<(u32, ThreadState)>> {
+        let threads: HashMap<_, u32, ThreadState> =
+            HashMap::try_from(self.ebpf.map("THREADS").expect("THREADS map"))
+                .map_err(map_err("THREADS"))?;
+        Ok(threads.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Forget a thread that exited (after its last snapshot was taken).
+    pub fn forget_thread(&mut self, tid: u32) {
+        if let Ok(mut threads) = HashMap::<_, u32, ThreadState>::try_from(
+            self.ebpf.map_mut("THREADS").expect("THREADS map"),
+        ) {
+            let _ = threads.remove(&tid);
+        }
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").expect("COUNTERS map"))
+                .map_err(map_err("COUNTERS"))?;
+        let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        Ok(Counters {
+            ringbuf_lost: sum(CTR_RINGBUF_LOST),
+            stack_errors: sum(CTR_STACK_ERRORS),
+            samples_dropped: sum(CTR_SAMPLES_DROPPED),
+            threads_full: sum(CTR_THREADS_FULL),
+            samples: sum(CTR_SAMPLES),
+            iterations: sum(CTR_ITERATIONS),
+        })
+    }
+
+    /// The instruction pointers of a captured stack, innermost first.
+    pub fn stack(&self, id: i32) -> Option<Vec<u64>> {
+        if id < 0 {
+            return None;
+        }
+        let map = StackTraceMap::try_from(self.ebpf.map("STACKS")?).ok()?;
+        let trace = map.get(&(id as u32), 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+}

@@ -1,0 +1,10 @@
+//! The userspace side of the kernel probes: mounting tracefs where needed,
+//! loading the BPF object, attaching it, and reading its maps.
+//!
+//! Every attachment is held by an fd-backed link, so the kernel detaches all
+//! of it when lagtrace exits, however it exits (SIGKILL included): nothing
+//! is pinned.
+pub mod loader;
+pub mod tracefs;
+
+pub use loader::{Counters, ProbeOptions, Probes};

@@ -1,0 +1,137 @@
+//! Pairs sample batches with their span. Pure: it takes decoded events and
+//! returns finished raw spans, so live capture and tests feed the same code.
+//!
+//! The kernel sends a span's samples before the span itself (a flush of its
+//! buffer, then live samples while it stays open). A thread runs one
+//! iteration at a time, so samples of an older iteration of the same thread
+//! can never be completed any more and are dropped.
+use std::collections::HashMap;
+
+use lagtrace_common::{SampleRec, SpanEvent};
+
+use crate::events::Event;
+
+/// Most samples kept for one open span; a loop stuck for hours at a high
+/// frequency must not grow lagtrace without bound.
+pub const MAX_SAMPLES_PER_SPAN: usize = 200_000;
+
+/// A finished span with its samples, before symbolization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSpan {
+    pub event: SpanEvent,
+    pub samples: Vec<SampleRec>,
+    /// Samples dropped here because the span held too many.
+    pub samples_capped: u64,
+}
+
+#[derive(Default)]
+struct Pending {
+    tgid: u32,
+    iteration: u64,
+    samples: Vec<SampleRec>,
+    capped: u64,
+}
+
+#[derive(Default)]
+pub struct Assembler {
+    /// Open spans by tid.
+    pending: HashMap<u32, Pending>,
+}
+
+impl Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed one event; a span event returns the finished span.
+    pub fn push(&mut self, event: Event) -> Option<RawSpan> {
+        match event {
+            Event::Samples(batch) => {
+                let p = self.pending.entry(batch.tid).or_default();
+                if p.iteration != batch.iteration || p.tgid != batch.tgid {
+                    *p = Pending {
+                        tgid: batch.tgid,
+                        iteration: batch.iteration,
+                        ..Default::default()
+                    };
+                }
+                let room = MAX_SAMPLES_PER_SPAN.saturating_sub(p.samples.len());
+                let take = batch.recs.len().min(room);
+                p.capped += (batch.recs.len() - take) as u64;
+                p.samples.extend_from_slice(&batch.recs[..take]);
+                None
+            }
+            Event::Span(event) => {
+                let tid = event.header.tid;
+                let (samples, samples_capped) = match self.pending.remove(&tid) {
+                    Some(p) if p.iteration == event.iteration && p.tgid == event.header.tgid => {
+                        (p.samples, p.capped)
+                    }
+                    _ => (Vec::new(), 0),
+                };
+                Some(RawSpan {
+                    event,
+                    samples,
+                    samples_capped,
+                })
+            }
+        }
+    }
+
+    /// Samples received so far for a span that is still open.
+    pub fn open_samples(&self, tid: u32, iteration: u64) -> &[SampleRec] {
+        match self.pending.get(&tid) {
+            Some(p) if p.iteration == iteration => &p.samples,
+            _ => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{SampleBatch, decode::tests::span};
+
+    fn batch(tid: u32, iteration: u64, ts: &[u64]) -> Event {
+        Event::Samples(SampleBatch {
+            tgid: 7,
+            tid,
+            iteration,
+            recs: ts
+                .iter()
+                .map(|&t| SampleRec {
+                    ts_ns: t,
+                    ..Default::default()
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn samples_join_their_span() {
+        let mut a = Assembler::new();
+        assert!(a.push(batch(1, 5, &[10, 20])).is_none());
+        assert!(a.push(batch(2, 9, &[15])).is_none());
+        assert!(a.push(batch(1, 5, &[30])).is_none());
+        assert_eq!(a.open_samples(1, 5).len(), 3);
+        let s = a.push(Event::Span(span(1, 5, 0, 40))).unwrap();
+        assert_eq!(
+            s.samples.iter().map(|r| r.ts_ns).collect::<Vec<_>>(),
+            vec![10, 20, 30]
+        );
+        let other = a.push(Event::Span(span(2, 9, 0, 40))).unwrap();
+        assert_eq!(other.samples.len(), 1);
+    }
+
+    #[test]
+    fn stale_samples_of_an_older_iteration_are_dropped() {
+        let mut a = Assembler::new();
+        a.push(batch(1, 5, &[10]));
+        a.push(batch(1, 6, &[20]));
+        let s = a.push(Event::Span(span(1, 6, 0, 40))).unwrap();
+        assert_eq!(s.samples.len(), 1);
+        assert_eq!(s.samples[0].ts_ns, 20);
+        let bare = a.push(Event::Span(span(1, 7, 0, 40))).unwrap();
+        assert!(bare.samples.is_empty());
+    }
+}

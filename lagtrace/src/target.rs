@@ -1,0 +1,160 @@
+//! What lagtrace knows of a traced process from /proc: that it exists, is not
+//! a kernel thread, its command, its threads' names, and whether it still
+//! runs. Nothing here changes the target.
+use std::{collections::HashMap, fs};
+
+use crate::error::{Error, Result};
+
+/// `PF_KTHREAD` in the flags field of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    /// The pid as the target sees it in its own PID namespace, where it differs.
+    pub ns_pid: Option<u32>,
+}
+
+impl Target {
+    /// Check that `pid` is a live user process and describe it.
+    pub fn open(pid: u32) -> Result<Self> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_err(|_| Error::NoSuchProcess { pid })?;
+        let fields = stat_fields(&stat).ok_or(Error::NoSuchProcess { pid })?;
+        if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+            return Err(Error::NoSuchProcess { pid });
+        }
+        let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+        if flags & PF_KTHREAD != 0 {
+            return Err(Error::KernelThread { pid });
+        }
+        Ok(Self {
+            pid,
+            comm: read_comm(pid, None).unwrap_or_else(|| "?".into()),
+            ns_pid: ns_pid(pid),
+        })
+    }
+
+    /// True while the process exists and is not a zombie.
+    pub fn alive(&self) -> bool {
+        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) => !matches!(
+                stat_fields(&stat).and_then(|f| f.first().copied()),
+                Some("Z" | "X") | None
+            ),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Fields of /proc/PID/stat after the `(comm)`, which may hold spaces.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let close = stat.rfind(')')?;
+    Some(stat[close + 1..].split_whitespace().collect())
+}
+
+/// The command name of a process or of one of its threads.
+pub fn read_comm(pid: u32, tid: Option<u32>) -> Option<String> {
+    let path = match tid {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/comm"),
+        None => format!("/proc/{pid}/comm"),
+    };
+    fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// The innermost pid of `pid` from the NSpid line, if it differs.
+fn ns_pid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    let inner: u32 = line.split_whitespace().last()?.parse().ok()?;
+    (inner != pid).then_some(inner)
+}
+
+/// Thread names, looked up once per thread and remembered after it exits.
+#[derive(Default)]
+pub struct ThreadNames {
+    names: HashMap<u32, String>,
+}
+
+impl ThreadNames {
+    pub fn get(&mut self, pid: u32, tid: u32, kernel_comm: &[u8]) -> String {
+        self.names
+            .entry(tid)
+            .or_insert_with(|| {
+                read_comm(pid, Some(tid)).unwrap_or_else(|| {
+                    let end = kernel_comm
+                        .iter()
+                        .position(|&b| b == 0)
+                        .unwrap_or(kernel_comm.len());
+                    String::from_utf8_lossy(&kernel_comm[..end]).into_owned()
+                })
+            })
+            .clone()
+    }
+}
+
+/// Refuse early, with the capability names, when this process cannot load
+/// BPF programs; the kernel's own EPERM later says much less.
+pub fn check_privileges() -> Result<()> {
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(());
+    }
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    const CAP_SYS_ADMIN: u64 = 21;
+    const CAP_PERFMON: u64 = 38;
+    const CAP_BPF: u64 = 39;
+    let has = |cap: u64| cap_eff & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Privileges {
+        what: format!("not root and without {}", missing.join(" and ")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_in_comm() {
+        let s = "42 (a b) c) S 1 42 42 0 -1 4194560 0 0";
+        assert_eq!(stat_fields(s).unwrap()[0], "S");
+        assert_eq!(stat_fields(s).unwrap()[6], "4194560");
+    }
+
+    #[test]
+    fn self_is_a_live_user_process() {
+        let me = Target::open(std::process::id()).unwrap();
+        assert!(me.alive());
+        assert!(matches!(
+            Target::open(u32::MAX - 1),
+            Err(Error::NoSuchProcess { .. })
+        ));
+    }
+
+    #[test]
+    fn kthreadd_is_refused() {
+        // pid 2 is kthreadd on Linux hosts; in a container it may be missing.
+        match Target::open(2) {
+            Err(Error::KernelThread { pid: 2 }) | Err(Error::NoSuchProcess { .. }) => {}
+            Ok(t) => eprintln!("SKIP: pid 2 is {} here, not kthreadd", t.comm),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `cargo xtask test`: the one command CI and developers run to check
+//! everything — setup, a release build of the workspace, then all tests.
+//! Tests run serially: integration tests attach BPF programs and time real
+//! processes, so running them in parallel would skew each other.
+use anyhow::{Context as _, Result};
+
+use crate::{
+    setup::{self, SetupArgs},
+    util::{self, cargo, run},
+};
+
+/// Built host-side, `lagtrace-ebpf` is only a stub whose bin is also named
+/// `lagtrace`, and it would clobber `target/release/lagtrace` (cargo warns
+/// "output filename collision"). `lagtrace/build.rs` builds the real one.
+const EXCLUDE: &[&str] = &["--exclude", "lagtrace-ebpf"];
+
+pub fn run_tests(test_args: &[String]) -> Result<()> {
+    setup::run_setup(&SetupArgs::default()).context("setup failed")?;
+    let root = util::is_root();
+    if !root {
+        util::warn("not running as root: the root-only integration tests will skip themselves");
+    }
+    run(cargo()
+        .args(["build", "--release", "--workspace"])
+        .args(EXCLUDE))
+    .context("build failed")?;
+    run(cargo()
+        .args(["test", "--release", "--workspace"])
+        .args(EXCLUDE)
+        .args(["--", "--test-threads=1"])
+        .args(test_args))
+    .context("tests failed")?;
+    if !root {
+        util::warn("not run as root: the root-only integration tests were skipped");
+    }
+    Ok(())
+}
