@@ -10,6 +10,10 @@ pub fn quantile(hist: &[u64], q: f64, max_ns: u64) -> Option<u64> {
         return None;
     }
     let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    if rank == total {
+        // The top rank is the maximum, which the kernel keeps exactly.
+        return Some(max_ns);
+    }
     let mut seen = 0;
     for (b, &n) in hist.iter().enumerate() {
         seen += n;

@@ -186,12 +186,24 @@ mod tests {
         for name in [
             "busy_loop (src/app.c:12)",
             "read_config",
-            "do_nanosleep_[k]",
             "[off-cpu]",
             "MainThread",
         ] {
             assert!(svg.contains(name), "{name} missing");
         }
+        // inferno shows `do_nanosleep_[k]` as `do_nanosleep`, in orange (no blue).
+        let kernel = svg
+            .split("<title>do_nanosleep (")
+            .nth(1)
+            .expect("kernel frame missing");
+        let fill = kernel
+            .split("fill=\"rgb(")
+            .nth(1)
+            .and_then(|f| f.split(')').next());
+        assert!(
+            fill.is_some_and(|f| f.ends_with(",0")),
+            "kernel frame not orange: {fill:?}"
+        );
         assert!(svg.contains(
             "lagtrace: pid 7 (python3) — threshold 50 ms, 2 blocking spans, 200 ms of lag"
         ));

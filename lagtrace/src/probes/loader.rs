@@ -75,7 +75,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
-                "/lagtrace"
+                "/lagtrace-ebpf"
             )))
             .map_err(|source| Error::Load { source })?;
         {
@@ -122,6 +122,14 @@ impl Probes {
                 attached.push(format!("syscalls:{name}"));
             }
         }
+        {
+            let tp: &mut TracePoint = self.program("thread_exit")?;
+            tp.load()
+                .map_err(attach_err("program thread_exit".into()))?;
+            tp.attach("sched", "sched_process_exit")
+                .map_err(attach_err("tracepoint sched:sched_process_exit".into()))?;
+            attached.push("sched:sched_process_exit".into());
+        }
         if opts.sched {
             for prog in ["sched_switch", "sched_wakeup"] {
                 let tp: &mut TracePoint = self.program(prog)?;
@@ -156,10 +164,14 @@ impl Probes {
         for<'a> &'a mut T:
             TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
     {
-        let prog = self
-            .ebpf
-            .program_mut(name)
-            .expect("program is in the object");
+        if self.ebpf.program(name).is_none() {
+            let have: Vec<&str> = self.ebpf.programs().map(|(n, _)| n).collect();
+            return Err(Error::Attach {
+                probe: format!("program {name}: not in the BPF object (it has {have:?})"),
+                source: aya::programs::ProgramError::UnexpectedProgramType,
+            });
+        }
+        let prog = self.ebpf.program_mut(name).expect("checked above");
         prog.try_into()
             .map_err(attach_err(format!("program {name}")))
     }

@@ -1,7 +1,7 @@
 //! What the native symbolizer remembers about one process: its mappings as
-//! last read from `/proc/PID/maps`, and the frames already worked out for
-//! each address. It only reads `/proc` and remembers; it must not call
-//! blazesym or decide names (that is `native.rs`).
+//! last read from `/proc/PID/maps`, the frames already worked out for each
+//! address, and which addresses still need a look-up. It only reads `/proc`
+//! and remembers; it must not call blazesym or name functions (`native.rs`).
 use std::{
     collections::{HashMap, HashSet},
     fs, io,
@@ -110,11 +110,19 @@ impl PidCache {
         Ok(())
     }
 
-    pub fn insert(&mut self, addr: u64, frames: Vec<String>, anon_unknown: bool) {
-        if anon_unknown {
+    pub fn insert(&mut self, addr: u64, frames: Vec<String>) {
+        self.frames.insert(addr, frames);
+    }
+
+    /// Remember `addr` as unknown, with its module where mapped.
+    pub fn insert_unknown(&mut self, addr: u64) {
+        let m = self.find(addr);
+        let anon = m.is_some_and(|m| m.path.is_none());
+        let unknown = m.map_or_else(|| unknown_addr(addr), |m| m.unknown(addr));
+        if anon {
             self.anon_unknown.insert(addr);
         }
-        self.frames.insert(addr, frames);
+        self.frames.insert(addr, vec![unknown]);
     }
 
     pub fn clear_frames(&mut self) {
@@ -140,6 +148,28 @@ impl PidCache {
             }
         }
     }
+}
+
+/// The addresses to look up, innermost first: the stack ends at the first
+/// 0; all but the interrupted instruction are return addresses, so step
+/// back into the call instruction to get its function, line and inlining.
+pub fn lookup_addrs(ips: &[u64]) -> Vec<u64> {
+    ips.iter()
+        .take_while(|&&ip| ip != 0)
+        .enumerate()
+        .map(|(i, &ip)| if i == 0 { ip } else { ip - 1 })
+        .collect()
+}
+
+/// The distinct addresses for which `cached` is false, in first-seen order.
+pub fn uncached(addrs: &[u64], cached: impl Fn(u64) -> bool) -> Vec<u64> {
+    let mut todo: Vec<u64> = Vec::new();
+    for &a in addrs {
+        if !cached(a) && !todo.contains(&a) {
+            todo.push(a);
+        }
+    }
+    todo
 }
 
 /// Where blazesym looks for the process's perf map: its own `/tmp`, named
@@ -194,5 +224,15 @@ mod tests {
         assert!(c.find(0x7f0000003000).is_none());
         assert!(c.find(0x10).is_none());
         assert!(c.find(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn return_addresses_step_back_and_zero_ends_the_stack() {
+        assert_eq!(
+            lookup_addrs(&[0x100, 0x200, 0x300, 0, 0x400]),
+            vec![0x100, 0x1ff, 0x2ff]
+        );
+        assert!(lookup_addrs(&[0, 5]).is_empty());
+        assert_eq!(uncached(&[3, 1, 3, 2], |a| a == 2), vec![3, 1]);
     }
 }

@@ -18,7 +18,7 @@ use blazesym::{
 #[path = "cache.rs"]
 mod cache;
 
-use cache::{MAX_CACHED, PidCache, unknown_addr};
+use cache::{MAX_CACHED, PidCache, lookup_addrs, uncached, unknown_addr};
 
 pub struct NativeSymbolizer {
     symbolizer: Symbolizer,
@@ -34,14 +34,10 @@ impl Default for NativeSymbolizer {
 
 impl NativeSymbolizer {
     pub fn new() -> Self {
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .enable_auto_reload(true)
-            .build();
         Self {
-            symbolizer,
+            // Its defaults: file:line, inlined functions, demangling, and
+            // reloading files changed on disk, all on.
+            symbolizer: Symbolizer::new(),
             pids: HashMap::new(),
             kernel: HashMap::new(),
         }
@@ -64,13 +60,11 @@ impl NativeSymbolizer {
                 }
             }
         }
-        if !kernel.is_empty() {
-            self.resolve_kernel(&kernel);
-            for &a in kernel.iter().rev() {
-                match self.kernel.get(&a) {
-                    Some(name) => out.push(name.clone()),
-                    None => out.push(format!("{}_[k]", unknown_addr(a))),
-                }
+        self.resolve_kernel(&kernel);
+        for &a in kernel.iter().rev() {
+            match self.kernel.get(&a) {
+                Some(name) => out.push(name.clone()),
+                None => out.push(format!("{}_[k]", unknown_addr(a))),
             }
         }
         out
@@ -97,21 +91,17 @@ impl NativeSymbolizer {
             todo = uncached(addrs, |_| false);
         }
         // Libraries loaded since the last read: read the maps again, once.
-        if !cache.maps_read || todo.iter().any(|&a| cache.find(a).is_none()) {
-            if let Err(e) = cache.reread_maps(pid) {
-                log::debug!("reading /proc/{pid}/maps: {e}");
-            }
+        let stale = !cache.maps_read || todo.iter().any(|&a| cache.find(a).is_none());
+        if stale && let Err(e) = cache.reread_maps(pid) {
+            log::debug!("reading /proc/{pid}/maps: {e}");
         }
         let mut batch = Vec::with_capacity(todo.len());
         for a in todo {
             match cache.find(a) {
-                None => cache.insert(a, vec![unknown_addr(a)], false),
-                // The file on disk is not the one mapped: its names would lie.
-                Some(m) if m.deleted => {
-                    let unknown = m.unknown(a);
-                    cache.insert(a, vec![unknown], false);
-                }
-                Some(_) => batch.push(a),
+                Some(m) if !m.deleted => batch.push(a),
+                // Unmapped, or the file on disk is not the one mapped (its
+                // names would lie).
+                _ => cache.insert_unknown(a),
             }
         }
         if batch.is_empty() {
@@ -124,25 +114,11 @@ impl NativeSymbolizer {
             vdso: true,
             ..Process::new(Pid::from(pid))
         });
-        let results = match self.symbolizer.symbolize(&src, Input::AbsAddr(&batch)) {
-            Ok(r) => r,
-            Err(e) => {
-                log::debug!("symbolizing {} addresses of pid {pid}: {e}", batch.len());
-                Vec::new()
-            }
-        };
+        let results = symbolize(&self.symbolizer, &src, &batch);
         for (i, &a) in batch.iter().enumerate() {
-            let mapping = cache.find(a);
-            let anon = mapping.is_some_and(|m| m.path.is_none());
-            let unknown = || vec![mapping.map_or_else(|| unknown_addr(a), |m| m.unknown(a))];
-            match results.get(i) {
-                Some(Symbolized::Sym(sym)) if !sym.name.is_empty() => {
-                    cache.insert(a, sym_frames(sym), false)
-                }
-                _ => {
-                    let frames = unknown();
-                    cache.insert(a, frames, anon);
-                }
+            match named(&results, i) {
+                Some(sym) => cache.insert(a, sym_frames(sym)),
+                None => cache.insert_unknown(a),
             }
         }
     }
@@ -163,43 +139,31 @@ impl NativeSymbolizer {
             debug_syms: false,
             ..Kernel::default()
         });
-        let results = match self.symbolizer.symbolize(&src, Input::AbsAddr(&todo)) {
-            Ok(r) => r,
-            Err(e) => {
-                log::debug!("symbolizing {} kernel addresses: {e}", todo.len());
-                Vec::new()
-            }
-        };
+        let results = symbolize(&self.symbolizer, &src, &todo);
         for (i, &a) in todo.iter().enumerate() {
-            let name = match results.get(i) {
-                Some(Symbolized::Sym(sym)) if !sym.name.is_empty() => format!("{}_[k]", sym.name),
-                _ => format!("{}_[k]", unknown_addr(a)),
-            };
-            self.kernel.insert(a, name);
+            let name = named(&results, i).map_or_else(|| unknown_addr(a), |s| s.name.to_string());
+            self.kernel.insert(a, format!("{name}_[k]"));
         }
     }
 }
 
-/// The addresses to look up, innermost first: the stack ends at the first
-/// 0; all but the interrupted instruction are return addresses, so step
-/// back into the call instruction to get its function, line and inlining.
-fn lookup_addrs(ips: &[u64]) -> Vec<u64> {
-    ips.iter()
-        .take_while(|&&ip| ip != 0)
-        .enumerate()
-        .map(|(i, &ip)| if i == 0 { ip } else { ip - 1 })
-        .collect()
+/// One blazesym call for a batch; on error (e.g. the process exited) every
+/// address comes back unknown.
+fn symbolize<'s>(symbolizer: &'s Symbolizer, src: &Source, addrs: &[u64]) -> Vec<Symbolized<'s>> {
+    symbolizer
+        .symbolize(src, Input::AbsAddr(addrs))
+        .unwrap_or_else(|e| {
+            log::debug!("symbolizing {} addresses in {src:?}: {e}", addrs.len());
+            Vec::new()
+        })
 }
 
-/// The distinct addresses for which `cached` is false, in first-seen order.
-fn uncached(addrs: &[u64], cached: impl Fn(u64) -> bool) -> Vec<u64> {
-    let mut todo: Vec<u64> = Vec::new();
-    for &a in addrs {
-        if !cached(a) && !todo.contains(&a) {
-            todo.push(a);
-        }
-    }
-    todo
+/// The symbol found for the `i`th address, if it has a name.
+fn named<'r, 's>(results: &'r [Symbolized<'s>], i: usize) -> Option<&'r Sym<'s>> {
+    results
+        .get(i)
+        .and_then(Symbolized::as_sym)
+        .filter(|s| !s.name.is_empty())
 }
 
 /// The function and the functions inlined into it at this address, outer first.
@@ -231,5 +195,100 @@ fn short_path(code: &CodeInfo<'_>) -> String {
         (Some(file), Some(dir)) => format!("{dir}/{file}"),
         (Some(file), None) => file,
         _ => code.file.to_string_lossy().into_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{fs, process};
+
+    #[inline(never)]
+    fn some_noinline_fn() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    #[inline(never)]
+    fn other_noinline_fn() -> u64 {
+        std::hint::black_box(some_noinline_fn() + 1)
+    }
+
+    /// A read-only page: anonymous with `fd` -1, else of the file.
+    fn map_page(fd: i32) -> u64 {
+        let flags = libc::MAP_PRIVATE | if fd < 0 { libc::MAP_ANONYMOUS } else { 0 };
+        // SAFETY: a fresh mapping that nothing else uses; never unmapped.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, flags, fd, 0) };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as u64
+    }
+
+    #[test]
+    fn names_own_functions_outermost_first() {
+        let inner = some_noinline_fn as *const () as u64;
+        let outer = other_noinline_fn as *const () as u64;
+        let (mut s, pid) = (NativeSymbolizer::new(), process::id());
+        // `outer + 1` stands for a return address into `other_noinline_fn`.
+        let frames = s.frames(pid, &[inner, outer + 1], &[]);
+        let text = frames.join(" | ");
+        assert!(frames[0].contains("other_noinline_fn"), "{text}");
+        assert!(
+            frames[frames.len() - 1].contains("some_noinline_fn"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(symbolize/native.rs:"),
+            "no file:line in {text}"
+        );
+        assert_eq!(s.frames(pid, &[inner, outer + 1], &[]), frames, "cached");
+        assert!(s.frames(pid, &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn kernel_frames_get_the_k_suffix() {
+        let kallsyms = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let addr = kallsyms.lines().find_map(|l| {
+            let (addr, name) = l.split_once(' ')?;
+            name.ends_with(" do_nanosleep")
+                .then(|| u64::from_str_radix(addr, 16).ok())?
+        });
+        let Some(addr) = addr.filter(|&a| a != 0) else {
+            println!("skipped: /proc/kallsyms shows no address for do_nanosleep (not root?)");
+            return;
+        };
+        let frames = NativeSymbolizer::new().frames(process::id(), &[], &[addr + 4, addr + 8]);
+        assert_eq!(frames, ["do_nanosleep_[k]", "do_nanosleep_[k]"]);
+    }
+
+    #[test]
+    fn unknown_addresses_and_replaced_files() {
+        let (mut s, pid) = (NativeSymbolizer::new(), process::id());
+        assert_eq!(s.frames(pid, &[0x10], &[]), ["[unknown] 0x10"]);
+        // A mapped file deleted since: what is on disk must not name it.
+        let path = std::env::temp_dir().join(format!("lagtrace-deleted-{pid}.bin"));
+        fs::write(&path, [0u8; 4096]).unwrap();
+        let page = map_page(std::os::fd::AsRawFd::as_raw_fd(
+            &fs::File::open(&path).unwrap(),
+        ));
+        fs::remove_file(&path).unwrap();
+        let want = format!("[unknown] (lagtrace-deleted-{pid}.bin+0x10)");
+        assert_eq!(s.frames(pid, &[page + 0x10], &[]), [want]);
+        // A process that is gone: no panic, and unknown user frames.
+        let mut child = process::Command::new("true").spawn().unwrap();
+        child.wait().unwrap();
+        let frames = NativeSymbolizer::new().frames(child.id(), &[0x7f00_0000_1000], &[]);
+        assert_eq!(frames, ["[unknown] 0x7f0000001000"]);
+    }
+
+    #[test]
+    fn jit_frames_come_from_the_perf_map() {
+        let (mut s, pid, page) = (NativeSymbolizer::new(), process::id(), map_page(-1));
+        let unknown = format!("[unknown] {:#x}", page + 0x10);
+        assert_eq!(s.frames(pid, &[page + 0x10], &[]), [unknown]);
+        // Written after the first look-up: the cached unknown must expire.
+        let map = format!("/tmp/perf-{pid}.map");
+        fs::write(&map, format!("{page:x} 1000 py::fake_jit:/app/x.py\n")).unwrap();
+        let frames = s.frames(pid, &[page + 0x10], &[]);
+        let _ = fs::remove_file(&map);
+        assert_eq!(frames, ["py::fake_jit:/app/x.py"]);
     }
 }

@@ -1,0 +1,212 @@
+//! Bad input and the end of a trace: each error is one line naming the
+//! remedy with a nonzero exit, and nothing of lagtrace stays loaded after it
+//! exits, however it exits.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Names of lagtrace's programs as the kernel lists them.
+const PROGRAMS: [&str; 6] = [
+    "epoll_exit",
+    "epoll_enter",
+    "sched_switch",
+    "sched_wakeup",
+    "on_cpu_sample",
+    "thread_exit",
+];
+
+fn lagtrace_programs_loaded() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|n| PROGRAMS.contains(&n.as_str()))
+        .collect()
+}
+
+/// Waits for the kernel to release the programs (freeing is deferred).
+fn assert_nothing_loaded(context: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = lagtrace_programs_loaded();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{context}: still loaded after exit: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn one_line_error(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("lagtrace: error"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
+    lines[0]
+}
+
+#[test]
+fn no_such_pid() {
+    let (code, _, err) = run_lagtrace(&["--pid", "4194303", "--duration", "1s"]);
+    assert_eq!(code, Some(1), "{err}");
+    let line = one_line_error(&err);
+    assert!(
+        line.contains("no process with pid 4194303") && line.contains("ps -p"),
+        "{line}"
+    );
+}
+
+#[test]
+fn kernel_thread_is_refused() {
+    if !std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
+        eprintln!("SKIP kernel_thread_is_refused: pid 2 is not kthreadd here");
+        return;
+    }
+    let (code, _, err) = run_lagtrace(&["--pid", "2", "--duration", "1s"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(one_line_error(&err).contains("kernel thread"), "{err}");
+}
+
+#[test]
+fn bad_flags_exit_2_with_the_reason() {
+    for (args, needle) in [
+        (vec!["--pid", "1", "--threshold", "50"], "needs a unit"),
+        (vec!["--pid", "1", "--threshold", "fast"], "not a duration"),
+        (vec!["--pid", "1", "--duration", "0s"], "greater than zero"),
+        (vec!["--pid", "abc"], "not a process id"),
+        (vec!["--pid", "1", "--frequency", "1000000"], "maximum"),
+        (vec!["--pid", "1", "--no-such-flag"], "unexpected argument"),
+    ] {
+        let (code, _, err) = run_lagtrace(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        let first = err.lines().next().unwrap_or("");
+        assert!(
+            first.starts_with("error:") && first.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn unprivileged_user_is_told_the_capabilities() {
+    if !root_or_skip("unprivileged_user_is_told_the_capabilities") {
+        return;
+    }
+    let Some(setpriv) = tool_or_skip("unprivileged_user_is_told_the_capabilities", &["setpriv"])
+    else {
+        return;
+    };
+    let me = std::process::id().to_string();
+    let out = std::process::Command::new(setpriv)
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(LAGTRACE)
+        .args(["--pid", &me, "--duration", "1s"])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = one_line_error(&err);
+    assert!(
+        line.contains("CAP_BPF") && line.contains("CAP_PERFMON") && line.contains("root"),
+        "{line}"
+    );
+}
+
+#[test]
+fn target_exit_ends_the_trace_with_a_summary() {
+    if !root_or_skip("target_exit_ends_the_trace_with_a_summary") {
+        return;
+    }
+    let py = pyenv_python("3.11")
+        .or_else(|| tool_or_skip("python", &["python3"]))
+        .expect("python");
+    let script = targets_dir().join("asyncio_stalls.py");
+    let mut target = Target::start(&py, &[script.to_str().unwrap(), "--stalls-ms", "80"]);
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid]);
+    target.run_scenario(Duration::from_secs(30));
+    signal(target.pid, libc::SIGTERM);
+    let _ = target.child.wait();
+    let fin = lt.wait(Duration::from_secs(10));
+    assert_eq!(
+        fin.code,
+        Some(0),
+        "a target that exits is not an error: {:?}",
+        fin.stderr
+    );
+    assert!(
+        fin.stderr
+            .iter()
+            .any(|l| l.contains(&format!("pid {pid} exited"))),
+        "{:?}",
+        fin.stderr
+    );
+    let out = fin.stdout.join("\n");
+    assert!(
+        out.contains("target exited") && out.contains("== lag summary"),
+        "{out}"
+    );
+    assert_eq!(fin.spans.len(), 1, "{:?}", fin.spans);
+    assert_nothing_loaded("after the target exited");
+}
+
+#[test]
+fn target_without_event_loop_is_explained() {
+    if !root_or_skip("target_without_event_loop_is_explained") {
+        return;
+    }
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    let pid = sleeper.id().to_string();
+    let (code, _, err) = run_lagtrace(&["--pid", &pid, "--duration", "1s"]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("no event-loop activity seen in pid") && err.contains("epoll_wait"),
+        "{err}"
+    );
+}
+
+#[test]
+fn nothing_stays_attached_after_sigint_sigterm_or_sigkill() {
+    if !root_or_skip("nothing_stays_attached_after_sigint_sigterm_or_sigkill") {
+        return;
+    }
+    assert_nothing_loaded("before the test");
+    let py = pyenv_python("3.11")
+        .or_else(|| tool_or_skip("python", &["python3"]))
+        .expect("python");
+    let script = targets_dir().join("asyncio_stalls.py");
+    let mut target = Target::start(&py, &[script.to_str().unwrap()]);
+    let pid = target.pid.to_string();
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+        let lt = Lagtrace::attach(&["--pid", &pid]);
+        assert!(
+            !lagtrace_programs_loaded().is_empty(),
+            "attached programs should be listed"
+        );
+        // Let the loop run some iterations, so that the trace has activity.
+        std::thread::sleep(Duration::from_millis(500));
+        signal(lt.pid(), sig);
+        let fin = lt.wait(Duration::from_secs(10));
+        if sig != libc::SIGKILL {
+            assert_eq!(fin.code, Some(0), "signal {sig}: {:?}", fin.stderr);
+        }
+        assert_nothing_loaded(&format!("after signal {sig}"));
+    }
+    assert!(target.alive(), "the target survives attach and detach");
+}
