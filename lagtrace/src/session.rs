@@ -191,23 +191,6 @@ impl Pipeline {
     }
 }
 
-fn make_recorders(args: &Args) -> Result<Vec<Box<dyn Recorder>>> {
-    let mut out: Vec<Box<dyn Recorder>> = Vec::new();
-    let period_ns = period_ns(args.frequency);
-    let multi = args.pids.len() > 1;
-    if let Some(p) = &args.spans {
-        out.push(Box::new(output::jsonl::JsonLines::create(p.clone())?));
-    }
-    if let Some(p) = &args.folded {
-        out.push(Box::new(output::folded::FoldedFile::new(
-            p.clone(),
-            period_ns,
-            multi,
-        )));
-    }
-    Ok(out)
-}
-
 /// The weight of one on-CPU sample; off-CPU time is counted in these units.
 pub fn period_ns(frequency: u64) -> u64 {
     1_000_000_000u64.checked_div(frequency).unwrap_or(1_000_000)
@@ -226,7 +209,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         frequency: args.frequency,
         sched: !args.no_sched,
     };
-    let mut recorders = make_recorders(args)?;
+    let (mut recorders, default_svg) = output::recorders(args, period_ns(args.frequency))?;
     let mut probes = Probes::load(&opts)?;
     if probes.mounted_tracefs {
         log::info!("mounted tracefs at {}", crate::probes::tracefs::TRACEFS);
@@ -356,6 +339,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         }
     }
     report_health(&outcome.counters);
+    // The default flamegraph is only worth a file when there was a span.
+    if default_svg.is_some() && p.spans == 0 {
+        p.recorders.pop();
+    }
     for r in &mut p.recorders {
         if let Some(path) = r.finish(&info)? {
             outcome.files.push(path);

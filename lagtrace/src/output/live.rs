@@ -17,14 +17,37 @@ pub fn local_time(unix_ns: u64) -> String {
     )
 }
 
-fn leaf_and_caller(span: &Span) -> Option<String> {
-    let stack = span.hottest_stack()?;
-    let mut it = stack.frames.iter().rev();
-    let leaf = it.next()?;
-    Some(match it.next() {
-        Some(caller) => format!("{leaf} ← {caller}"),
-        None => leaf.clone(),
-    })
+/// The hottest code of a span: the leaf function and its caller, counted
+/// over on-CPU samples by their innermost user frames (kernel frames and
+/// unknown addresses are skipped, so a timer interrupt does not hide the
+/// code that was running). Off-CPU stacks count when there are no samples.
+pub fn hot_frames(span: &Span) -> Option<(String, StackKind)> {
+    let mut counts: std::collections::HashMap<(String, StackKind), u64> = Default::default();
+    let any_on = span.stacks.iter().any(|s| s.kind == StackKind::OnCpu);
+    for stack in &span.stacks {
+        if any_on && stack.kind != StackKind::OnCpu {
+            continue;
+        }
+        let mut user =
+            stack.frames.iter().rev().filter(|f| {
+                !f.ends_with("_[k]") && !f.starts_with("[unknown]") && !f.starts_with('[')
+            });
+        let Some(leaf) = user.next() else { continue };
+        let key = match user.next() {
+            Some(caller) => format!("{leaf} ← {caller}"),
+            None => leaf.clone(),
+        };
+        let weight = if stack.kind == StackKind::OnCpu {
+            stack.samples
+        } else {
+            stack.weight_ns
+        };
+        *counts.entry((key, stack.kind)).or_default() += weight;
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .map(|(k, _)| k)
 }
 
 /// The line of a finished span.
@@ -47,11 +70,12 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
         line.push_str(&format!("  task {task}"));
     }
     if span.cause.is_none()
-        && let Some(hot) = leaf_and_caller(span)
+        && let Some((hot, kind)) = hot_frames(span)
     {
-        let tag = match span.hottest_stack().map(|s| s.kind) {
-            Some(StackKind::OffCpu) => " (off-cpu)",
-            _ => "",
+        let tag = if kind == StackKind::OnCpu {
+            ""
+        } else {
+            " (off-cpu)"
         };
         line.push_str(&format!("  {hot}{tag}"));
     }

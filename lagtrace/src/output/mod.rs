@@ -8,7 +8,7 @@ pub mod summary;
 
 use std::path::PathBuf;
 
-use crate::{error::Result, spans::Span};
+use crate::{cli::Args, error::Result, spans::Span};
 
 /// What a recorder needs to know when the trace ends.
 pub struct TraceInfo {
@@ -22,6 +22,60 @@ pub trait Recorder {
     fn record(&mut self, span: &Span) -> Result<()>;
     /// Write what is left; returns the file written, if any.
     fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>>;
+}
+
+/// The recorders the flags ask for. With no output flag, a flamegraph goes
+/// to `lagtrace-PID-YYYYmmdd-HHMMSS.svg` in the current folder; its path is
+/// returned too, since it is written only if the trace captured spans (it
+/// is then the last recorder).
+pub fn recorders(args: &Args, period_ns: u64) -> Result<(Vec<Box<dyn Recorder>>, Option<PathBuf>)> {
+    let mut out: Vec<Box<dyn Recorder>> = Vec::new();
+    let multi = args.pids.len() > 1;
+    if let Some(p) = &args.spans {
+        out.push(Box::new(jsonl::JsonLines::create(p.clone())?));
+    }
+    if let Some(p) = &args.folded {
+        out.push(Box::new(folded::FoldedFile::new(
+            p.clone(),
+            period_ns,
+            multi,
+        )));
+    }
+    if let Some(p) = &args.flamegraph {
+        out.push(Box::new(flamegraph::FlameGraphFile::new(
+            p.clone(),
+            period_ns,
+            multi,
+        )));
+    }
+    let default_svg = out.is_empty().then(|| default_svg_path(args.pids[0]));
+    if let Some(p) = &default_svg {
+        out.push(Box::new(flamegraph::FlameGraphFile::new(
+            p.clone(),
+            period_ns,
+            multi,
+        )));
+    }
+    Ok((out, default_svg))
+}
+
+fn default_svg_path(pid: u32) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as libc::time_t;
+    // SAFETY: localtime_r fills the tm we own from a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    PathBuf::from(format!(
+        "lagtrace-{pid}-{:04}{:02}{:02}-{:02}{:02}{:02}.svg",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    ))
 }
 
 /// `12.3 ms`, `1.50 s`, `850 µs`: three significant figures.

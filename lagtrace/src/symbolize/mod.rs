@@ -4,6 +4,7 @@
 //! The kernel deduplicates stacks into ids, and an id keeps its meaning for
 //! the whole trace (lagtrace never deletes from the stack map), so frames
 //! are resolved once per (pid, user id, kernel id).
+mod cache;
 pub mod native;
 
 use std::collections::HashMap;

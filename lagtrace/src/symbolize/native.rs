@@ -15,10 +15,8 @@ use blazesym::{
 };
 
 // Declared here so that `symbolize/mod.rs` need not know of it.
-#[path = "cache.rs"]
-mod cache;
 
-use cache::{MAX_CACHED, PidCache, lookup_addrs, uncached, unknown_addr};
+use super::cache::{MAX_CACHED, PidCache, lookup_addrs, uncached, unknown_addr};
 
 pub struct NativeSymbolizer {
     symbolizer: Symbolizer,
