@@ -18,6 +18,9 @@ pub struct TraceInfo {
     pub period_ns: u64,
 }
 
+/// The outputs of one trace.
+pub type Recorders = Vec<Box<dyn Recorder>>;
+
 pub trait Recorder {
     fn record(&mut self, span: &Span) -> Result<()>;
     /// Write what is left; returns the file written, if any.
@@ -28,7 +31,7 @@ pub trait Recorder {
 /// to `lagtrace-PID-YYYYmmdd-HHMMSS.svg` in the current folder; its path is
 /// returned too, since it is written only if the trace captured spans (it
 /// is then the last recorder).
-pub fn recorders(args: &Args, period_ns: u64) -> Result<(Vec<Box<dyn Recorder>>, Option<PathBuf>)> {
+pub fn recorders(args: &Args, period_ns: u64) -> Result<(Recorders, Option<PathBuf>)> {
     let mut out: Vec<Box<dyn Recorder>> = Vec::new();
     let multi = args.pids.len() > 1;
     if let Some(p) = &args.spans {

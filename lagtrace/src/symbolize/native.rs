@@ -229,10 +229,9 @@ mod tests {
         let frames = s.frames(pid, &[inner, outer + 1], &[]);
         let text = frames.join(" | ");
         assert!(frames[0].contains("other_noinline_fn"), "{text}");
-        assert!(
-            frames[frames.len() - 1].contains("some_noinline_fn"),
-            "{text}"
-        );
+        // In release builds inlined helpers (black_box) may follow it.
+        let inner_at = frames.iter().position(|f| f.contains("some_noinline_fn"));
+        assert!(inner_at.is_some_and(|i| i > 0), "{text}");
         assert!(
             text.contains("(symbolize/native.rs:"),
             "no file:line in {text}"
