@@ -14,8 +14,8 @@ use aya_ebpf::{
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL, Config,
     EVENT_SAMPLES, EVENT_SPAN, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
-    SAMPLE_BUF, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER, THREAD_OVER, ThreadState,
-    hist_bucket,
+    SAMPLE_BUF, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER, THREAD_OVER, TargetConfig,
+    ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -51,8 +51,8 @@ pub fn bump(counter: u32) {
 }
 
 #[inline(always)]
-pub fn is_target(tgid: u32) -> bool {
-    unsafe { TARGETS.get(&tgid) }.is_some()
+pub fn target(tgid: u32) -> Option<&'static TargetConfig> {
+    unsafe { TARGETS.get(&tgid) }
 }
 
 /// The state of a known loop thread.
@@ -67,6 +67,7 @@ pub fn thread_or_insert<C: EbpfContext>(
     ctx: &C,
     tid: u32,
     tgid: u32,
+    cfg: &TargetConfig,
 ) -> Option<&'static mut ThreadState> {
     if let Some(t) = thread(tid) {
         if t.tgid == tgid {
@@ -85,6 +86,7 @@ pub fn thread_or_insert<C: EbpfContext>(
     }
     let t = thread(tid)?;
     t.tgid = tgid;
+    t.stream_after_ns = cfg.stream_after_ns;
     debug!(ctx, "lagtrace: new loop thread tid={} tgid={}", tid, tgid);
     Some(t)
 }
@@ -193,7 +195,12 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, rec: SampleRec) {
     let Some(cfg) = config() else { return };
     t.samples += 1;
     bump(CTR_SAMPLES);
-    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {
+    let stream_after = if t.stream_after_ns == 0 || t.stream_after_ns > cfg.threshold_ns {
+        cfg.threshold_ns
+    } else {
+        t.stream_after_ns
+    };
+    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < stream_after {
         let n = t.nbuf as usize;
         if n >= SAMPLE_BUF {
             t.samples_dropped += 1;

@@ -18,11 +18,15 @@ use crate::{
     cli::Args,
     clock::WallClock,
     error::{Error, Result},
-    events::decode,
+    events::{Event, decode},
     output::{self, Recorder, TraceInfo, live},
     probes::{Counters, ProbeOptions, Probes},
     spans::{Assembler, RawSpan, Span},
-    symbolize::StackSymbolizer,
+    symbolize::{
+        StackSymbolizer,
+        python::{is_python, task_of},
+        python_live::LivePython,
+    },
     target::{Target, ThreadNames, check_privileges},
 };
 
@@ -39,6 +43,8 @@ pub struct Outcome {
 }
 
 const TICK: Duration = Duration::from_millis(100);
+/// How often threads waiting off the CPU get their Python stacks read.
+const PY_TICK: Duration = Duration::from_millis(10);
 /// Thread snapshots (histograms) are read every this many ticks.
 const SNAPSHOT_TICKS: u32 = 10;
 
@@ -48,6 +54,7 @@ struct Pipeline {
     threshold_ns: u64,
     assembler: Assembler,
     symbolizer: StackSymbolizer,
+    python: LivePython,
     names: ThreadNames,
     summary: SummaryBuilder,
     recorders: Vec<Box<dyn Recorder>>,
@@ -70,7 +77,19 @@ impl Pipeline {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(event) => {
-                    if let Some(raw) = self.assembler.push(event) {
+                    let python = match &event {
+                        Event::Samples(b) => {
+                            let stacks = self.python.on_batch(b, &|tid| probes.thread(tid));
+                            Some((b.tid, b.iteration, stacks))
+                        }
+                        Event::Span(_) => None,
+                    };
+                    if let Some((tid, iteration, stacks)) = python {
+                        self.assembler.push(event);
+                        for (ts, stack) in stacks {
+                            self.assembler.attach_python(tid, iteration, ts, stack);
+                        }
+                    } else if let Some(raw) = self.assembler.push(event) {
                         let span = self.build(&raw, false, probes);
                         self.finish_span(span)?;
                     }
@@ -106,7 +125,7 @@ impl Pipeline {
             samples_dropped: u64::from(ev.samples_dropped) + raw.samples_capped,
             unfinished,
             cause: None,
-            task: None,
+            task: busiest_task(&raw.samples),
             stacks,
             start_mono_ns: ev.start_ns,
         }
@@ -191,6 +210,20 @@ impl Pipeline {
     }
 }
 
+/// The asyncio task that most samples with Python frames ran in.
+fn busiest_task(samples: &[crate::spans::Sample]) -> Option<String> {
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for py in samples.iter().filter_map(|s| s.python.as_ref()) {
+        if let Some(task) = task_of(py) {
+            *counts.entry(task).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .map(|(t, _)| t)
+}
+
 /// The weight of one on-CPU sample; off-CPU time is counted in these units.
 pub fn period_ns(frequency: u64) -> u64 {
     1_000_000_000u64.checked_div(frequency).unwrap_or(1_000_000)
@@ -219,8 +252,23 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     } else {
         None
     };
+    let mut python = LivePython::default();
+    let mut notes = Vec::new();
     for t in &targets {
-        probes.add_target(t.pid)?;
+        let mut stream_after = 0;
+        if is_python(t.pid) {
+            match python.reader.attach(t.pid) {
+                Ok(version) => {
+                    // Read Python frames from a quarter of the threshold on,
+                    // so a span's early part has them too.
+                    stream_after = threshold_ns / 4;
+                    python.add_target(t.pid, stream_after);
+                    notes.push(format!("pid {} is Python {version}: Python frames on", t.pid));
+                }
+                Err(e) => notes.push(format!("pid {} looks like Python but its interpreter cannot be read ({e}): native frames only", t.pid)),
+            }
+        }
+        probes.add_target(t.pid, stream_after)?;
     }
     probes.attach(&opts)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until
@@ -249,6 +297,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             None => "until the target exits".into(),
         }
     );
+    for note in &notes {
+        eprintln!("lagtrace: {note}");
+    }
     log::debug!("attached: {}", probes.attached.join(", "));
 
     let mut p = Pipeline {
@@ -257,6 +308,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         threshold_ns,
         assembler: Assembler::new(),
         symbolizer: StackSymbolizer::new(),
+        python,
         names: ThreadNames::default(),
         summary: SummaryBuilder::default(),
         recorders: Vec::new(),
@@ -271,8 +323,15 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut ticks = 0u32;
+    let mut py_tick = interval(PY_TICK);
+    py_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let has_python = p.python.any();
     loop {
         tokio::select! {
+            _ = py_tick.tick(), if has_python => {
+                let threads = probes.threads()?;
+                p.python.poll(&threads, &|tid| probes.thread(tid));
+            }
             guard = events.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("polling the ring buffer", e))?;
                 p.drain(guard.get_inner_mut(), &probes)?;
@@ -339,6 +398,18 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         }
     }
     report_health(&outcome.counters);
+    let py = p.python.reader.stats;
+    if py.reads > 0 {
+        eprintln!(
+            "lagtrace: python: {} stack reads, {:.1} µs each on average, {} failed, {} torn (dropped)",
+            py.reads,
+            py.read_ns as f64 / py.reads as f64 / 1e3,
+            py.failed,
+            py.torn
+        );
+    } else if p.python.any() {
+        eprintln!("lagtrace: python: 0 stack reads (no iteration was long enough to need one)");
+    }
     // The default flamegraph is only worth a file when there was a span.
     if default_svg.is_some() && p.spans == 0 {
         p.recorders.pop();

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use lagtrace_common::THREAD_IN_ITER;
 
-use crate::iteration::{begin, end, is_target, now_ns, thread, thread_or_insert};
+use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
 
 #[tracepoint]
 pub fn epoll_exit(ctx: TracePointContext) -> u32 {
@@ -16,10 +16,8 @@ pub fn epoll_exit(ctx: TracePointContext) -> u32 {
 fn try_epoll_exit(ctx: &TracePointContext) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_target(tgid) {
-        return None;
-    }
-    let t = thread_or_insert(ctx, pid_tgid as u32, tgid)?;
+    let cfg = target(tgid)?;
+    let t = thread_or_insert(ctx, pid_tgid as u32, tgid, cfg)?;
     begin(t, now_ns());
     Some(0)
 }
@@ -32,9 +30,7 @@ pub fn epoll_enter(_ctx: TracePointContext) -> u32 {
 fn try_epoll_enter() -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if !is_target(tgid) {
-        return None;
-    }
+    target(tgid)?;
     let tid = pid_tgid as u32;
     let t = thread(tid)?;
     if t.flags & THREAD_IN_ITER == 0 || t.tgid != tgid {

@@ -13,7 +13,7 @@ use aya::{
 };
 use lagtrace_common::{
     CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
-    CTR_STACK_ERRORS, CTR_THREADS_FULL, Config, ThreadState,
+    CTR_STACK_ERRORS, CTR_THREADS_FULL, Config, TargetConfig, ThreadState,
 };
 
 use super::tracefs;
@@ -96,12 +96,23 @@ impl Probes {
         aya_log::EbpfLogger::init(&mut self.ebpf).ok()
     }
 
-    /// Trace this process: every thread of it, including threads created later.
-    pub fn add_target(&mut self, tgid: u32) -> Result<()> {
-        let mut targets: HashMap<_, u32, u32> =
-            HashMap::try_from(self.ebpf.map_mut("TARGETS").expect("TARGETS map"))
-                .map_err(map_err("TARGETS"))?;
-        targets.insert(tgid, 1, 0).map_err(map_err("TARGETS"))
+    /// Trace this process: every thread of it, including threads created
+    /// later. Samples of its iterations stream live after `stream_after_ns`
+    /// (0: at the threshold).
+    pub fn add_target(&mut self, tgid: u32, stream_after_ns: u64) -> Result<()> {
+        let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
+        let mut targets: HashMap<_, u32, TargetConfig> =
+            HashMap::try_from(map).map_err(map_err("TARGETS"))?;
+        targets
+            .insert(tgid, TargetConfig { stream_after_ns }, 0)
+            .map_err(map_err("TARGETS"))
+    }
+
+    /// The kernel's state of one loop thread.
+    pub fn thread(&self, tid: u32) -> Option<ThreadState> {
+        let threads: HashMap<_, u32, ThreadState> =
+            HashMap::try_from(self.ebpf.map("THREADS")?).ok()?;
+        threads.get(&tid, 0).ok()
     }
 
     /// Attach all programs. The targets must be set first.

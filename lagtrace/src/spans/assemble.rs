@@ -9,17 +9,25 @@ use std::collections::HashMap;
 
 use lagtrace_common::{SampleRec, SpanEvent};
 
+use super::model::PyStack;
 use crate::events::Event;
 
 /// Most samples kept for one open span; a loop stuck for hours at a high
 /// frequency must not grow lagtrace without bound.
 pub const MAX_SAMPLES_PER_SPAN: usize = 200_000;
 
+/// One kernel sample and, for Python targets, the Python frames read for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub rec: SampleRec,
+    pub python: Option<PyStack>,
+}
+
 /// A finished span with its samples, before symbolization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawSpan {
     pub event: SpanEvent,
-    pub samples: Vec<SampleRec>,
+    pub samples: Vec<Sample>,
     /// Samples dropped here because the span held too many.
     pub samples_capped: u64,
 }
@@ -28,7 +36,7 @@ pub struct RawSpan {
 struct Pending {
     tgid: u32,
     iteration: u64,
-    samples: Vec<SampleRec>,
+    samples: Vec<Sample>,
     capped: u64,
 }
 
@@ -58,7 +66,11 @@ impl Assembler {
                 let room = MAX_SAMPLES_PER_SPAN.saturating_sub(p.samples.len());
                 let take = batch.recs.len().min(room);
                 p.capped += (batch.recs.len() - take) as u64;
-                p.samples.extend_from_slice(&batch.recs[..take]);
+                p.samples.extend(
+                    batch.recs[..take]
+                        .iter()
+                        .map(|&rec| Sample { rec, python: None }),
+                );
                 None
             }
             Event::Span(event) => {
@@ -78,8 +90,27 @@ impl Assembler {
         }
     }
 
+    /// Give the sample of (`tid`, `iteration`) taken at `ts_ns` its Python
+    /// frames; false if no such sample is pending.
+    pub fn attach_python(&mut self, tid: u32, iteration: u64, ts_ns: u64, stack: PyStack) -> bool {
+        let Some(p) = self
+            .pending
+            .get_mut(&tid)
+            .filter(|p| p.iteration == iteration)
+        else {
+            return false;
+        };
+        match p.samples.iter_mut().rev().find(|s| s.rec.ts_ns == ts_ns) {
+            Some(s) => {
+                s.python = Some(stack);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Samples received so far for a span that is still open.
-    pub fn open_samples(&self, tid: u32, iteration: u64) -> &[SampleRec] {
+    pub fn open_samples(&self, tid: u32, iteration: u64) -> &[Sample] {
         match self.pending.get(&tid) {
             Some(p) if p.iteration == iteration => &p.samples,
             _ => &[],
@@ -116,11 +147,27 @@ mod tests {
         assert_eq!(a.open_samples(1, 5).len(), 3);
         let s = a.push(Event::Span(span(1, 5, 0, 40))).unwrap();
         assert_eq!(
-            s.samples.iter().map(|r| r.ts_ns).collect::<Vec<_>>(),
+            s.samples.iter().map(|r| r.rec.ts_ns).collect::<Vec<_>>(),
             vec![10, 20, 30]
         );
         let other = a.push(Event::Span(span(2, 9, 0, 40))).unwrap();
         assert_eq!(other.samples.len(), 1);
+    }
+
+    #[test]
+    fn python_frames_join_their_sample() {
+        let mut a = Assembler::new();
+        a.push(batch(1, 5, &[10, 20]));
+        let py: PyStack = vec!["f (a.py:1)".to_string()].into();
+        assert!(a.attach_python(1, 5, 20, py.clone()));
+        assert!(
+            !a.attach_python(1, 5, 99, py.clone()),
+            "no sample at that time"
+        );
+        assert!(!a.attach_python(1, 4, 20, py.clone()), "another iteration");
+        let s = a.push(Event::Span(span(1, 5, 0, 40))).unwrap();
+        assert_eq!(s.samples[1].python.as_deref(), Some(&py[..]));
+        assert!(s.samples[0].python.is_none());
     }
 
     #[test]
@@ -130,7 +177,7 @@ mod tests {
         a.push(batch(1, 6, &[20]));
         let s = a.push(Event::Span(span(1, 6, 0, 40))).unwrap();
         assert_eq!(s.samples.len(), 1);
-        assert_eq!(s.samples[0].ts_ns, 20);
+        assert_eq!(s.samples[0].rec.ts_ns, 20);
         let bare = a.push(Event::Span(span(1, 7, 0, 40))).unwrap();
         assert!(bare.samples.is_empty());
     }

@@ -3,5 +3,5 @@
 pub mod assemble;
 pub mod model;
 
-pub use assemble::{Assembler, RawSpan};
-pub use model::{Span, StackCount, StackKind};
+pub use assemble::{Assembler, RawSpan, Sample};
+pub use model::{PyStack, Span, StackCount, StackKind};

@@ -1,7 +1,12 @@
 //! The `Span` record: one blocking span, symbolized, as every output sees it.
 //! Its JSON field names are an interface that scripts rely on; the required
 //! ones (`pid`, `tid`, `thread`, `start_unix_ns`, `duration_ns`) never change.
+use std::sync::Arc;
+
 use serde::Serialize;
+
+/// Python frames of one sample, outermost first, as `function (dir/file.py:line)`.
+pub type PyStack = Arc<[String]>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -5,20 +5,34 @@
 //! the whole trace (lagtrace never deletes from the stack map), so frames
 //! are resolved once per (pid, user id, kernel id).
 mod cache;
+pub mod merge;
 pub mod native;
+pub mod python;
+pub mod python_live;
 
 use std::collections::HashMap;
 
 use lagtrace_common::{SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SampleRec};
 
-use crate::spans::{StackCount, StackKind};
+use crate::spans::{Sample, StackCount, StackKind};
 
 pub use native::NativeSymbolizer;
+
+/// Native frames of one pair of stack ids, split as `merge` needs them.
+#[derive(Clone, Default)]
+struct NativeFrames {
+    /// User frames, outermost first.
+    user: Vec<String>,
+    /// The frames of the interrupted instruction alone (with its inlines).
+    leaf: Vec<String>,
+    /// Kernel frames, outermost first, with the `_[k]` suffix.
+    kernel: Vec<String>,
+}
 
 /// Turns samples into counted stacks of frame names.
 pub struct StackSymbolizer {
     native: NativeSymbolizer,
-    by_ids: HashMap<(u32, i32, i32), Vec<String>>,
+    by_ids: HashMap<(u32, i32, i32), NativeFrames>,
 }
 
 impl Default for StackSymbolizer {
@@ -35,25 +49,45 @@ impl StackSymbolizer {
         }
     }
 
-    /// Frames (outermost first) of one sample's stack ids; `ips_of` reads the
-    /// kernel's stack map.
-    pub fn frames(
+    fn native_frames(
         &mut self,
         pid: u32,
         rec: &SampleRec,
         ips_of: &impl Fn(i32) -> Option<Vec<u64>>,
-    ) -> Vec<String> {
+    ) -> &NativeFrames {
         let key = (pid, rec.user_stack, rec.kernel_stack);
-        if let Some(f) = self.by_ids.get(&key) {
-            return f.clone();
+        if !self.by_ids.contains_key(&key) {
+            let user_ips = ips_of(rec.user_stack).unwrap_or_default();
+            let kernel_ips = ips_of(rec.kernel_stack).unwrap_or_default();
+            let frames = NativeFrames {
+                user: self.native.frames(pid, &user_ips, &[]),
+                leaf: self
+                    .native
+                    .frames(pid, &user_ips[..user_ips.len().min(1)], &[]),
+                kernel: self.native.frames(pid, &[], &kernel_ips),
+            };
+            self.by_ids.insert(key, frames);
         }
-        let user = ips_of(rec.user_stack).unwrap_or_default();
-        let kernel = ips_of(rec.kernel_stack).unwrap_or_default();
-        let mut frames = self.native.frames(pid, &user, &kernel);
+        &self.by_ids[&key]
+    }
+
+    /// Frames (outermost first) of one sample: native frames from its stack
+    /// ids (`ips_of` reads the kernel's stack map), merged with its Python
+    /// frames when it has them.
+    pub fn frames(
+        &mut self,
+        pid: u32,
+        sample: &Sample,
+        ips_of: &impl Fn(i32) -> Option<Vec<u64>>,
+    ) -> Vec<String> {
+        let n = self.native_frames(pid, &sample.rec, ips_of);
+        let mut frames = match &sample.python {
+            Some(py) => merge::merge(py, &n.user, &n.leaf, &n.kernel),
+            None => n.user.iter().chain(&n.kernel).cloned().collect(),
+        };
         if frames.is_empty() {
             frames.push("[no stack]".into());
         }
-        self.by_ids.insert(key, frames.clone());
         frames
     }
 
@@ -61,14 +95,14 @@ impl StackSymbolizer {
     pub fn stacks(
         &mut self,
         pid: u32,
-        samples: &[SampleRec],
+        samples: &[Sample],
         ips_of: &impl Fn(i32) -> Option<Vec<u64>>,
     ) -> Vec<StackCount> {
-        group(
-            samples
-                .iter()
-                .map(|rec| (rec, self.frames(pid, rec, ips_of))),
-        )
+        let framed: Vec<(&SampleRec, Vec<String>)> = samples
+            .iter()
+            .map(|s| (&s.rec, self.frames(pid, s, ips_of)))
+            .collect();
+        group(framed.into_iter())
     }
 
     pub fn invalidate(&mut self, pid: u32) {

@@ -1,0 +1,218 @@
+//! Python frames of a loop thread, read from the interpreter's own frame
+//! state with py-spy (as a library) while a span is open.
+//!
+//! Reads never stop the target: py-spy runs in non-blocking mode and reads
+//! memory with process_vm_readv. A read can tear (the interpreter moved on
+//! mid-read); py-spy then fails or returns garbage that the caller rejects
+//! by checking that the kernel still shows the same iteration. Such stacks
+//! are dropped and counted, never guessed.
+use std::{collections::HashMap, time::Instant};
+
+use py_spy::{Config, PythonSpy, config::LockingStrategy};
+
+pub use crate::spans::PyStack;
+
+/// Read counts, for the summary and the benchmark.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PyStats {
+    pub reads: u64,
+    pub failed: u64,
+    pub torn: u64,
+    pub read_ns: u64,
+}
+
+pub struct PythonReader {
+    spies: HashMap<u32, PythonSpy>,
+    pub stats: PyStats,
+}
+
+/// True if the process runs CPython: its executable is named python*, or
+/// it maps a libpython.
+pub fn is_python(pid: u32) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let name = exe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("python") {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libpython3"))
+}
+
+fn config() -> Config {
+    Config {
+        blocking: LockingStrategy::NonBlocking,
+        // A thread blocked in a syscall is exactly what off-CPU spans need.
+        include_idle: true,
+        collect_thread_names: false,
+        ..Config::default()
+    }
+}
+
+/// `dir/file.py`: the file and its parent folder, which tells
+/// `json/decoder.py` from `app/decoder.py` without a full path.
+fn short_path(path: &str) -> &str {
+    let mut cut = path.len();
+    for _ in 0..2 {
+        match path[..cut].rfind('/') {
+            Some(i) => cut = i,
+            None => return path,
+        }
+    }
+    &path[cut + 1..]
+}
+
+impl Default for PythonReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PythonReader {
+    pub fn new() -> Self {
+        Self {
+            spies: HashMap::new(),
+            stats: PyStats::default(),
+        }
+    }
+
+    /// Prepare to read a Python process; returns the interpreter version.
+    pub fn attach(&mut self, pid: u32) -> Result<String, String> {
+        let spy = PythonSpy::new(pid as py_spy::Pid, &config()).map_err(|e| format!("{e:#}"))?;
+        let version = spy.version.to_string();
+        self.spies.insert(pid, spy);
+        Ok(version)
+    }
+
+    pub fn attached(&self, pid: u32) -> bool {
+        self.spies.contains_key(&pid)
+    }
+
+    /// The Python stack of thread `tid` right now.
+    pub fn stack(&mut self, pid: u32, tid: u32) -> Option<PyStack> {
+        let spy = self.spies.get_mut(&pid)?;
+        let t0 = Instant::now();
+        let traces = spy.get_stack_traces();
+        self.stats.reads += 1;
+        self.stats.read_ns += t0.elapsed().as_nanos() as u64;
+        let traces = match traces {
+            Ok(t) => t,
+            Err(e) => {
+                log::debug!("python stack read of {pid}/{tid} failed: {e:#}");
+                self.stats.failed += 1;
+                return None;
+            }
+        };
+        // 3.11+ records the OS thread id. Before that the thread can only be
+        // named exactly when the process has a single Python thread.
+        let trace = match traces
+            .iter()
+            .find(|t| t.os_thread_id == Some(u64::from(tid)))
+        {
+            Some(t) => t,
+            None if traces.len() == 1 && traces[0].os_thread_id.is_none() => &traces[0],
+            None => return None,
+        };
+        let frames: Vec<String> = trace
+            .frames
+            .iter()
+            .rev()
+            .map(|f| {
+                if f.line > 0 {
+                    format!("{} ({}:{})", f.name, short_path(&f.filename), f.line)
+                } else {
+                    format!("{} ({})", f.name, short_path(&f.filename))
+                }
+            })
+            .collect();
+        if frames.is_empty() {
+            return None;
+        }
+        Some(frames.into())
+    }
+
+    pub fn torn(&mut self) {
+        self.stats.torn += 1;
+    }
+}
+
+/// The running asyncio task of a Python stack: the coroutine that the
+/// event loop's `Handle._run` (or the pure-Python `Task.__step`) called.
+pub fn task_of(stack: &[String]) -> Option<String> {
+    // 3.11 names methods `_run`, 3.12+ by qualified name `Handle._run`.
+    let run = stack.iter().rposition(|f| {
+        f.contains("_run (asyncio/events.py")
+            || f.contains("__step_run_and_handle_result (asyncio/tasks.py")
+            || f.contains("__step (asyncio/tasks.py")
+    })?;
+    let coro = stack.get(run + 1)?;
+    Some(coro.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_paths_keep_one_folder() {
+        assert_eq!(
+            short_path("/usr/lib/python3.11/json/decoder.py"),
+            "json/decoder.py"
+        );
+        assert_eq!(short_path("app.py"), "app.py");
+        assert_eq!(short_path("/app.py"), "/app.py");
+    }
+
+    #[test]
+    fn task_is_the_coroutine_under_the_loop() {
+        let s: Vec<String> = [
+            "<module> (app/main.py:1)",
+            "run_forever (asyncio/base_events.py:607)",
+            "_run (asyncio/events.py:80)",
+            "decode_response (app/client.py:88)",
+            "loads (json/__init__.py:346)",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            task_of(&s).as_deref(),
+            Some("decode_response (app/client.py:88)")
+        );
+        assert_eq!(task_of(&s[..2]), None);
+    }
+
+    #[test]
+    fn reads_own_python_child() {
+        // A real CPython: the reader names the function it sleeps in.
+        let Ok(mut child) = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import time\ndef napping_here():\n    time.sleep(30)\nnapping_here()",
+            ])
+            .spawn()
+        else {
+            eprintln!("SKIP reads_own_python_child: no python3");
+            return;
+        };
+        let pid = child.id();
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let mut r = PythonReader::new();
+        let attached = r.attach(pid);
+        let stack = attached.as_ref().ok().and_then(|_| r.stack(pid, pid));
+        let _ = child.kill();
+        let _ = child.wait();
+        if unsafe { libc::geteuid() } != 0 && attached.is_err() {
+            eprintln!(
+                "SKIP reads_own_python_child: cannot read another process here ({attached:?})"
+            );
+            return;
+        }
+        let stack = stack.expect("a stack");
+        assert!(
+            stack.iter().any(|f| f.starts_with("napping_here (")),
+            "{stack:?}"
+        );
+    }
+}

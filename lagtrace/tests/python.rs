@@ -1,0 +1,251 @@
+//! Issue 4's bar with real CPythons: Python frames (function, file:line) in
+//! the stacks of blocking spans, merged with native frames, read without
+//! stopping the target, and never read for a healthy loop.
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::*;
+use serde_json::Value;
+
+const VERSIONS: [&str; 3] = ["3.11", "3.12", "3.13"];
+
+fn python_or_skip(test: &str, version: &str) -> Option<PathBuf> {
+    let p = pyenv_python(version);
+    if p.is_none() {
+        eprintln!("SKIP {test} on {version}: no pyenv CPython {version} installed");
+    }
+    p
+}
+
+/// Lines of `def name` up to the next top-level statement.
+fn function_lines(script: &std::path::Path, name: &str) -> std::ops::RangeInclusive<u64> {
+    let text = std::fs::read_to_string(script).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("def {name}(")))
+        .expect("def")
+        + 1;
+    let len = lines[start..]
+        .iter()
+        .position(|l| !l.is_empty() && !l.starts_with(' '))
+        .unwrap_or(lines.len() - start);
+    start as u64..=(start + len) as u64
+}
+
+/// On-CPU samples of a span, and those whose stack has a frame `name (file:line)`
+/// with the line inside `lines`.
+fn share_under(
+    span: &Value,
+    name: &str,
+    file: &str,
+    lines: &std::ops::RangeInclusive<u64>,
+) -> (u64, u64) {
+    let (mut hit, mut total) = (0, 0);
+    for st in span["stacks"].as_array().unwrap() {
+        if st["kind"] != "on-cpu" {
+            continue;
+        }
+        let n = st["samples"].as_u64().unwrap();
+        total += n;
+        let under = st["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f.as_str())
+            .any(|f| {
+                f.strip_prefix(&format!("{name} ("))
+                    .and_then(|rest| rest.strip_suffix(')'))
+                    .and_then(|loc| loc.rsplit_once(':'))
+                    .is_some_and(|(path, line)| {
+                        path.ends_with(file) && line.parse().is_ok_and(|l: u64| lines.contains(&l))
+                    })
+            });
+        if under {
+            hit += n;
+        }
+    }
+    (hit, total)
+}
+
+#[test]
+fn cpu_bound_python_function_is_named_with_file_and_line() {
+    if !root_or_skip("cpu_bound_python_function_is_named_with_file_and_line") {
+        return;
+    }
+    let script = targets_dir().join("asyncio_stalls.py");
+    let lines = function_lines(&script, "burn_cpu");
+    for v in VERSIONS {
+        let Some(py) = python_or_skip("cpu_bound_python_function_is_named_with_file_and_line", v)
+        else {
+            continue;
+        };
+        let mut target = Target::start(
+            &py,
+            &[
+                script.to_str().unwrap(),
+                "--mode",
+                "cpu",
+                "--stalls-ms",
+                "200,300,400",
+            ],
+        );
+        let pid = target.pid.to_string();
+        let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+        target.run_scenario(Duration::from_secs(30));
+        let fin = lt.stop();
+        assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+        let stalls = target.stalls();
+        assert_stalls_reported(&fin.spans, &stalls, 50);
+        for t in &stalls {
+            let span = matching_span(&fin.spans, t)[0];
+            let (hit, total) = share_under(span, "burn_cpu", "asyncio_stalls.py", &lines);
+            let share = hit as f64 / total.max(1) as f64;
+            eprintln!(
+                "ATTRIBUTION python {v} {}: {hit}/{total} on-CPU samples under burn_cpu ({:.1}%)",
+                t.label,
+                share * 100.0
+            );
+            assert!(
+                share >= 0.9,
+                "python {v} {}: {hit}/{total} under burn_cpu: {}",
+                t.label,
+                span["stacks"]
+            );
+            assert!(
+                span["task"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("asyncio_stalls.py")),
+                "task: {}",
+                span["task"]
+            );
+        }
+        assert!(
+            fin.stdout.iter().any(|l| l.contains("burn_cpu (")),
+            "live line names it: {:?}",
+            fin.stdout
+        );
+        assert!(target.alive());
+    }
+}
+
+#[test]
+fn seed_story_json_decode_shows_python_and_native_frames() {
+    if !root_or_skip("seed_story_json_decode_shows_python_and_native_frames") {
+        return;
+    }
+    let script = targets_dir().join("seed_story.py");
+    for v in VERSIONS {
+        let Some(py) = python_or_skip("seed_story_json_decode_shows_python_and_native_frames", v)
+        else {
+            continue;
+        };
+        let mut target = Target::start(&py, &[script.to_str().unwrap(), "--count", "3"]);
+        let pid = target.pid.to_string();
+        let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+        target.run_scenario(Duration::from_secs(60));
+        let fin = lt.stop();
+        assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+        let stalls = target.stalls();
+        assert!(!stalls.is_empty());
+        let mut with_native_leaf = 0;
+        for t in &stalls {
+            let found = matching_span(&fin.spans, t);
+            assert_eq!(
+                found.len(),
+                1,
+                "python {v}: decode {} not one span",
+                t.label
+            );
+            let stacks = found[0]["stacks"].as_array().unwrap();
+            let chain = [
+                "decode_response (",
+                "loads (json/__init__.py:",
+                "decode (json/decoder.py:",
+            ];
+            let python_ok = stacks.iter().any(|st| {
+                let frames: Vec<&str> = st["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|f| f.as_str())
+                    .collect();
+                let mut at = 0;
+                chain.iter().all(
+                    |want| match frames[at..].iter().position(|f| f.contains(want)) {
+                        Some(i) => {
+                            at += i + 1;
+                            true
+                        }
+                        None => false,
+                    },
+                )
+            });
+            assert!(
+                python_ok,
+                "python {v}: no decode_response → loads → decode chain in {stacks:?}"
+            );
+            // Native frames under the innermost Python frame (raw_decode calls
+            // the C scanner, which allocates through the interpreter).
+            with_native_leaf += stacks
+                .iter()
+                .filter(|st| {
+                    let frames: Vec<&str> = st["frames"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|f| f.as_str())
+                        .collect();
+                    frames
+                        .iter()
+                        .position(|f| f.contains("raw_decode (json/decoder.py:"))
+                        .is_some_and(|i| {
+                            frames[i + 1..]
+                                .iter()
+                                .any(|f| !f.contains(".py:") && !f.ends_with("_[k]"))
+                        })
+                })
+                .count();
+        }
+        eprintln!(
+            "SEED python {v}: {} spans, {with_native_leaf} stacks with native frames under raw_decode",
+            stalls.len()
+        );
+        assert!(
+            with_native_leaf > 0,
+            "python {v}: no native frame under raw_decode"
+        );
+    }
+}
+
+#[test]
+fn healthy_python_loop_gets_no_python_reads() {
+    if !root_or_skip("healthy_python_loop_gets_no_python_reads") {
+        return;
+    }
+    let Some(py) = python_or_skip("healthy_python_loop_gets_no_python_reads", "3.12") else {
+        return;
+    };
+    let script = targets_dir().join("asyncio_healthy.py");
+    let mut target = Target::start(&py, &[script.to_str().unwrap(), "--seconds", "3"]);
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    target.run_scenario(Duration::from_secs(30));
+    let fin = lt.stop();
+    assert!(
+        fin.stderr
+            .iter()
+            .any(|l| l.contains("Python 3.12") && l.contains("Python frames on")),
+        "{:?}",
+        fin.stderr
+    );
+    assert!(
+        fin.stderr
+            .iter()
+            .any(|l| l.contains("python: 0 stack reads")),
+        "a healthy loop must cost no Python reads: {:?}",
+        fin.stderr
+    );
+    assert!(fin.spans.is_empty());
+}

@@ -1,0 +1,361 @@
+//! Sections 1 and 2: what tracing costs the target. One harness runs
+//! interleaved rounds (every mode once per round, in order, on long-lived
+//! server processes) of the same wrk load, and reports each mode's
+//! throughput and p99 as a ratio to its baseline mode in the same round:
+//! median with min and max over rounds. Section 1 compares lagtrace (default
+//! and -F 4999) with no tracing on the asyncio and Node.js servers; section 2
+//! puts the alternatives (py-spy, asyncio debug mode, an in-process lag
+//! monitor) through the same harness on the asyncio server.
+use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    Ctx, Section,
+    lagtrace::Lagtrace,
+    proc::{Proc, Stream},
+    report::Table,
+    stats::{Spread, ms, ratio_cell, ratios, thousands},
+    targets::{self, Target},
+    wrk::{self, Load},
+};
+
+/// The goal for lagtrace at default settings: throughput ratio at least this.
+pub const GOAL_RATIO: f64 = 0.99;
+const WARMUP_SECS: u64 = 1;
+
+/// What runs alongside the target during a round.
+pub enum Tool {
+    Untraced,
+    Lagtrace(Vec<String>),
+    PySpy { bin: PathBuf, nonblocking: bool },
+}
+
+pub struct Mode<'a> {
+    pub label: String,
+    pub target: &'a Target,
+    pub tool: Tool,
+}
+
+/// One mode's result in one round.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    pub load: Load,
+    /// Loop iterations lagtrace's summary counted (lagtrace modes only).
+    pub iterations: Option<u64>,
+    /// Anything unusual: a lost-events warning, a non-zero exit.
+    pub notes: Vec<String>,
+}
+
+/// Runs `rounds` rounds of every mode; returns `[mode][round]`.
+pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Round>>> {
+    let secs = ctx.plan.load_secs;
+    let mut warmed: Vec<u32> = Vec::new();
+    for m in modes {
+        if !warmed.contains(&m.target.pid) {
+            eprintln!("-- warm-up: {}", m.target.proc.name);
+            wrk::run(m.target.port, WARMUP_SECS)?;
+            warmed.push(m.target.pid);
+        }
+    }
+    let mut out: Vec<Vec<Round>> = modes.iter().map(|_| Vec::new()).collect();
+    for r in 0..rounds {
+        for (i, m) in modes.iter().enumerate() {
+            eprintln!("-- round {}/{rounds}: {}", r + 1, m.label);
+            out[i].push(one_round(ctx, m, secs)?);
+        }
+    }
+    Ok(out)
+}
+
+fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
+    let target = m.target;
+    match &m.tool {
+        Tool::Untraced => Ok(Round {
+            load: wrk::run(target.port, secs)?,
+            ..Round::default()
+        }),
+        Tool::Lagtrace(args) => {
+            let lt = Lagtrace::start(&ctx.lagtrace, target.pid, args)?;
+            let load = wrk::run(target.port, secs);
+            let run = lt.stop(None)?;
+            let mut notes = run.warnings();
+            if !run.status.success() {
+                notes.push(format!("lagtrace ended with {}", run.ended()));
+            }
+            Ok(Round {
+                load: load?,
+                iterations: Some(run.iterations()),
+                notes,
+            })
+        }
+        Tool::PySpy { bin, nonblocking } => {
+            let out = ctx.out.join("py-spy.raw");
+            let mut cmd = Command::new(bin);
+            cmd.args(["record", "--pid", &target.pid.to_string(), "--format", "raw"])
+                .arg("-o")
+                .arg(&out);
+            if *nonblocking {
+                cmd.arg("--nonblocking");
+            }
+            let mut spy = Proc::spawn(
+                "py-spy",
+                &mut cmd,
+                libc::SIGINT,
+                Duration::from_secs(20),
+                false,
+            )?;
+            spy.wait_line("`py-spy> Sampling`", Duration::from_secs(30), |s, l| {
+                s == Stream::Stderr && l.starts_with("py-spy> Sampling")
+            })?;
+            let load = wrk::run(target.port, secs);
+            let status = spy.stop()?;
+            let mut notes = Vec::new();
+            if !status.success() {
+                notes.push(format!("py-spy ended with {status}"));
+            }
+            Ok(Round {
+                load: load?,
+                iterations: None,
+                notes,
+            })
+        }
+    }
+}
+
+/// Throughput and p99 of mode `i` relative to mode `base`, per round.
+pub struct Compared {
+    pub rps: Option<Spread>,
+    pub p99: Option<Spread>,
+}
+
+pub fn compare(results: &[Vec<Round>], i: usize, base: usize) -> Compared {
+    let rps = |m: usize| results[m].iter().map(|r| r.load.rps).collect::<Vec<_>>();
+    let p99 = |m: usize| results[m].iter().map(|r| r.load.p99_ms).collect::<Vec<_>>();
+    Compared {
+        rps: Spread::of(&ratios(&rps(i), &rps(base))),
+        p99: Spread::of(&ratios(&p99(i), &p99(base))),
+    }
+}
+
+/// The results table (ratios against mode 0) and a per-round details block.
+pub fn render(modes: &[Mode], results: &[Vec<Round>]) -> String {
+    let mut t = Table::new(&[
+        "mode",
+        "req/s (median)",
+        "throughput ratio, median (min–max)",
+        "p99 (median)",
+        "p99 ratio, median (min–max)",
+        "notes",
+    ]);
+    for (i, m) in modes.iter().enumerate() {
+        let rounds = &results[i];
+        let rps = Spread::of(&rounds.iter().map(|r| r.load.rps).collect::<Vec<_>>());
+        let p99 = Spread::of(&rounds.iter().map(|r| r.load.p99_ms).collect::<Vec<_>>());
+        let c = compare(results, i, 0);
+        let mut notes: Vec<String> = Vec::new();
+        let its: Vec<f64> = rounds
+            .iter()
+            .filter_map(|r| r.iterations.map(|n| n as f64))
+            .collect();
+        if let Some(s) = Spread::of(&its) {
+            notes.push(format!(
+                "lagtrace counted {} loop iterations/round (median)",
+                thousands(s.median)
+            ));
+        }
+        let errors: u64 = rounds.iter().map(|r| r.load.errors).sum();
+        if errors > 0 {
+            notes.push(format!("{errors} wrk errors"));
+        }
+        for r in rounds {
+            for n in &r.notes {
+                if !notes.contains(n) {
+                    notes.push(n.clone());
+                }
+            }
+        }
+        t.row(vec![
+            m.label.clone(),
+            rps.map_or("n/a".into(), |s| thousands(s.median)),
+            if i == 0 {
+                "1 (baseline)".into()
+            } else {
+                ratio_cell(c.rps)
+            },
+            p99.map_or("n/a".into(), |s| ms(s.median)),
+            if i == 0 {
+                "1 (baseline)".into()
+            } else {
+                ratio_cell(c.p99)
+            },
+            notes.join("; "),
+        ]);
+    }
+    let mut out = t.render();
+    out.push_str("\n<details><summary>Per round: req/s, p99</summary>\n\n");
+    let mut header = vec!["round".to_owned()];
+    header.extend(modes.iter().map(|m| m.label.clone()));
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut d = Table::new(&header_refs);
+    let n = results.first().map_or(0, Vec::len);
+    for r in 0..n {
+        let mut row = vec![(r + 1).to_string()];
+        for mode in results {
+            row.push(mode.get(r).map_or("n/a".into(), |x| {
+                format!("{}, {}", thousands(x.load.rps), ms(x.load.p99_ms))
+            }));
+        }
+        d.row(row);
+    }
+    out.push_str(&d.render());
+    out.push_str("\n</details>\n");
+    out
+}
+
+/// Section 1: lagtrace's overhead on the asyncio and Node.js servers.
+pub fn section_overhead(ctx: &Ctx) -> Result<Section> {
+    let mut body = format!(
+        "Load: `{}`, {} interleaved rounds (untraced, then lagtrace at default settings, then \
+         lagtrace `-F 4999`) on the same server process, after a {WARMUP_SECS} s warm-up. \
+         lagtrace is started before each traced round (the round begins once it prints \
+         `lagtrace: tracing`) and stopped with SIGINT after it. Ratios are traced/untraced \
+         within a round: for throughput higher is better, for p99 lower is better. Nothing is pinned.\n\n",
+        wrk::args(ctx.plan.load_secs),
+        ctx.plan.rounds
+    );
+    let mut headline = Vec::new();
+    let asyncio = targets::asyncio_http(&ctx.python, "asyncio_http", &[])?;
+    let node = targets::node_http()?;
+    for (name, target) in [
+        (format!("asyncio (Python {})", ctx.python.version), &asyncio),
+        (format!("Node.js {}", ctx.node), &node),
+    ] {
+        let modes = [
+            Mode {
+                label: "untraced".into(),
+                target,
+                tool: Tool::Untraced,
+            },
+            Mode {
+                label: "lagtrace (default: 50 ms, 499 Hz)".into(),
+                target,
+                tool: Tool::Lagtrace(vec![]),
+            },
+            Mode {
+                label: "lagtrace -F 4999".into(),
+                target,
+                tool: Tool::Lagtrace(vec!["-F".into(), "4999".into()]),
+            },
+        ];
+        let results = interleave(ctx, &modes, ctx.plan.rounds)
+            .with_context(|| format!("overhead rounds on {name}"))?;
+        let _ = write!(body, "### {name} HTTP server\n\n{}\n", render(&modes, &results));
+        let default = compare(&results, 1, 0);
+        let max_f = compare(&results, 2, 0);
+        let verdict = match default.rps {
+            Some(s) if s.median >= GOAL_RATIO => "**met**",
+            Some(_) => "**not met**",
+            None => "not measured",
+        };
+        let line = format!(
+            "{name}: throughput ratio at default settings {} — goal ≥ {GOAL_RATIO} {verdict}; \
+             at -F 4999 {}; p99 ratio at default {}",
+            ratio_cell(default.rps),
+            ratio_cell(max_f.rps),
+            ratio_cell(default.p99)
+        );
+        let _ = writeln!(body, "Goal line: {line}\n");
+        headline.push(line);
+    }
+    Ok(Section {
+        title: "1. Overhead on the target".into(),
+        body,
+        headline,
+    })
+}
+
+/// Section 2: the alternatives, through the same harness on asyncio.
+pub fn section_alternatives(ctx: &Ctx) -> Result<Section> {
+    let py_spy = super::deps::py_spy(&ctx.python)?;
+    let normal = targets::asyncio_http(&ctx.python, "asyncio_http", &[])?;
+    let debug = targets::asyncio_http(
+        &ctx.python,
+        "asyncio_http (debug)",
+        &[("PYTHONASYNCIODEBUG", "1")],
+    )?;
+    let monitor =
+        targets::asyncio_http(&ctx.python, "asyncio_http (monitor)", &[("LAG_MONITOR", "1")])?;
+    let version = capture_version(&py_spy);
+    let modes = [
+        Mode {
+            label: "untraced".into(),
+            target: &normal,
+            tool: Tool::Untraced,
+        },
+        Mode {
+            label: "lagtrace (default)".into(),
+            target: &normal,
+            tool: Tool::Lagtrace(vec![]),
+        },
+        Mode {
+            label: "py-spy record (100 Hz, blocking)".into(),
+            target: &normal,
+            tool: Tool::PySpy {
+                bin: py_spy.clone(),
+                nonblocking: false,
+            },
+        },
+        Mode {
+            label: "py-spy record --nonblocking".into(),
+            target: &normal,
+            tool: Tool::PySpy {
+                bin: py_spy,
+                nonblocking: true,
+            },
+        },
+        Mode {
+            label: "asyncio debug mode (PYTHONASYNCIODEBUG=1)".into(),
+            target: &debug,
+            tool: Tool::Untraced,
+        },
+        Mode {
+            label: "in-process lag monitor (LAG_MONITOR=1)".into(),
+            target: &monitor,
+            tool: Tool::Untraced,
+        },
+    ];
+    let results = interleave(ctx, &modes, ctx.plan.rounds)?;
+    let mut body = format!(
+        "Same harness and load as section 1 (`{}`, {} interleaved rounds), asyncio server, \
+         Python {}. py-spy ({version}) attaches to the untraced server for its rounds \
+         (`py-spy record --format raw`, its default 100 Hz, stopped with SIGINT). \
+         Debug mode and the lag monitor (a coroutine sleeping 1 s and logging its oversleep \
+         as a JSON line) need the server started differently, so they run as two more server \
+         processes, idle while the others are loaded; their ratios compare different \
+         processes of the same script.\n\n",
+        wrk::args(ctx.plan.load_secs),
+        ctx.plan.rounds,
+        ctx.python.version
+    );
+    body.push_str(&render(&modes, &results));
+    let mut headline = Vec::new();
+    for i in 1..modes.len() {
+        headline.push(format!(
+            "{}: throughput ratio {}",
+            modes[i].label,
+            ratio_cell(compare(&results, i, 0).rps)
+        ));
+    }
+    Ok(Section {
+        title: "2. Alternatives on the same asyncio server".into(),
+        body,
+        headline: vec![format!("alternatives (asyncio) — {}", headline.join("; "))],
+    })
+}
+
+fn capture_version(bin: &std::path::Path) -> String {
+    crate::util::capture(Command::new(bin).arg("--version"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "py-spy".into())
+}
