@@ -249,7 +249,10 @@ mod tests {
             assert!(b >= last, "ns {ns}");
             last = b;
         }
-        for ns in (0..5000u64).chain((1..40).map(|s| 1u64 << s)).chain([u64::MAX / 2]) {
+        for ns in (0..5000u64)
+            .chain((1..40).map(|s| 1u64 << s))
+            .chain([u64::MAX / 2])
+        {
             let b = hist_bucket(ns);
             assert!(b < HIST_BUCKETS);
             assert!(hist_bucket_low(b) <= ns, "ns {ns} bucket {b}");

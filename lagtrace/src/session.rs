@@ -21,7 +21,7 @@ use crate::{
     events::{Event, decode},
     output::{self, Recorder, TraceInfo, live},
     probes::{Counters, ProbeOptions, Probes},
-    spans::{Assembler, RawSpan, Span},
+    spans::{Assembler, RawSpan, Span, cause},
     symbolize::{
         StackSymbolizer,
         python::{is_python, task_of},
@@ -52,6 +52,8 @@ struct Pipeline {
     targets: Vec<Target>,
     clock: WallClock,
     threshold_ns: u64,
+    /// Scheduler accounting is on, so spans can be classified.
+    sched: bool,
     assembler: Assembler,
     symbolizer: StackSymbolizer,
     python: LivePython,
@@ -131,7 +133,10 @@ impl Pipeline {
         }
     }
 
-    fn finish_span(&mut self, span: Span) -> Result<()> {
+    fn finish_span(&mut self, mut span: Span) -> Result<()> {
+        if self.sched {
+            span.cause = Some(cause::classify(&span));
+        }
         println!("{}", live::span_line(&span, self.multi()));
         self.summary.span(&span);
         for r in &mut self.recorders {
@@ -306,6 +311,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         targets,
         clock,
         threshold_ns,
+        sched: !args.no_sched,
         assembler: Assembler::new(),
         symbolizer: StackSymbolizer::new(),
         python,
@@ -392,6 +398,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     &rows,
                     outcome.exited.contains(&t.pid)
                 )
+            );
+            print!(
+                "{}",
+                output::summary::render_causes(&p.summary.top_causes(t.pid, 5))
             );
         } else {
             outcome.idle.push(t.pid);

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's chores (setup, test, demo, bench) as a Rust
 //! program, so CI and developers run exactly the same steps.
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -33,8 +34,8 @@ enum Cmd {
     },
     /// Trace the bundled demo target for 10 s; outputs go to target/demo/.
     Demo,
-    /// Benchmark lagtrace's overhead (not yet implemented).
-    Bench,
+    /// Measure lagtrace's overhead and resolution; writes bench/RESULTS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,10 +43,7 @@ fn main() -> ExitCode {
         Cmd::Setup(args) => setup::run_setup(&args),
         Cmd::Test { test_args } => test::run_tests(&test_args),
         Cmd::Demo => demo::run_demo(),
-        Cmd::Bench => {
-            eprintln!("bench: not yet implemented");
-            return ExitCode::FAILURE;
-        }
+        Cmd::Bench(args) => bench::run_bench(&args),
     };
     // Print the error chain ourselves: no backtrace noise when RUST_BACKTRACE is set.
     if let Err(e) = result {

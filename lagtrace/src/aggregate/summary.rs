@@ -31,6 +31,16 @@ pub struct SummaryBuilder {
     threads: BTreeMap<u32, (u32, ThreadState)>,
     spans: BTreeMap<u32, (u64, u64, u64)>,
     names: BTreeMap<u32, String>,
+    /// (pid, cause) → (spans, total lag).
+    causes: BTreeMap<(u32, String), (u64, u64)>,
+}
+
+/// One line of the top causes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CauseRow {
+    pub cause: String,
+    pub spans: u64,
+    pub total_ns: u64,
 }
 
 impl SummaryBuilder {
@@ -40,6 +50,11 @@ impl SummaryBuilder {
     }
 
     pub fn span(&mut self, span: &Span) {
+        let hot = crate::output::live::hot_frames(span).map(|(h, _)| h);
+        let key = crate::spans::cause::cause_key(span, hot.as_deref());
+        let c = self.causes.entry((span.pid, key)).or_default();
+        c.0 += 1;
+        c.1 += span.duration_ns;
         let e = self.spans.entry(span.tid).or_default();
         e.0 += 1;
         e.1 += span.duration_ns;
@@ -49,6 +64,27 @@ impl SummaryBuilder {
 
     pub fn name(&mut self, tid: u32, name: String) {
         self.names.entry(tid).or_insert(name);
+    }
+
+    /// The causes of `pid`'s spans, by total lag, at most `n`.
+    pub fn top_causes(&self, pid: u32, n: usize) -> Vec<CauseRow> {
+        let mut rows: Vec<CauseRow> = self
+            .causes
+            .iter()
+            .filter(|((p, _), _)| *p == pid)
+            .map(|((_, cause), (spans, total))| CauseRow {
+                cause: cause.clone(),
+                spans: *spans,
+                total_ns: *total,
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            b.total_ns
+                .cmp(&a.total_ns)
+                .then_with(|| a.cause.cmp(&b.cause))
+        });
+        rows.truncate(n);
+        rows
     }
 
     pub fn has_activity(&self, pid: u32) -> bool {

@@ -69,9 +69,12 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
     if let Some(task) = &span.task {
         line.push_str(&format!("  task {task}"));
     }
-    if span.cause.is_none()
-        && let Some((hot, kind)) = hot_frames(span)
-    {
+    // A blocked cause already names its frame; CPU time gets its hot code.
+    let blocked_only = span
+        .cause
+        .as_deref()
+        .is_some_and(|c| c.starts_with("blocked") && !c.contains('%'));
+    if !blocked_only && let Some((hot, kind)) = hot_frames(span) {
         let tag = if kind == StackKind::OnCpu {
             ""
         } else {

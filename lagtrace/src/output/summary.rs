@@ -1,7 +1,7 @@
 //! The summary printed on exit: one block per traced process, one row per
 //! loop thread.
 use super::fmt_ns;
-use crate::aggregate::summary::ThreadSummary;
+use crate::aggregate::summary::{CauseRow, ThreadSummary};
 
 pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited: bool) -> String {
     let mut out = format!(
@@ -35,6 +35,24 @@ pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited
             fmt_ns(r.span_total_ns),
             fmt_ns(r.span_longest_ns),
             r.lag_share * 100.0
+        ));
+    }
+    out
+}
+
+/// The top causes of lag, by total time.
+pub fn render_causes(rows: &[CauseRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("top causes by total lag:\n");
+    for r in rows {
+        out.push_str(&format!(
+            "  {:>9} in {:>3} span{}  {}\n",
+            fmt_ns(r.total_ns),
+            r.spans,
+            if r.spans == 1 { " " } else { "s" },
+            r.cause
         ));
     }
     out

@@ -120,7 +120,10 @@ pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
                     .iter()
                     .filter_map(|c| Some(format!("{} {:.0}", c.name, c.ns_per_event()?)))
                     .collect();
-                headline.push(format!("kernel ns/event (asyncio + wrk): {}", per.join(", ")));
+                headline.push(format!(
+                    "kernel ns/event (asyncio + wrk): {}",
+                    per.join(", ")
+                ));
             }
             cost_rows(&mut t, scenario, &costs);
         }

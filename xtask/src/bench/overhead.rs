@@ -92,9 +92,15 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
         Tool::PySpy { bin, nonblocking } => {
             let out = ctx.out.join("py-spy.raw");
             let mut cmd = Command::new(bin);
-            cmd.args(["record", "--pid", &target.pid.to_string(), "--format", "raw"])
-                .arg("-o")
-                .arg(&out);
+            cmd.args([
+                "record",
+                "--pid",
+                &target.pid.to_string(),
+                "--format",
+                "raw",
+            ])
+            .arg("-o")
+            .arg(&out);
             if *nonblocking {
                 cmd.arg("--nonblocking");
             }
@@ -250,7 +256,11 @@ pub fn section_overhead(ctx: &Ctx) -> Result<Section> {
         ];
         let results = interleave(ctx, &modes, ctx.plan.rounds)
             .with_context(|| format!("overhead rounds on {name}"))?;
-        let _ = write!(body, "### {name} HTTP server\n\n{}\n", render(&modes, &results));
+        let _ = write!(
+            body,
+            "### {name} HTTP server\n\n{}\n",
+            render(&modes, &results)
+        );
         let default = compare(&results, 1, 0);
         let max_f = compare(&results, 2, 0);
         let verdict = match default.rps {
@@ -284,8 +294,11 @@ pub fn section_alternatives(ctx: &Ctx) -> Result<Section> {
         "asyncio_http (debug)",
         &[("PYTHONASYNCIODEBUG", "1")],
     )?;
-    let monitor =
-        targets::asyncio_http(&ctx.python, "asyncio_http (monitor)", &[("LAG_MONITOR", "1")])?;
+    let monitor = targets::asyncio_http(
+        &ctx.python,
+        "asyncio_http (monitor)",
+        &[("LAG_MONITOR", "1")],
+    )?;
     let version = capture_version(&py_spy);
     let modes = [
         Mode {
@@ -340,10 +353,10 @@ pub fn section_alternatives(ctx: &Ctx) -> Result<Section> {
     );
     body.push_str(&render(&modes, &results));
     let mut headline = Vec::new();
-    for i in 1..modes.len() {
+    for (i, m) in modes.iter().enumerate().skip(1) {
         headline.push(format!(
             "{}: throughput ratio {}",
-            modes[i].label,
+            m.label,
             ratio_cell(compare(&results, i, 0).rps)
         ));
     }

@@ -72,13 +72,16 @@ pub fn machine(command: &str, tools: &[(&str, String)], load_before: &str) -> St
             format!("{} ({})", cmd_line("nproc", &[]), cpu_model()),
         ),
         ("kernel (uname -r)", cmd_line("uname", &["-r"])),
-        ("load average before / after", format!("{load_before} / {}", loadavg())),
+        (
+            "load average before / after",
+            format!("{load_before} / {}", loadavg()),
+        ),
     ];
-    for (k, v) in rows.iter().map(|(k, v)| (*k, v.clone())).chain(
-        tools
-            .iter()
-            .map(|(k, v)| (*k, v.clone())),
-    ) {
+    for (k, v) in rows
+        .iter()
+        .map(|(k, v)| (*k, v.clone()))
+        .chain(tools.iter().map(|(k, v)| (*k, v.clone())))
+    {
         let _ = writeln!(out, "- **{k}**: {v}");
     }
     out

@@ -156,7 +156,14 @@ pub fn hottest(span: &SpanRec) -> String {
     span.stacks
         .iter()
         .max_by_key(|(_, n)| *n)
-        .map(|(f, _)| f.iter().rev().take(3).cloned().collect::<Vec<_>>().join(" ← "))
+        .map(|(f, _)| {
+            f.iter()
+                .rev()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ← ")
+        })
         .unwrap_or_else(|| "(no stacks)".into())
 }
 
@@ -336,7 +343,11 @@ mod tests {
         let s = stall(200, 1_000_000_000);
         let spans = [
             span(900_000_000, 50_000_000, &["x"]),
-            span(990_000_000, 215_000_000, &["main", "py::checksum_blob:/a.py"]),
+            span(
+                990_000_000,
+                215_000_000,
+                &["main", "py::checksum_blob:/a.py"],
+            ),
         ];
         let got = span_for(&s, &spans).unwrap();
         assert_eq!(got.duration_ns, 215_000_000);

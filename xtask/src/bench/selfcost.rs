@@ -53,7 +53,12 @@ pub fn section_self_cost(ctx: &Ctx) -> Result<Section> {
         row(&mut t, "idle asyncio server, default", &idle, "0".into());
         eprintln!("-- self cost: asyncio + wrk");
         let busy = measure(ctx, &asyncio, &none, Work::Wrk)?;
-        row(&mut t, "asyncio server + wrk, default", &busy, spans_of(&busy));
+        row(
+            &mut t,
+            "asyncio server + wrk, default",
+            &busy,
+            spans_of(&busy),
+        );
         headline.push(format!(
             "lagtrace CPU: idle {}, asyncio+wrk {}",
             pct(idle.cpu_share),
@@ -64,7 +69,12 @@ pub fn section_self_cost(ctx: &Ctx) -> Result<Section> {
         let node = targets::node_http()?;
         eprintln!("-- self cost: node + wrk");
         let busy = measure(ctx, &node, &none, Work::Wrk)?;
-        row(&mut t, "Node.js server + wrk, default", &busy, spans_of(&busy));
+        row(
+            &mut t,
+            "Node.js server + wrk, default",
+            &busy,
+            spans_of(&busy),
+        );
     }
     let storm = targets::stall_storm(&ctx.python)?;
     let spans_file = ctx.out.join("storm-spans.jsonl");
@@ -125,5 +135,9 @@ fn row(t: &mut Table, name: &str, run: &LagtraceRun, spans: String) {
 }
 
 fn spans_of(run: &LagtraceRun) -> String {
-    run.summary().iter().map(|r| r.spans).sum::<u64>().to_string()
+    run.summary()
+        .iter()
+        .map(|r| r.spans)
+        .sum::<u64>()
+        .to_string()
 }

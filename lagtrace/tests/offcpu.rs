@@ -1,0 +1,254 @@
+//! Issue 5's bar: spans where the loop thread sleeps, blocks in a syscall or
+//! waits for a CPU, with the stack that blocked and the time each part cost.
+mod common;
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use common::*;
+use serde_json::Value;
+
+fn python() -> Option<PathBuf> {
+    let p = pyenv_python("3.12");
+    if p.is_none() {
+        eprintln!("SKIP: no pyenv CPython 3.12");
+    }
+    p
+}
+
+fn f(span: &Value, key: &str) -> f64 {
+    span[key].as_u64().unwrap() as f64
+}
+
+/// on + off + runqueue = duration, within 0.1% (each part is kernel ns
+/// between scheduler events, so they should add up to the nanosecond).
+fn assert_accounting(spans: &[Value]) -> f64 {
+    let mut worst: f64 = 0.0;
+    for s in spans {
+        let sum = f(s, "on_cpu_ns") + f(s, "off_cpu_ns") + f(s, "runqueue_ns");
+        let err = (sum - f(s, "duration_ns")).abs() / f(s, "duration_ns");
+        assert!(
+            err <= 0.001,
+            "on+off+runqueue = {sum} ns for a {} ns span",
+            f(s, "duration_ns")
+        );
+        worst = worst.max(err);
+    }
+    worst
+}
+
+fn off_cpu_stacks(span: &Value) -> Vec<Vec<String>> {
+    span["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|st| st["kind"] == "off-cpu")
+        .map(|st| {
+            st["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn sleep_in_a_coroutine_is_off_cpu_with_its_caller() {
+    if !root_or_skip("sleep_in_a_coroutine_is_off_cpu_with_its_caller") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let script = targets_dir().join("asyncio_stalls.py");
+    let mut target = Target::start(
+        &py,
+        &[
+            script.to_str().unwrap(),
+            "--mode",
+            "sleep",
+            "--stalls-ms",
+            "100,200,300",
+        ],
+    );
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    target.run_scenario(Duration::from_secs(30));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let stalls = target.stalls();
+    assert_stalls_reported(&fin.spans, &stalls, 50);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        let off = f(span, "off_cpu_ns") / f(span, "duration_ns");
+        eprintln!(
+            "OFFCPU sleep {}: {:.1}% off-CPU, cause {}",
+            t.label,
+            off * 100.0,
+            span["cause"]
+        );
+        assert!(
+            off >= 0.9,
+            "{}: only {:.1}% off-CPU: {span}",
+            t.label,
+            off * 100.0
+        );
+        let stacks = off_cpu_stacks(span);
+        assert!(
+            stacks
+                .iter()
+                .any(|fr| fr.iter().any(|x| x.starts_with("legacy_sync_call ("))
+                    && fr.iter().any(|x| x.contains("nanosleep"))),
+            "{}: no off-CPU stack with legacy_sync_call and a sleep: {stacks:?}",
+            t.label
+        );
+        let cause = span["cause"].as_str().unwrap();
+        assert!(
+            cause.starts_with("blocked in clock_nanosleep ← legacy_sync_call ("),
+            "{cause}"
+        );
+    }
+    assert!(
+        fin.stdout
+            .iter()
+            .any(|l| l.contains("top causes by total lag")),
+        "{:?}",
+        fin.stdout
+    );
+    assert!(
+        fin.stdout
+            .iter()
+            .any(|l| l.contains("blocked in clock_nanosleep")),
+        "{:?}",
+        fin.stdout
+    );
+    eprintln!(
+        "ACCOUNTING sleep: worst |on+off+rq - duration| = {:.6}%",
+        assert_accounting(&fin.spans) * 100.0
+    );
+}
+
+#[test]
+fn blocking_recv_from_a_slow_server_shows_the_read() {
+    if !root_or_skip("blocking_recv_from_a_slow_server_shows_the_read") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let script = targets_dir().join("blocking_io.py");
+    let mut target = Target::start(
+        &py,
+        &[
+            script.to_str().unwrap(),
+            "--mode",
+            "recv",
+            "--delay-ms",
+            "150",
+            "--count",
+            "3",
+        ],
+    );
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    target.run_scenario(Duration::from_secs(30));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 3);
+    assert_stalls_reported(&fin.spans, &stalls, 50);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        let off = f(span, "off_cpu_ns") / f(span, "duration_ns");
+        let stacks = off_cpu_stacks(span);
+        let read = stacks.iter().any(|fr| {
+            fr.iter().any(|x| x.starts_with("fetch_blocking ("))
+                && fr.iter().any(|x| {
+                    x.contains("sys_recvfrom")
+                        || x.contains("sys_read")
+                        || x.contains("sys_recvmsg")
+                })
+        });
+        eprintln!(
+            "OFFCPU recv {}: {:.1}% off-CPU, cause {}",
+            t.label,
+            off * 100.0,
+            span["cause"]
+        );
+        assert!(off >= 0.9, "{}: {:.1}% off-CPU", t.label, off * 100.0);
+        assert!(
+            read,
+            "{}: no off-CPU stack with fetch_blocking and the read: {stacks:?}",
+            t.label
+        );
+        assert!(
+            span["cause"]
+                .as_str()
+                .unwrap()
+                .contains("← fetch_blocking ("),
+            "{}",
+            span["cause"]
+        );
+    }
+    assert_accounting(&fin.spans);
+}
+
+#[test]
+fn cpu_contention_shows_as_runqueue_time() {
+    if !root_or_skip("cpu_contention_shows_as_runqueue_time") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let Some(taskset) = tool_or_skip("cpu_contention_shows_as_runqueue_time", &["taskset"]) else {
+        return;
+    };
+    let script = targets_dir().join("blocking_io.py");
+    let mut cmd = Command::new(&taskset);
+    cmd.args(["-c", "0"]).arg(&py);
+    let mut target = Target::start_in(
+        cmd,
+        &[
+            script.to_str().unwrap(),
+            "--mode",
+            "contention",
+            "--stalls-ms",
+            "200,300,400",
+        ],
+    );
+    let pid = target.pid.to_string();
+    // A CPU hog on the same CPU: with two runnable tasks the fair scheduler
+    // gives each about half, so about half of each stall is runqueue wait.
+    let mut hog = Command::new(&taskset)
+        .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .expect("hog");
+    std::thread::sleep(Duration::from_millis(200));
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    target.run_scenario(Duration::from_secs(60));
+    let fin = lt.stop();
+    let _ = hog.kill();
+    let _ = hog.wait();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let stalls = target.stalls();
+    for t in &stalls {
+        let found = matching_span(&fin.spans, t);
+        assert_eq!(found.len(), 1, "{}: {found:?}", t.label);
+        let span = found[0];
+        let rq = f(span, "runqueue_ns") / f(span, "duration_ns");
+        eprintln!(
+            "RUNQUEUE {}: {:.1}% runqueue (expected ~50%), cause {}",
+            t.label,
+            rq * 100.0,
+            span["cause"]
+        );
+        assert!(
+            (0.25..=0.75).contains(&rq),
+            "{}: runqueue share {:.1}% far from the expected 50%",
+            t.label,
+            rq * 100.0
+        );
+        assert!(
+            span["cause"].as_str().unwrap().contains("runqueue"),
+            "{}",
+            span["cause"]
+        );
+    }
+    assert_accounting(&fin.spans);
+}

@@ -1,0 +1,240 @@
+//! `cargo xtask bench [--quick]`: measures what lagtrace costs — the traced
+//! target's throughput and p99 (against py-spy, asyncio debug mode and an
+//! in-process lag monitor), the BPF programs' kernel time, lagtrace's own
+//! CPU and memory — and what it sees of known stalls next to the usual lag
+//! monitor. Prints a markdown report and writes it to `bench/RESULTS.md`.
+//! It measures and reports only: no timing is ever asserted.
+mod bpfstats;
+mod deps;
+mod kernel;
+mod lagtrace;
+mod overhead;
+mod proc;
+mod report;
+mod resolution;
+mod selfcost;
+mod stats;
+mod targets;
+mod wrk;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    setup::{self, SetupArgs},
+    util::{self, cargo, run},
+};
+
+#[derive(clap::Args, Debug, Default)]
+pub struct BenchArgs {
+    /// A short run (2 rounds of 2 s; under ~3 minutes) to check the bench
+    /// itself; its numbers are noisier.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// How long and how often to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub quick: bool,
+    /// Interleaved rounds per comparison.
+    pub rounds: usize,
+    /// wrk's -d, in seconds.
+    pub load_secs: u64,
+    /// How long the spin loop spins.
+    pub spin_secs: u64,
+    /// The idle and storm windows of section 4.
+    pub window_secs: u64,
+}
+
+impl Plan {
+    pub fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                quick,
+                rounds: 2,
+                load_secs: 2,
+                spin_secs: 2,
+                window_secs: 3,
+            }
+        } else {
+            Self {
+                quick,
+                rounds: 5,
+                load_secs: 5,
+                spin_secs: 5,
+                window_secs: 5,
+            }
+        }
+    }
+}
+
+/// What every section needs.
+pub struct Ctx {
+    pub plan: Plan,
+    /// The lagtrace binary the bench runs (a copy of the fresh build).
+    pub lagtrace: PathBuf,
+    pub python: deps::Python,
+    pub node: String,
+    /// Scratch output: target/bench/.
+    pub out: PathBuf,
+}
+
+/// One section of the report.
+pub struct Section {
+    pub title: String,
+    pub body: String,
+    /// One-line results for the summary at the top.
+    pub headline: Vec<String>,
+}
+
+type SectionFn = fn(&Ctx) -> Result<Section>;
+
+const SECTIONS: &[(&str, SectionFn)] = &[
+    ("1. Overhead on the target", overhead::section_overhead),
+    (
+        "2. Alternatives on the same asyncio server",
+        overhead::section_alternatives,
+    ),
+    ("3. Kernel-side cost", kernel::section_kernel),
+    ("4. lagtrace's own cost", selfcost::section_self_cost),
+    (
+        "5. Resolution vs an in-process lag monitor",
+        resolution::section_resolution,
+    ),
+];
+
+pub fn run_bench(args: &BenchArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the bench runs lagtrace, which needs root (it loads BPF programs), and it \
+             toggles kernel.bpf_stats_enabled.\n\
+             Run: sudo -E cargo xtask bench   (or run it as root)\n\
+             If sudo cannot find cargo: sudo -E env \"PATH=$PATH\" cargo xtask bench"
+        );
+    }
+    let started = Instant::now();
+    let command = if args.quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    };
+    setup::run_setup(&SetupArgs::default()).context("setup failed")?;
+    deps::debian_packages().context("installing the bench's Debian packages")?;
+    run(cargo().args(["build", "--release", "--package", "lagtrace"])).context("build failed")?;
+
+    let out = util::in_repo("target/bench");
+    fs::create_dir_all(&out).with_context(|| format!("could not create {}", out.display()))?;
+    // Run a private copy: a concurrent `cargo build` may replace the original.
+    let built = util::in_repo("target/release/lagtrace");
+    let lagtrace = out.join("lagtrace");
+    fs::copy(&built, &lagtrace).with_context(|| format!("copying {}", built.display()))?;
+    let version = util::capture(std::process::Command::new(&lagtrace).arg("--version"))?;
+
+    let python = deps::python()?;
+    let node = deps::node()?;
+    let ctx = Ctx {
+        plan: Plan::new(args.quick),
+        lagtrace,
+        python,
+        node,
+        out,
+    };
+    proc::catch_signals();
+    let load_before = report::loadavg();
+    let mut sections = Vec::new();
+    let mut failed = Vec::new();
+    for (title, f) in SECTIONS {
+        eprintln!("\n==== bench: {title} ====");
+        let t0 = Instant::now();
+        let result = f(&ctx);
+        proc::check_interrupt()?;
+        let took = t0.elapsed();
+        match result {
+            Ok(mut s) => {
+                let _ = write!(s.body, "\n*({} s)*\n", took.as_secs());
+                sections.push(s);
+            }
+            Err(e) => {
+                eprintln!("bench: section {title} failed: {e:#}");
+                failed.push(*title);
+                sections.push(Section {
+                    title: (*title).to_owned(),
+                    body: format!("**This section failed:**\n\n```\n{e:#}\n```\n"),
+                    headline: vec![format!("{title}: **failed** (see below)")],
+                });
+            }
+        }
+    }
+
+    let tools = [
+        (
+            "lagtrace",
+            format!("{} (`target/release/lagtrace`)", version.trim()),
+        ),
+        (
+            "python",
+            format!("{} (`{}`)", ctx.python.version, ctx.python.path.display()),
+        ),
+        ("node", ctx.node.clone()),
+        (
+            "wrk",
+            util::capture(
+                std::process::Command::new("sh").args(["-c", "wrk --version 2>&1 | head -1"]),
+            )
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+        ),
+        (
+            "plan",
+            format!(
+                "{} — {} rounds of {} s per comparison, spin {} s, windows {} s; took {}",
+                if ctx.plan.quick { "quick" } else { "full" },
+                ctx.plan.rounds,
+                ctx.plan.load_secs,
+                ctx.plan.spin_secs,
+                ctx.plan.window_secs,
+                minutes(started.elapsed())
+            ),
+        ),
+    ];
+    let mut md = String::from("# lagtrace benchmark results\n\n");
+    md.push_str(&report::machine(command, &tools, &load_before));
+    md.push_str(
+        "\nNumbers come from one machine, shared with whatever else ran on it (see the load \
+         average): compare ratios within a round rather than absolute numbers across runs.\n",
+    );
+    md.push_str("\n## Headlines\n\n");
+    for s in &sections {
+        for h in &s.headline {
+            let _ = writeln!(md, "- {h}");
+        }
+    }
+    for s in &sections {
+        let _ = write!(md, "\n## {}\n\n{}", s.title, s.body);
+    }
+
+    println!("\n{md}");
+    let results = util::in_repo("bench/RESULTS.md");
+    fs::write(&results, &md).with_context(|| format!("writing {}", results.display()))?;
+    eprintln!(
+        "bench: report written to {} ({})",
+        results.display(),
+        minutes(started.elapsed())
+    );
+    if !failed.is_empty() {
+        bail!("bench sections failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}m{:02}s", s / 60, s % 60)
+}
