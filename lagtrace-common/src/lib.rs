@@ -12,6 +12,8 @@
 
 /// Most threads the kernel tracks at once (loop threads of all targets).
 pub const MAX_THREADS: u32 = 1024;
+/// Most traced processes (with `--children`, forks add to them).
+pub const MAX_TARGETS: u32 = 4096;
 /// Samples a thread buffers in the kernel before its iteration crosses the
 /// threshold. A power of two, so the index can be masked for the verifier.
 pub const SAMPLE_BUF: usize = 128;
@@ -55,6 +57,15 @@ pub const NUM_COUNTERS: u32 = 8;
 /// `Config::flags` bits.
 pub const CFG_SAMPLING: u32 = 1;
 pub const CFG_SCHED: u32 = 2;
+/// Processes forked by a target become targets too.
+pub const CFG_CHILDREN: u32 = 4;
+
+/// `TargetConfig::model`: where a loop iteration starts and ends.
+/// Epoll loops (asyncio, libuv, tokio's driver): at epoll waits only.
+pub const MODEL_EPOLL: u32 = 0;
+/// Runtime workers that park on futexes (tokio multi-thread): at epoll waits
+/// and futex waits, the two ways such a worker goes idle.
+pub const MODEL_WORKER: u32 = 1;
 
 /// Run-time settings, written by userspace into the `CONFIG` array at index 0.
 #[repr(C)]
@@ -69,7 +80,8 @@ pub struct Config {
     pub switch_prev_state_off: u16,
     pub switch_next_pid_off: u16,
     pub wakeup_pid_off: u16,
-    pub _pad: u32,
+    pub fork_child_off: u16,
+    pub _pad: u16,
 }
 
 /// The first bytes of every ring-buffer record.
@@ -135,6 +147,9 @@ pub struct SpanEvent {
 pub struct TargetConfig {
     /// See [`ThreadState::stream_after_ns`]; 0 means the threshold.
     pub stream_after_ns: u64,
+    /// `MODEL_EPOLL` or `MODEL_WORKER`.
+    pub model: u32,
+    pub _pad: u32,
 }
 
 /// Per-thread state of a loop thread, the value of the `THREADS` map.
@@ -159,7 +174,8 @@ pub struct ThreadState {
     pub pending_kind: u32,
     pub pending_user_stack: i32,
     pub pending_kernel_stack: i32,
-    pub _pad: u32,
+    /// Inside a futex wait that ends the iteration (worker model).
+    pub in_futex_wait: u32,
     pub pending_since_ns: u64,
     pub samples: u32,
     pub samples_dropped: u32,

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use lagtrace_common::{Config, MAX_THREADS, NUM_COUNTERS, TargetConfig, ThreadState};
+use lagtrace_common::{Config, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, TargetConfig, ThreadState};
 
 /// Index 0 holds the run-time [`Config`].
 #[map]
@@ -12,7 +12,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Traced processes by tgid. Every program checks this (or `THREADS`) first.
 #[map]
-pub static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(256, 0);
+pub static TARGETS: HashMap<u32, TargetConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
 /// Loop threads by tid: created on a thread's first epoll wait return.
 #[map]

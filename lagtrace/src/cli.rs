@@ -4,7 +4,15 @@
 //! loaded into the kernel.
 use std::{path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+
+/// The loop model: see `--model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Model {
+    Auto,
+    Epoll,
+    Worker,
+}
 
 /// Default threshold: half of asyncio's `slow_callback_duration` (100 ms),
 /// since a 50 ms stall already dominates a typical p99 budget.
@@ -54,6 +62,16 @@ pub struct Args {
     /// Do not attach the scheduler tracepoints (no on/off-CPU split, no off-CPU stacks).
     #[arg(long)]
     pub no_sched: bool,
+
+    /// Also trace processes the targets fork after attach (pre-fork servers).
+    #[arg(long)]
+    pub children: bool,
+
+    /// Where a loop iteration ends: `epoll` (asyncio, Node.js, uvloop: at epoll
+    /// waits), `worker` (tokio-style workers: at epoll and futex waits) or
+    /// `auto` (worker for tokio binaries, epoll otherwise).
+    #[arg(long, value_enum, default_value_t = Model::Auto)]
+    pub model: Model,
 
     /// More output: -v shows kernel-side diagnostics, -vv debugging.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]

@@ -96,6 +96,43 @@ impl ThreadNames {
     }
 }
 
+/// How a process runs its loops, judged from outside: tokio binaries run
+/// worker threads that park on futexes; everything else (CPython, Node.js,
+/// C loops) is an epoll loop. Thread names like `tokio-runtime-worker` are
+/// the first hint; the binary's own symbols the second.
+pub fn looks_like_tokio(pid: u32) -> bool {
+    let named = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse().ok()))
+                .any(|tid: u32| {
+                    read_comm(pid, Some(tid)).is_some_and(|c| c.starts_with("tokio-runtime"))
+                })
+        })
+        .unwrap_or(false);
+    named || exe_mentions(pid, b"tokio::runtime")
+}
+
+/// True if the target's executable contains `needle` (e.g. in its symbols).
+fn exe_mentions(pid: u32, needle: &[u8]) -> bool {
+    let Ok(bytes) = fs::read(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+/// True for a process (as opposed to a thread id) that is alive.
+pub fn is_process(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .map(|v| v.trim() == pid.to_string())
+        })
+        .unwrap_or(false)
+}
+
 /// Refuse early, with the capability names, when this process cannot load
 /// BPF programs; the kernel's own EPERM later says much less.
 pub fn check_privileges() -> Result<()> {

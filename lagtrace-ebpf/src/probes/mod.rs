@@ -1,6 +1,8 @@
 //! One file per probe. Each entry point only delegates to its `try_` function.
 pub mod epoll;
 pub mod exit;
+pub mod fork;
+pub mod futex;
 pub mod sample;
 pub mod sched;
 pub mod stacks;

@@ -12,8 +12,8 @@ use aya::{
     util::online_cpus,
 };
 use lagtrace_common::{
-    CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
-    CTR_STACK_ERRORS, CTR_THREADS_FULL, Config, TargetConfig, ThreadState,
+    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES,
+    CTR_SAMPLES_DROPPED, CTR_STACK_ERRORS, CTR_THREADS_FULL, Config, TargetConfig, ThreadState,
 };
 
 use super::tracefs;
@@ -27,6 +27,10 @@ pub struct ProbeOptions {
     pub frequency: u64,
     /// Attach sched_switch and sched_wakeup.
     pub sched: bool,
+    /// Follow processes forked by targets.
+    pub children: bool,
+    /// Some target uses the worker model: attach the futex wait points.
+    pub workers: bool,
 }
 
 /// The kernel's health counters, summed over CPUs.
@@ -65,11 +69,13 @@ impl Probes {
         let config = Config {
             threshold_ns: opts.threshold_ns,
             flags: if opts.frequency > 0 { CFG_SAMPLING } else { 0 }
-                | if opts.sched { CFG_SCHED } else { 0 },
+                | if opts.sched { CFG_SCHED } else { 0 }
+                | if opts.children { CFG_CHILDREN } else { 0 },
             switch_prev_pid_off: tracefs::field_offset("sched", "sched_switch", "prev_pid")?,
             switch_prev_state_off: tracefs::field_offset("sched", "sched_switch", "prev_state")?,
             switch_next_pid_off: tracefs::field_offset("sched", "sched_switch", "next_pid")?,
             wakeup_pid_off: tracefs::field_offset("sched", "sched_wakeup", "pid")?,
+            fork_child_off: tracefs::field_offset("sched", "sched_process_fork", "child_pid")?,
             _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
@@ -99,12 +105,20 @@ impl Probes {
     /// Trace this process: every thread of it, including threads created
     /// later. Samples of its iterations stream live after `stream_after_ns`
     /// (0: at the threshold).
-    pub fn add_target(&mut self, tgid: u32, stream_after_ns: u64) -> Result<()> {
+    pub fn add_target(&mut self, tgid: u32, stream_after_ns: u64, model: u32) -> Result<()> {
         let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
         let mut targets: HashMap<_, u32, TargetConfig> =
             HashMap::try_from(map).map_err(map_err("TARGETS"))?;
         targets
-            .insert(tgid, TargetConfig { stream_after_ns }, 0)
+            .insert(
+                tgid,
+                TargetConfig {
+                    stream_after_ns,
+                    model,
+                    _pad: 0,
+                },
+                0,
+            )
             .map_err(map_err("TARGETS"))
     }
 
@@ -117,38 +131,36 @@ impl Probes {
 
     /// Attach all programs. The targets must be set first.
     pub fn attach(&mut self, opts: &ProbeOptions) -> Result<()> {
-        let mut attached = Vec::new();
-        for (prog, dir) in [("epoll_exit", "sys_exit"), ("epoll_enter", "sys_enter")] {
-            let tp: &mut TracePoint = self.program(prog)?;
-            tp.load().map_err(attach_err(format!("program {prog}")))?;
-            for sc in WAIT_SYSCALLS {
-                let name = format!("{dir}_{sc}");
-                if !tracefs::has_tracepoint("syscalls", &name) {
-                    // epoll_pwait2 is 5.11+; the others are everywhere.
-                    log::warn!("tracepoint syscalls:{name} does not exist on this kernel; skipped");
-                    continue;
-                }
-                tp.attach("syscalls", &name)
-                    .map_err(attach_err(format!("tracepoint syscalls:{name}")))?;
-                attached.push(format!("syscalls:{name}"));
-            }
+        let mut points: Vec<(&str, &str, String)> = Vec::new();
+        for sc in WAIT_SYSCALLS {
+            points.push(("epoll_exit", "syscalls", format!("sys_exit_{sc}")));
+            points.push(("epoll_enter", "syscalls", format!("sys_enter_{sc}")));
         }
-        {
-            let tp: &mut TracePoint = self.program("thread_exit")?;
-            tp.load()
-                .map_err(attach_err("program thread_exit".into()))?;
-            tp.attach("sched", "sched_process_exit")
-                .map_err(attach_err("tracepoint sched:sched_process_exit".into()))?;
-            attached.push("sched:sched_process_exit".into());
+        points.push(("thread_exit", "sched", "sched_process_exit".into()));
+        if opts.workers {
+            points.push(("futex_exit", "syscalls", "sys_exit_futex".into()));
+            points.push(("futex_enter", "syscalls", "sys_enter_futex".into()));
+        }
+        if opts.children {
+            points.push(("process_fork", "sched", "sched_process_fork".into()));
         }
         if opts.sched {
-            for prog in ["sched_switch", "sched_wakeup"] {
-                let tp: &mut TracePoint = self.program(prog)?;
-                tp.load().map_err(attach_err(format!("program {prog}")))?;
-                tp.attach("sched", prog)
-                    .map_err(attach_err(format!("tracepoint sched:{prog}")))?;
-                attached.push(format!("sched:{prog}"));
+            points.push(("sched_switch", "sched", "sched_switch".into()));
+            points.push(("sched_wakeup", "sched", "sched_wakeup".into()));
+        }
+        for (prog, category, name) in points {
+            if !tracefs::has_tracepoint(category, &name) {
+                // epoll_pwait2 is 5.11+; the others are everywhere.
+                log::warn!("tracepoint {category}:{name} does not exist on this kernel; skipped");
+                continue;
             }
+            let tp: &mut TracePoint = self.program(prog)?;
+            if tp.fd().is_err() {
+                tp.load().map_err(attach_err(format!("program {prog}")))?;
+            }
+            tp.attach(category, &name)
+                .map_err(attach_err(format!("tracepoint {category}:{name}")))?;
+            self.attached.push(format!("{category}:{name}"));
         }
         if opts.frequency > 0 {
             let pe: &mut PerfEvent = self.program("on_cpu_sample")?;
@@ -165,9 +177,29 @@ impl Probes {
                 )
                 .map_err(attach_err(format!("perf_event cpu-clock on CPU {cpu}")))?;
             }
-            attached.push(format!("perf_event cpu-clock @ {} Hz", opts.frequency));
+            self.attached
+                .push(format!("perf_event cpu-clock @ {} Hz", opts.frequency));
         }
         Ok(())
+    }
+
+    /// Every tgid in the targets map (with `--children`, forks add to it).
+    pub fn target_pids(&self) -> Vec<u32> {
+        let Some(map) = self.ebpf.map("TARGETS") else {
+            return Vec::new();
+        };
+        match HashMap::<_, u32, TargetConfig>::try_from(map) {
+            Ok(t) => t.keys().filter_map(|k| k.ok()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn remove_target(&mut self, tgid: u32) {
+        if let Some(map) = self.ebpf.map_mut("TARGETS")
+            && let Ok(mut t) = HashMap::<_, u32, TargetConfig>::try_from(map)
+        {
+            let _ = t.remove(&tgid);
+        }
     }
 
     fn program<T>(&mut self, name: &str) -> Result<&mut T>

@@ -46,6 +46,8 @@ async def handle_echo(reader, writer):
                 break
             writer.write(line)
             await writer.drain()
+    except ConnectionError:
+        pass  # a client was cancelled mid-exchange
     finally:
         writer.close()
 
@@ -54,13 +56,15 @@ async def echo_client(port, stop_at):
     loop = asyncio.get_event_loop()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     exchanges = 0
-    while loop.time() < stop_at:
-        writer.write(MESSAGE)
-        await writer.drain()
-        assert await reader.readline() == MESSAGE
-        exchanges += 1
-        await asyncio.sleep(0.001)
-    writer.close()
+    try:
+        while loop.time() < stop_at:
+            writer.write(MESSAGE)
+            await writer.drain()
+            assert await reader.readline() == MESSAGE
+            exchanges += 1
+            await asyncio.sleep(0.001)
+    finally:
+        writer.close()  # also when cancelled: the server side then sees EOF
     return exchanges
 
 
@@ -71,8 +75,10 @@ async def busy_phase(seconds, truth_path):
     stop_at = loop.time() + seconds
     jobs = [worker(stop_at) for _ in range(WORKERS)]
     jobs += [echo_client(port, stop_at) for _ in range(ECHO_CLIENTS)]
-    results = await asyncio.gather(*jobs)
-    server.close()
+    try:
+        results = await asyncio.gather(*jobs)
+    finally:
+        server.close()
     await server.wait_closed()
     sys.stderr.write("healthy: %d echo exchanges\n" % sum(results[WORKERS:]))
     with open(truth_path, "w") as f:
@@ -106,8 +112,9 @@ def main():
     loop.run_forever()
     for t in tasks:
         t.cancel()
-    if tasks:
+    if tasks:  # stopped mid-phase: let the echo handlers see EOF and end
         loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(asyncio.sleep(0.05))
     loop.close()
     return 0
 

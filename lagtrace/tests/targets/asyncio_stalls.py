@@ -4,13 +4,19 @@
 # legacy_sync_call) and writes the exact wall-clock window of each stall as
 # JSON lines to --truth, so the tests can compare lagtrace's output to it.
 # Must run unchanged on CPython 3.6 .. 3.13 (hence no asyncio.run, no
-# create_task, no time.time_ns without a fallback).
+# asyncio.create_task, no time.time_ns without a fallback).
 #
 # Protocol: prints "READY <pid>" once the loop(s) run, injects nothing until
 # SIGUSR1, then writes one {"kind":"stall",...} line per stall and a final
 # {"kind":"done"}, prints "DONE", and idles until SIGTERM/SIGINT (exit 0).
+# Labels are "<label-prefix><mode>-<index>-<ms>ms", e.g. "cpu-2-120ms".
 #   --thread   the loop runs in a non-main thread named "loop-thread"
-#   --loops 2  two independent loops in threads "loop-a" and "loop-b"
+#   --loops 2  two independent loops in threads "loop-a" and "loop-b", both
+#              injecting the same stalls at the same time. With --mode cpu
+#              the two burns share the GIL: truth windows stay exact, but
+#              can run a few ms longer than asked, and each loop can wait
+#              up to ~5 ms for the GIL after epoll_wait returns. --mode
+#              sleep releases the GIL and has neither effect.
 import argparse
 import asyncio
 import json

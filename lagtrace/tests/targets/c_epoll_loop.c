@@ -6,7 +6,7 @@
  *
  * Protocol: prints "READY <pid>", injects nothing until SIGUSR1, then writes
  * {"kind":"stall",...} lines and {"kind":"done"}, prints "DONE", and idles
- * until SIGTERM/SIGINT (exit 0).
+ * until SIGTERM/SIGINT (exit 0). Labels are "spin-<index>-<ms>ms".
  * Build: gcc -O1 -g -fno-omit-frame-pointer -Wall -Wextra -o c_epoll_loop c_epoll_loop.c
  */
 #define _GNU_SOURCE

@@ -7,6 +7,8 @@
 // Protocol: prints "READY <pid>", injects nothing until SIGUSR1, then writes
 // {"kind":"stall",...} lines and {"kind":"done"}, prints "DONE", and idles
 // until SIGTERM/SIGINT (exit 0). tid is process.pid: the main thread's tid.
+// Labels are "spin-<index>-<ms>ms". Note: libuv waits in epoll_pwait, not
+// epoll_wait.
 //
 // Wall clock: performance.timeOrigin + performance.now(), in ns. Date.now()
 // is only ms; this sum has ~1 µs resolution (timeOrigin is a double in ms

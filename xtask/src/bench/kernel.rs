@@ -92,8 +92,9 @@ pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
          (found by the `prog_id` of its own fds) are read with `bpftool prog show -j` just before \
          and after a `{}` round. *ns/event* is `run_time_ns / run_cnt` over that window, the \
          program's own run time (not the tracepoint dispatch around it); *CPU* is its run time \
-         as a share of one core. The sched and sampling programs fire for every task on the \
-         machine (they filter inside), so their event rates count the whole machine.\n\n",
+         as a share of one core. Every program fires for every task on the machine and \
+         filters by pid inside, so event counts are machine-wide: the epoll programs also run \
+         for wrk's own `epoll_wait` calls, the sched programs for every context switch.\n\n",
         wrk::args(ctx.plan.load_secs)
     );
     let mut t = Table::new(&[
@@ -175,7 +176,7 @@ pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
         thousands(counted as f64),
     ]);
     s.row(vec![
-        "`epoll_exit` runs during the spin (bpf stats)".into(),
+        "`epoll_exit` runs during the spin, any process (bpf stats)".into(),
         "–".into(),
         thousands(exits as f64),
     ]);

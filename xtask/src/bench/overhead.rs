@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use super::{
     Ctx, Section,
     lagtrace::Lagtrace,
-    proc::{Proc, Stream},
+    proc::Proc,
     report::Table,
     stats::{Spread, ms, ratio_cell, ratios, thousands},
     targets::{self, Target},
@@ -111,8 +111,9 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
                 Duration::from_secs(20),
                 false,
             )?;
-            spy.wait_line("`py-spy> Sampling`", Duration::from_secs(30), |s, l| {
-                s == Stream::Stderr && l.starts_with("py-spy> Sampling")
+            // py-spy prints its progress on stdout.
+            spy.wait_line("`py-spy> Sampling`", Duration::from_secs(30), |_, l| {
+                l.starts_with("py-spy> Sampling")
             })?;
             let load = wrk::run(target.port, secs);
             let status = spy.stop()?;

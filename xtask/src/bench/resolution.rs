@@ -133,13 +133,23 @@ pub fn wake_for<'a>(stall: &Stall, wakes: &'a [Wake]) -> Option<&'a Wake> {
     })
 }
 
+/// A Python frame as lagtrace prints it: `func (file.py:line)`, or a
+/// perf-map trampoline `py::func:file.py`.
+fn is_python(frame: &str) -> bool {
+    frame.starts_with("py::") || frame.contains(".py:")
+}
+
+fn is_kernel(frame: &str) -> bool {
+    frame.ends_with("_[k]")
+}
+
 /// Whether any frame names the culprit, and if not, why not.
 pub fn culprit(span: &SpanRec) -> String {
     let frames = || span.stacks.iter().flat_map(|(f, _)| f.iter());
     if frames().any(|f| f.contains(CULPRIT)) {
         return "**yes**".into();
     }
-    let python = frames().filter(|f| f.starts_with("py::")).count();
+    let python = frames().filter(|f| is_python(f)).count();
     let deepest = span.stacks.iter().map(|(f, _)| f.len()).max().unwrap_or(0);
     if python > 0 {
         format!("no ({python} Python frames, none `{CULPRIT}`)")
@@ -151,20 +161,34 @@ pub fn culprit(span: &SpanRec) -> String {
     }
 }
 
-/// The hottest stack's leaf and its two callers, `leaf ← caller ← caller`.
+/// The innermost two frames, `leaf ← caller`, of the most-sampled stack
+/// that has Python frames (Python frames only), else of the most-sampled
+/// stack (kernel frames left out).
 pub fn hottest(span: &SpanRec) -> String {
-    span.stacks
+    let with_python = span
+        .stacks
         .iter()
-        .max_by_key(|(_, n)| *n)
-        .map(|(f, _)| {
-            f.iter()
-                .rev()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" ← ")
-        })
-        .unwrap_or_else(|| "(no stacks)".into())
+        .filter(|(f, _)| f.iter().any(|x| is_python(x)))
+        .max_by_key(|(_, n)| *n);
+    let (frames, keep): (&Vec<String>, fn(&str) -> bool) = match with_python {
+        Some((f, _)) => (f, is_python),
+        None => match span.stacks.iter().max_by_key(|(_, n)| *n) {
+            Some((f, _)) => (f, |x| !is_kernel(x)),
+            None => return "(no stacks)".into(),
+        },
+    };
+    let inner: Vec<&str> = frames
+        .iter()
+        .rev()
+        .map(String::as_str)
+        .filter(|x| keep(x))
+        .take(2)
+        .collect();
+    if inner.is_empty() {
+        "(kernel frames only)".into()
+    } else {
+        inner.join(" ← ")
+    }
 }
 
 pub fn section_resolution(ctx: &Ctx) -> Result<Section> {
@@ -199,7 +223,7 @@ pub fn section_resolution(ctx: &Ctx) -> Result<Section> {
         "stall",
         "seen by lagtrace (duration)",
         "named culprit?",
-        "lagtrace's hottest frames",
+        "lagtrace's innermost frames (busiest stack)",
         "seen by monitor (its oversleep)",
         "named culprit (monitor)",
     ]);
@@ -237,16 +261,11 @@ pub fn section_resolution(ctx: &Ctx) -> Result<Section> {
         .count();
     let perf = if ctx.python.perf_maps {
         format!(
-            "Python {} with `-X perf`, so a perf map names JIT trampolines as `py::<function>`, \
-             but a frame-pointer unwind only reaches them if the interpreter keeps frame \
-             pointers",
+            "Python {}, run with `-X perf` so JIT trampolines are in a perf map too",
             ctx.python.version
         )
     } else {
-        format!(
-            "Python {} (older than 3.12: no `-X perf`, so no perf map for Python frames)",
-            ctx.python.version
-        )
+        format!("Python {}", ctx.python.version)
     };
     let mut body = format!(
         "`bench/targets/injected_stalls.py` ({perf}) blocks its loop on the CPU in \
@@ -352,7 +371,25 @@ mod tests {
         let got = span_for(&s, &spans).unwrap();
         assert_eq!(got.duration_ns, 215_000_000);
         assert_eq!(culprit(got), "**yes**");
-        assert_eq!(hottest(got), "py::checksum_blob:/a.py ← main");
+        assert_eq!(hottest(got), "py::checksum_blob:/a.py");
+        let walked = span(
+            0,
+            1,
+            &[
+                "<module> (a.py:73)",
+                "inject (a.py:48)",
+                "checksum_blob (a.py:35)",
+                "pymalloc_alloc (Objects/obmalloc.c:1535)",
+                "schedule_[k]",
+            ],
+        );
+        assert_eq!(culprit(&walked), "**yes**");
+        assert_eq!(
+            hottest(&walked),
+            "checksum_blob (a.py:35) ← inject (a.py:48)"
+        );
+        let native = span(0, 1, &["main", "pymalloc_alloc (o.c:1)", "schedule_[k]"]);
+        assert_eq!(hottest(&native), "pymalloc_alloc (o.c:1) ← main");
         assert!(span_for(&stall(200, 5_000_000_000), &spans).is_none());
         assert!(culprit(&spans[0]).starts_with("no (no Python frames"));
 

@@ -1,0 +1,61 @@
+//! The worker model's second wait point: a runtime worker with nothing to do
+//! parks on a futex (tokio's multi-thread workers do), not in epoll_wait.
+//! For targets in the worker model, a futex wait ends the iteration and its
+//! return starts the next one. Other futex operations (wake, requeue) are
+//! not waits and are ignored. Epoll-model targets never get here: a lock
+//! taken inside an asyncio callback is blocking, not idling.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use lagtrace_common::{MODEL_WORKER, THREAD_IN_ITER};
+
+use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
+
+/// `op` is the second syscall argument: 8-byte slots from offset 16.
+const OP_OFFSET: usize = 24;
+const FUTEX_CMD_MASK: u64 = 0x7f;
+const FUTEX_WAIT: u64 = 0;
+const FUTEX_WAIT_BITSET: u64 = 9;
+
+#[tracepoint]
+pub fn futex_enter(ctx: TracePointContext) -> u32 {
+    try_futex_enter(&ctx).unwrap_or(0)
+}
+
+fn try_futex_enter(ctx: &TracePointContext) -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let cfg = target(tgid)?;
+    if cfg.model != MODEL_WORKER {
+        return None;
+    }
+    let op: u64 = unsafe { ctx.read_at(OP_OFFSET) }.ok()?;
+    let cmd = op & FUTEX_CMD_MASK;
+    if cmd != FUTEX_WAIT && cmd != FUTEX_WAIT_BITSET {
+        return None;
+    }
+    let tid = pid_tgid as u32;
+    let t = thread_or_insert(ctx, tid, tgid, cfg)?;
+    t.in_futex_wait = 1;
+    if t.flags & THREAD_IN_ITER != 0 {
+        end(t, tid, now_ns());
+    }
+    Some(0)
+}
+
+#[tracepoint]
+pub fn futex_exit(_ctx: TracePointContext) -> u32 {
+    try_futex_exit().unwrap_or(0)
+}
+
+fn try_futex_exit() -> Option<u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let t = thread(tid)?;
+    if t.in_futex_wait == 0 || t.tgid != (pid_tgid >> 32) as u32 {
+        return None;
+    }
+    t.in_futex_wait = 0;
+    begin(t, now_ns());
+    Some(0)
+}

@@ -1,0 +1,218 @@
+//! The pipeline's state and its steps: ring-buffer records in, finished
+//! spans out to every recorder, plus the live "still blocked" lines and the
+//! spans still open at exit.
+use std::collections::HashMap;
+
+use aya::maps::{MapData, RingBuf};
+use lagtrace_common::{THREAD_IN_ITER, ThreadState};
+
+use super::targets::Targets;
+use crate::{
+    aggregate::summary::SummaryBuilder,
+    clock::WallClock,
+    error::Result,
+    events::{Event, decode},
+    output::{Recorders, live},
+    probes::Probes,
+    spans::{Assembler, RawSpan, Span, cause},
+    symbolize::{StackSymbolizer, python::task_of, python_live::LivePython},
+    target::{Target, ThreadNames},
+};
+
+pub(super) struct Pipeline {
+    pub targets: Targets,
+    pub clock: WallClock,
+    pub threshold_ns: u64,
+    /// Scheduler accounting is on, so spans can be classified.
+    pub sched: bool,
+    pub assembler: Assembler,
+    pub symbolizer: StackSymbolizer,
+    pub python: LivePython,
+    pub names: ThreadNames,
+    pub summary: SummaryBuilder,
+    pub recorders: Recorders,
+    /// Highest "still blocked" level printed per (tid, iteration).
+    pub stuck: HashMap<u32, (u64, u32)>,
+    pub spans: u64,
+}
+
+impl Pipeline {
+    pub fn multi(&self) -> bool {
+        self.targets.len() > 1
+    }
+
+    pub fn target(&self, pid: u32) -> Option<&Target> {
+        self.targets.iter().find(|t| t.pid == pid)
+    }
+
+    /// Drain the ring buffer: decode, assemble, and finish spans.
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, probes: &Probes) -> Result<()> {
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(event) => {
+                    let python = match &event {
+                        Event::Samples(b) => {
+                            let stacks = self.python.on_batch(b, &|tid| probes.thread(tid));
+                            Some((b.tid, b.iteration, stacks))
+                        }
+                        Event::Span(_) => None,
+                    };
+                    if let Some((tid, iteration, stacks)) = python {
+                        self.assembler.push(event);
+                        for (ts, stack) in stacks {
+                            self.assembler.attach_python(tid, iteration, ts, stack);
+                        }
+                    } else if let Some(raw) = self.assembler.push(event) {
+                        let span = self.build(&raw, false, probes);
+                        self.finish_span(span)?;
+                    }
+                }
+                Err(e) => log::warn!("dropped a malformed kernel record: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn build(&mut self, raw: &RawSpan, unfinished: bool, probes: &Probes) -> Span {
+        let ev = &raw.event;
+        let pid = ev.header.tgid;
+        let tid = ev.header.tid;
+        let stacks = self
+            .symbolizer
+            .stacks(pid, &raw.samples, &|id| probes.stack(id));
+        let thread = self.names.get(pid, tid, &ev.comm);
+        let target = self.target(pid);
+        Span {
+            pid,
+            ns_pid: target.and_then(|t| t.ns_pid),
+            tid,
+            thread,
+            comm: target.map(|t| t.comm.clone()).unwrap_or_default(),
+            start_unix_ns: self.clock.to_unix_ns(ev.start_ns),
+            duration_ns: ev.end_ns.saturating_sub(ev.start_ns),
+            on_cpu_ns: ev.on_cpu_ns,
+            off_cpu_ns: ev.off_cpu_ns,
+            runqueue_ns: ev.runqueue_ns,
+            iteration: ev.iteration,
+            samples: u64::from(ev.samples),
+            samples_dropped: u64::from(ev.samples_dropped) + raw.samples_capped,
+            unfinished,
+            cause: None,
+            task: busiest_task(&raw.samples),
+            stacks,
+            start_mono_ns: ev.start_ns,
+        }
+    }
+
+    fn finish_span(&mut self, mut span: Span) -> Result<()> {
+        if self.sched {
+            span.cause = Some(cause::classify(&span));
+        }
+        println!("{}", live::span_line(&span, self.multi()));
+        self.summary.span(&span);
+        for r in &mut self.recorders {
+            r.record(&span)?;
+        }
+        self.spans += 1;
+        Ok(())
+    }
+
+    /// Print a line for each loop that has been stuck for 4, 8, 16… thresholds.
+    pub fn check_stuck(&mut self, threads: &[(u32, ThreadState)]) {
+        let now = WallClock::now_mono_ns();
+        for (tid, t) in threads {
+            if t.flags & THREAD_IN_ITER == 0 {
+                continue;
+            }
+            let open = now.saturating_sub(t.iter_start_ns);
+            let ratio = open / self.threshold_ns.max(1);
+            if ratio < 4 {
+                continue;
+            }
+            let level = 63 - ratio.leading_zeros();
+            let last = self
+                .stuck
+                .get(tid)
+                .filter(|(it, _)| *it == t.iteration)
+                .map(|(_, l)| *l);
+            if last.is_some_and(|l| l >= level) {
+                continue;
+            }
+            self.stuck.insert(*tid, (t.iteration, level));
+            let name = self.names.get(t.tgid, *tid, &[]);
+            println!(
+                "{}",
+                live::stuck_line(
+                    &name,
+                    *tid,
+                    self.clock.to_unix_ns(t.iter_start_ns),
+                    open,
+                    self.threshold_ns
+                )
+            );
+        }
+    }
+
+    /// Spans still open at exit are reported as unfinished, with what they
+    /// have so far: a deadlocked loop is the case users need most.
+    pub fn flush_open(&mut self, threads: &[(u32, ThreadState)], probes: &Probes) -> Result<()> {
+        let now = WallClock::now_mono_ns();
+        for (tid, t) in threads {
+            if t.flags & THREAD_IN_ITER == 0
+                || now.saturating_sub(t.iter_start_ns) < self.threshold_ns
+            {
+                continue;
+            }
+            let mut ev = lagtrace_common::SpanEvent {
+                iteration: t.iteration,
+                start_ns: t.iter_start_ns,
+                end_ns: now,
+                samples: t.samples,
+                samples_dropped: t.samples_dropped,
+                ..Default::default()
+            };
+            ev.header.tgid = t.tgid;
+            ev.header.tid = *tid;
+            let samples = self.assembler.open_samples(*tid, t.iteration).to_vec();
+            let raw = RawSpan {
+                event: ev,
+                samples,
+                samples_capped: 0,
+            };
+            let span = self.build(&raw, true, probes);
+            self.finish_span(span)?;
+        }
+        Ok(())
+    }
+}
+
+/// The asyncio task that most samples with Python frames ran in.
+fn busiest_task(samples: &[crate::spans::Sample]) -> Option<String> {
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for py in samples.iter().filter_map(|s| s.python.as_ref()) {
+        if let Some(task) = task_of(py) {
+            *counts.entry(task).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .map(|(t, _)| t)
+}
+
+/// Keep each thread's latest histogram, and let the kernel forget threads
+/// that have exited (their last snapshot stays in the summary).
+pub(super) fn snapshot(p: &mut Pipeline, probes: &mut Probes, threads: &[(u32, ThreadState)]) {
+    for (tid, t) in threads {
+        if !p.targets.iter().any(|x| x.pid == t.tgid) {
+            continue;
+        }
+        let name = p.names.get(t.tgid, *tid, &[]);
+        p.summary.name(*tid, name);
+        p.summary.snapshot(*tid, t);
+        let gone = !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.tgid)).exists();
+        if gone && t.flags & THREAD_IN_ITER == 0 {
+            probes.forget_thread(*tid);
+        }
+    }
+}

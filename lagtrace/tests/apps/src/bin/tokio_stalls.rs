@@ -1,0 +1,425 @@
+//! Target for lagtrace's tests: a real tokio runtime that, on SIGUSR1, blocks
+//! one of its workers with known stalls and writes the exact wall-clock window
+//! of each stall to `--truth`, so tests can check lagtrace finds blocking spans
+//! in tokio apps (not only in asyncio/node loops) and measures them right.
+//!
+//! Protocol (same as `../../targets/asyncio_stalls.py`): prints `READY <pid>`
+//! once the runtime runs, injects nothing until SIGUSR1, then writes one
+//! `{"kind":"stall",...}` line per stall and a final `{"kind":"done"}`, prints
+//! `DONE`, and stays healthy until SIGTERM/SIGINT (exit 0).
+//!
+//!   --flavor current|multi   current_thread runtime on the main thread, or
+//!                            multi_thread with 2 workers (`tokio-runtime-worker`)
+//!   --block cpu|sleep        spin_cpu (busy loop) or std::thread::sleep inside
+//!                            a task's poll: the worker really blocks
+//!   --stalls-ms 80,150,300   --gap-ms 250   --label-prefix STR
+//!   --saturate SECONDS       no stalls: keep every worker busy with
+//!                            well-behaved tasks (none runs > ~50 µs per poll)
+//!                            for SECONDS after SIGUSR1, then done
+//!
+//! Always running: a healthy ticker task (5 ms interval, does nearly nothing).
+//! With `--flavor multi` also a heartbeat task (5 ms interval) counting its
+//! ticks; after each stall a `{"kind":"heartbeat","count":N,"during":LABEL}`
+//! line says how many heartbeat ticks happened while the stall blocked its
+//! worker: ~stall/5 ms means the other worker kept serving.
+
+use std::{
+    fs::File,
+    io::Write,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{MissedTickBehavior, interval},
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Current,
+    Multi,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Cpu,
+    Sleep,
+}
+
+impl Block {
+    fn name(self) -> &'static str {
+        match self {
+            Block::Cpu => "cpu",
+            Block::Sleep => "sleep",
+        }
+    }
+}
+
+struct Args {
+    flavor: Flavor,
+    block: Block,
+    stalls_ms: Vec<u64>,
+    gap_ms: u64,
+    truth: PathBuf,
+    saturate_s: Option<f64>,
+    label_prefix: String,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "tokio_stalls: {msg}\nusage: tokio_stalls --truth FILE [--flavor current|multi] \
+         [--block cpu|sleep] [--stalls-ms 80,150,300] [--gap-ms 250] \
+         [--saturate SECONDS] [--label-prefix STR]"
+    );
+    std::process::exit(2);
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        flavor: Flavor::Current,
+        block: Block::Cpu,
+        stalls_ms: vec![80, 150, 300],
+        gap_ms: 250,
+        truth: PathBuf::new(),
+        saturate_s: None,
+        label_prefix: String::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .unwrap_or_else(|| usage(&format!("{key} needs a value")))
+        };
+        match key.as_str() {
+            "--flavor" => {
+                args.flavor = match value().as_str() {
+                    "current" => Flavor::Current,
+                    "multi" => Flavor::Multi,
+                    v => usage(&format!("bad --flavor {v:?}")),
+                }
+            }
+            "--block" => {
+                args.block = match value().as_str() {
+                    "cpu" => Block::Cpu,
+                    "sleep" => Block::Sleep,
+                    v => usage(&format!("bad --block {v:?}")),
+                }
+            }
+            "--stalls-ms" => {
+                args.stalls_ms = value()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.trim()
+                            .parse()
+                            .unwrap_or_else(|_| usage(&format!("bad stall {s:?}")))
+                    })
+                    .collect()
+            }
+            "--gap-ms" => {
+                let v = value();
+                args.gap_ms = v
+                    .parse()
+                    .unwrap_or_else(|_| usage(&format!("bad --gap-ms {v:?}")))
+            }
+            "--truth" => args.truth = PathBuf::from(value()),
+            "--saturate" => {
+                let v = value();
+                args.saturate_s = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                        .unwrap_or_else(|| usage(&format!("bad --saturate {v:?}"))),
+                )
+            }
+            "--label-prefix" => args.label_prefix = value(),
+            "-h" | "--help" => usage("help"),
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    if args.truth.as_os_str().is_empty() {
+        usage("--truth is required");
+    }
+    args
+}
+
+/// CLOCK_REALTIME in ns, the clock lagtrace reports spans in.
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos() as u64
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() as u32 }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// JSON-lines truth file; each line goes out in one write(2), so a reader
+/// never sees half a line.
+#[derive(Clone)]
+struct Truth(Arc<Mutex<File>>);
+
+impl Truth {
+    fn create(path: &PathBuf) -> std::io::Result<Truth> {
+        Ok(Truth(Arc::new(Mutex::new(File::create(path)?))))
+    }
+
+    fn write(&self, line: String) {
+        let mut f = self.0.lock().expect("truth lock");
+        f.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| f.flush())
+            .expect("writing the truth file");
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The CPU stall: busy-spins for `ms` of wall time without a syscall
+/// (Instant::now is the vDSO), so the worker stays on-CPU the whole time.
+#[inline(never)]
+fn spin_cpu(ms: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_millis(ms);
+    let mut x = 0u64;
+    while Instant::now() < deadline {
+        for i in 0..100 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+    }
+    x
+}
+
+/// The off-CPU stall: a blocking sleep, as a synchronous client library makes.
+#[inline(never)]
+fn sleep_blocking(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Saturate mode's unit of work: a short spin, well under any threshold.
+#[inline(never)]
+fn spin_briefly(d: Duration) -> u64 {
+    let deadline = Instant::now() + d;
+    let mut x = 0u64;
+    while Instant::now() < deadline {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    x
+}
+
+struct Stall {
+    tid: u32,
+    start_ns: u64,
+    end_ns: u64,
+    beats: u64,
+}
+
+/// Runs inside a task's poll: blocks whichever worker thread polls it.
+fn stall_now(block: Block, ms: u64, beats: &AtomicU64) -> Stall {
+    let tid = gettid();
+    let before = beats.load(Ordering::SeqCst);
+    let start_ns = realtime_ns();
+    match block {
+        Block::Cpu => {
+            std::hint::black_box(spin_cpu(ms));
+        }
+        Block::Sleep => sleep_blocking(ms),
+    }
+    let end_ns = realtime_ns();
+    let after = beats.load(Ordering::SeqCst);
+    Stall {
+        tid,
+        start_ns,
+        end_ns,
+        beats: after - before,
+    }
+}
+
+fn finish(truth: &Truth) {
+    truth.write(r#"{"kind":"done"}"#.to_string());
+    say("DONE");
+}
+
+async fn inject_stalls(args: Arc<Args>, truth: Truth, beats: Arc<AtomicU64>) {
+    for (i, &ms) in args.stalls_ms.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
+        }
+        let label = format!("{}{}-{i}-{ms}ms", args.label_prefix, args.block.name());
+        let block = args.block;
+        let b = beats.clone();
+        // A task of its own, so it lands on a worker like any request handler.
+        let s = tokio::spawn(async move { stall_now(block, ms, &b) })
+            .await
+            .expect("stall task");
+        truth.write(format!(
+            r#"{{"kind":"stall","label":{},"tid":{},"start_ns":{},"end_ns":{}}}"#,
+            json_str(&label),
+            s.tid,
+            s.start_ns,
+            s.end_ns
+        ));
+        if args.flavor == Flavor::Multi {
+            truth.write(format!(
+                r#"{{"kind":"heartbeat","count":{},"during":{}}}"#,
+                s.beats,
+                json_str(&label)
+            ));
+        }
+    }
+    finish(&truth);
+}
+
+async fn saturate(seconds: f64, truth: Truth) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut spinners = Vec::new();
+    for _ in 0..64 {
+        spinners.push(tokio::spawn(async move {
+            let mut polls = 0u64;
+            while Instant::now() < deadline {
+                spin_briefly(Duration::from_micros(50));
+                tokio::task::yield_now().await;
+                polls += 1;
+            }
+            polls
+        }));
+    }
+    let mut timers = Vec::new();
+    for k in 0..8u64 {
+        timers.push(tokio::spawn(async move {
+            let mut ticks = 0u64;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1 + k)).await;
+                ticks += 1;
+            }
+            ticks
+        }));
+    }
+    let mut polls = 0;
+    for h in spinners {
+        polls += h.await.expect("spinner");
+    }
+    let mut ticks = 0;
+    for h in timers {
+        ticks += h.await.expect("timer");
+    }
+    truth.write(format!(
+        r#"{{"kind":"saturate","seconds":{seconds},"spinner_polls":{polls},"timer_ticks":{ticks}}}"#
+    ));
+    finish(&truth);
+}
+
+async fn run(args: Arc<Args>, truth: Truth) -> std::io::Result<()> {
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+
+    // The healthy background load: wakes every 5 ms, does nearly nothing.
+    let (first_tick, ticking) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut first_tick = Some(first_tick);
+        let mut t = interval(Duration::from_millis(5));
+        t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut n = 0u64;
+        loop {
+            t.tick().await;
+            n = std::hint::black_box(n.wrapping_add(1));
+            if let Some(tx) = first_tick.take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let beats = Arc::new(AtomicU64::new(0));
+    if args.flavor == Flavor::Multi {
+        let beats = beats.clone();
+        tokio::spawn(async move {
+            let mut t = interval(Duration::from_millis(5));
+            t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            loop {
+                t.tick().await;
+                beats.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let _ = ticking.await;
+    say(&format!("READY {}", std::process::id()));
+
+    let mut started = false;
+    loop {
+        tokio::select! {
+            _ = usr1.recv() => {
+                if !started {
+                    started = true;
+                    match args.saturate_s {
+                        Some(s) => tokio::spawn(saturate(s, truth.clone())),
+                        None => tokio::spawn(inject_stalls(args.clone(), truth.clone(), beats.clone())),
+                    };
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Arc::new(parse_args());
+    let truth = match Truth::create(&args.truth) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tokio_stalls: creating {}: {e}", args.truth.display());
+            return ExitCode::from(2);
+        }
+    };
+    let mut builder = match args.flavor {
+        Flavor::Current => tokio::runtime::Builder::new_current_thread(),
+        Flavor::Multi => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = builder.enable_all().build().expect("tokio runtime");
+    let result = rt.block_on(run(args, truth));
+    // Don't wait for a stall or spinner still running: exit promptly.
+    rt.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokio_stalls: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
