@@ -20,7 +20,8 @@ pub fn local_time(unix_ns: u64) -> String {
 /// The hottest code of a span: the leaf function and its caller, counted
 /// over on-CPU samples by their innermost user frames (kernel frames and
 /// unknown addresses are skipped, so a timer interrupt does not hide the
-/// code that was running). Off-CPU stacks count when there are no samples.
+/// code that was running; in Python stacks only Python frames count).
+/// Off-CPU stacks count when there are no samples.
 pub fn hot_frames(span: &Span) -> Option<(String, StackKind)> {
     let mut counts: std::collections::HashMap<(String, StackKind), u64> = Default::default();
     let any_on = span.stacks.iter().any(|s| s.kind == StackKind::OnCpu);
@@ -28,10 +29,12 @@ pub fn hot_frames(span: &Span) -> Option<(String, StackKind)> {
         if any_on && stack.kind != StackKind::OnCpu {
             continue;
         }
-        let mut user =
-            stack.frames.iter().rev().filter(|f| {
-                !f.ends_with("_[k]") && !f.starts_with("[unknown]") && !f.starts_with('[')
-            });
+        // With Python frames, the hot code is Python code: name the
+        // innermost Python function and its caller, not interpreter internals.
+        let python = stack.frames.iter().any(|f| f.contains(".py:"));
+        let mut user = stack.frames.iter().rev().filter(|f| {
+            !f.ends_with("_[k]") && !f.starts_with('[') && (!python || f.contains(".py:"))
+        });
         let Some(leaf) = user.next() else { continue };
         let key = match user.next() {
             Some(caller) => format!("{leaf} ← {caller}"),

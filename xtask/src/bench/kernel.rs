@@ -205,11 +205,14 @@ pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
     }
     let slowdown = (n1 as f64 / s1) / (n0 as f64 / s0);
     headline.push(format!(
-        "spin loop: {} iterations/s untraced, {} traced ({slowdown:.2}×); lagtrace counted {}, lost {lost}; lagtrace CPU {}",
+        "spin loop: {} iterations/s untraced, {} traced ({slowdown:.2}×); lagtrace counted {} \
+         iterations (the loop's own count: {}), lost {lost}; lagtrace CPU {} (schedstat {})",
         thousands(n0 as f64 / s0),
         thousands(n1 as f64 / s1),
         thousands(counted as f64),
+        thousands(n1 as f64),
         pct(run.cpu_share),
+        pct(run.cpu_share_sched),
     ));
     Ok(Section {
         title: "3. Kernel-side cost".into(),

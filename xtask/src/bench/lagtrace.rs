@@ -204,6 +204,25 @@ fn parse_row(pid: u32, line: &str) -> Option<SummaryRow> {
     })
 }
 
+/// Pids of lagtrace processes other than `ours`: someone else tracing on
+/// this machine attaches the same system-wide tracepoints, so a round run
+/// meanwhile is not really "untraced".
+pub fn others(ours: Option<u32>) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| Some(pid) != ours)
+        .filter(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "lagtrace")
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

@@ -66,7 +66,7 @@ impl Plan {
         } else {
             Self {
                 quick,
-                rounds: 5,
+                rounds: 7,
                 load_secs: 5,
                 spin_secs: 5,
                 window_secs: 5,

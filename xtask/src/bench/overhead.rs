@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     Ctx, Section,
-    lagtrace::Lagtrace,
+    lagtrace::{self, Lagtrace},
     proc::Proc,
     report::Table,
     stats::{Spread, ms, ratio_cell, ratios, thousands},
@@ -45,6 +45,8 @@ pub struct Round {
     pub iterations: Option<u64>,
     /// Anything unusual: a lost-events warning, a non-zero exit.
     pub notes: Vec<String>,
+    /// Another lagtrace (not the bench's) was running at its start or end.
+    pub foreign_tracer: bool,
 }
 
 /// Runs `rounds` rounds of every mode; returns `[mode][round]`.
@@ -62,7 +64,14 @@ pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Ro
     for r in 0..rounds {
         for (i, m) in modes.iter().enumerate() {
             eprintln!("-- round {}/{rounds}: {}", r + 1, m.label);
-            out[i].push(one_round(ctx, m, secs)?);
+            let before = lagtrace::others(None);
+            let mut round = one_round(ctx, m, secs)?;
+            let after = lagtrace::others(None);
+            if !before.is_empty() || !after.is_empty() {
+                eprintln!("   (another lagtrace was running: {before:?} / {after:?})");
+                round.foreign_tracer = true;
+            }
+            out[i].push(round);
         }
     }
     Ok(out)
@@ -87,6 +96,7 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
                 load: load?,
                 iterations: Some(run.iterations()),
                 notes,
+                foreign_tracer: false,
             })
         }
         Tool::PySpy { bin, nonblocking } => {
@@ -125,6 +135,7 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
                 load: load?,
                 iterations: None,
                 notes,
+                foreign_tracer: false,
             })
         }
     }
@@ -169,6 +180,13 @@ pub fn render(modes: &[Mode], results: &[Vec<Round>]) -> String {
             notes.push(format!(
                 "lagtrace counted {} loop iterations/round (median)",
                 thousands(s.median)
+            ));
+        }
+        let foreign = rounds.iter().filter(|r| r.foreign_tracer).count();
+        if foreign > 0 {
+            notes.push(format!(
+                "another lagtrace (not the bench's) was running in {foreign} of {} rounds",
+                rounds.len()
             ));
         }
         let errors: u64 = rounds.iter().map(|r| r.load.errors).sum();

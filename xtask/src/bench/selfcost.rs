@@ -60,9 +60,12 @@ pub fn section_self_cost(ctx: &Ctx) -> Result<Section> {
             spans_of(&busy),
         );
         headline.push(format!(
-            "lagtrace CPU: idle {}, asyncio+wrk {}",
+            "lagtrace CPU (stat / schedstat): idle target {} / {}, asyncio+wrk {} / {}; peak RSS {}",
             pct(idle.cpu_share),
-            pct(busy.cpu_share)
+            pct(idle.cpu_share_sched),
+            pct(busy.cpu_share),
+            pct(busy.cpu_share_sched),
+            mib(busy.peak_rss_kib)
         ));
     }
     {
@@ -98,8 +101,9 @@ pub fn section_self_cost(ctx: &Ctx) -> Result<Section> {
         format!("{spans} ({per_s:.0}/s)"),
     );
     headline.push(format!(
-        "lagtrace during a {per_s:.0} stalls/s storm: CPU {}, peak RSS {}",
+        "lagtrace during a {per_s:.0} stalls/s storm: CPU {} / {}, peak RSS {}",
         pct(run.cpu_share),
+        pct(run.cpu_share_sched),
         mib(run.peak_rss_kib)
     ));
     let mut body = format!(

@@ -18,10 +18,20 @@
 //!                            for SECONDS after SIGUSR1, then done
 //!
 //! Always running: a healthy ticker task (5 ms interval, does nearly nothing).
-//! With `--flavor multi` also a heartbeat task (5 ms interval) counting its
-//! ticks; after each stall a `{"kind":"heartbeat","count":N,"during":LABEL}`
-//! line says how many heartbeat ticks happened while the stall blocked its
-//! worker: ~stall/5 ms means the other worker kept serving.
+//! With `--flavor multi` also a heartbeat task counting its ticks; after each
+//! stall a line `{"kind":"heartbeat","count":N,"during":LABEL,
+//! "source":"timer"|"remote","tids":[..]}` says how many heartbeat ticks ran
+//! while the stall blocked its worker, and on which threads.
+//!   --heartbeat timer (default)  ticks come from tokio::time::interval(5 ms).
+//!       Honest tokio behaviour: when the stall task was woken by a timer (as
+//!       here, after --gap-ms), the blocked worker was the one parked on the
+//!       I/O+timer driver and the other worker is asleep on a condvar; nobody
+//!       polls the driver, so timers (and I/O) stop runtime-wide and count is
+//!       often 0 (tokio issue #4730; observed on tokio 1.54).
+//!   --heartbeat remote  a plain thread ("hb-pacer") wakes the heartbeat task
+//!       every 5 ms through tokio::sync::Notify, as work arriving from outside
+//!       the runtime does; that wake-up unparks the free worker, so count is
+//!       ~stall/5 ms and tids is the other worker: it kept serving.
 
 use std::{
     fs::File,
@@ -69,13 +79,20 @@ struct Args {
     truth: PathBuf,
     saturate_s: Option<f64>,
     label_prefix: String,
+    heartbeat: Heartbeat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Heartbeat {
+    Timer,
+    Remote,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "tokio_stalls: {msg}\nusage: tokio_stalls --truth FILE [--flavor current|multi] \
          [--block cpu|sleep] [--stalls-ms 80,150,300] [--gap-ms 250] \
-         [--saturate SECONDS] [--label-prefix STR]"
+         [--saturate SECONDS] [--label-prefix STR] [--heartbeat timer|remote]"
     );
     std::process::exit(2);
 }
@@ -89,6 +106,7 @@ fn parse_args() -> Args {
         truth: PathBuf::new(),
         saturate_s: None,
         label_prefix: String::new(),
+        heartbeat: Heartbeat::Timer,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -145,6 +163,13 @@ fn parse_args() -> Args {
                 )
             }
             "--label-prefix" => args.label_prefix = value(),
+            "--heartbeat" => {
+                args.heartbeat = match value().as_str() {
+                    "timer" => Heartbeat::Timer,
+                    "remote" => Heartbeat::Remote,
+                    v => usage(&format!("bad --heartbeat {v:?}")),
+                }
+            }
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -166,6 +191,40 @@ fn realtime_ns() -> u64 {
 fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::gettid() as u32 }
+}
+
+thread_local! {
+    static TID: u32 = gettid();
+}
+
+/// Heartbeat ticks, and the threads that ran them since the last `reset`.
+#[derive(Default)]
+struct Beats {
+    count: AtomicU64,
+    tids: Mutex<Vec<u32>>,
+}
+
+impl Beats {
+    fn tick(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let tid = TID.with(|t| *t);
+        let mut tids = self.tids.lock().expect("beats lock");
+        if !tids.contains(&tid) {
+            tids.push(tid);
+        }
+    }
+
+    fn reset(&self) -> u64 {
+        self.tids.lock().expect("beats lock").clear();
+        self.count.load(Ordering::SeqCst)
+    }
+
+    fn since(&self, before: u64) -> (u64, Vec<u32>) {
+        let count = self.count.load(Ordering::SeqCst) - before;
+        let mut tids = self.tids.lock().expect("beats lock").clone();
+        tids.sort_unstable();
+        (count, tids)
+    }
 }
 
 fn json_str(s: &str) -> String {
@@ -243,12 +302,13 @@ struct Stall {
     start_ns: u64,
     end_ns: u64,
     beats: u64,
+    beat_tids: Vec<u32>,
 }
 
 /// Runs inside a task's poll: blocks whichever worker thread polls it.
-fn stall_now(block: Block, ms: u64, beats: &AtomicU64) -> Stall {
+fn stall_now(block: Block, ms: u64, beats: &Beats) -> Stall {
     let tid = gettid();
-    let before = beats.load(Ordering::SeqCst);
+    let before = beats.reset();
     let start_ns = realtime_ns();
     match block {
         Block::Cpu => {
@@ -257,12 +317,13 @@ fn stall_now(block: Block, ms: u64, beats: &AtomicU64) -> Stall {
         Block::Sleep => sleep_blocking(ms),
     }
     let end_ns = realtime_ns();
-    let after = beats.load(Ordering::SeqCst);
+    let (beats, beat_tids) = beats.since(before);
     Stall {
         tid,
         start_ns,
         end_ns,
-        beats: after - before,
+        beats,
+        beat_tids,
     }
 }
 
@@ -271,7 +332,7 @@ fn finish(truth: &Truth) {
     say("DONE");
 }
 
-async fn inject_stalls(args: Arc<Args>, truth: Truth, beats: Arc<AtomicU64>) {
+async fn inject_stalls(args: Arc<Args>, truth: Truth, beats: Arc<Beats>) {
     for (i, &ms) in args.stalls_ms.iter().enumerate() {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(args.gap_ms)).await;
@@ -291,10 +352,16 @@ async fn inject_stalls(args: Arc<Args>, truth: Truth, beats: Arc<AtomicU64>) {
             s.end_ns
         ));
         if args.flavor == Flavor::Multi {
+            let tids: Vec<String> = s.beat_tids.iter().map(u32::to_string).collect();
             truth.write(format!(
-                r#"{{"kind":"heartbeat","count":{},"during":{}}}"#,
+                r#"{{"kind":"heartbeat","count":{},"during":{},"source":"{}","tids":[{}]}}"#,
                 s.beats,
-                json_str(&label)
+                json_str(&label),
+                match args.heartbeat {
+                    Heartbeat::Timer => "timer",
+                    Heartbeat::Remote => "remote",
+                },
+                tids.join(",")
             ));
         }
     }
@@ -360,17 +427,39 @@ async fn run(args: Arc<Args>, truth: Truth) -> std::io::Result<()> {
             }
         }
     });
-    let beats = Arc::new(AtomicU64::new(0));
+    let beats = Arc::new(Beats::default());
     if args.flavor == Flavor::Multi {
         let beats = beats.clone();
-        tokio::spawn(async move {
-            let mut t = interval(Duration::from_millis(5));
-            t.set_missed_tick_behavior(MissedTickBehavior::Skip);
-            loop {
-                t.tick().await;
-                beats.fetch_add(1, Ordering::SeqCst);
+        match args.heartbeat {
+            Heartbeat::Timer => {
+                tokio::spawn(async move {
+                    let mut t = interval(Duration::from_millis(5));
+                    t.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                    loop {
+                        t.tick().await;
+                        beats.tick();
+                    }
+                });
             }
-        });
+            Heartbeat::Remote => {
+                let notify = Arc::new(tokio::sync::Notify::new());
+                let pacer = notify.clone();
+                std::thread::Builder::new()
+                    .name("hb-pacer".into())
+                    .spawn(move || {
+                        loop {
+                            std::thread::sleep(Duration::from_millis(5));
+                            pacer.notify_one();
+                        }
+                    })?;
+                tokio::spawn(async move {
+                    loop {
+                        notify.notified().await;
+                        beats.tick();
+                    }
+                });
+            }
+        }
     }
     let _ = ticking.await;
     say(&format!("READY {}", std::process::id()));
