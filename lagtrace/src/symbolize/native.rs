@@ -10,7 +10,7 @@ use blazesym::{
     symbolize::{
         CodeInfo, Input, Sym, Symbolized, Symbolizer,
         evict::{self, Evict},
-        source::{Kernel, Process, Source},
+        source::{Elf, Kernel, Process, Source},
     },
 };
 
@@ -105,6 +105,15 @@ impl NativeSymbolizer {
         if batch.is_empty() {
             return;
         }
+        if other_mount_ns(pid) {
+            // A container: its files are at /proc/PID/root, not at the paths
+            // its maps name in our own mount namespace.
+            batch = self.resolve_through_root(pid, batch);
+            if batch.is_empty() {
+                return;
+            }
+        }
+        let cache = self.pids.entry(pid).or_default();
         let src = Source::Process(Process {
             debug_syms: true,
             perf_map: true,
@@ -119,6 +128,43 @@ impl NativeSymbolizer {
                 None => cache.insert_unknown(a),
             }
         }
+    }
+
+    /// Symbolize file-backed addresses of a process in another mount
+    /// namespace through `/proc/PID/root`, by file offset. Returns the
+    /// addresses left (anonymous memory, JIT code) for the process source,
+    /// which reads perf maps through `/proc/PID/root` itself.
+    fn resolve_through_root(&mut self, pid: u32, batch: Vec<u64>) -> Vec<u64> {
+        let cache = self.pids.entry(pid).or_default();
+        let mut by_file: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+        let mut rest = Vec::new();
+        for a in batch {
+            match cache.find(a) {
+                Some(m) if m.path.as_deref().is_some_and(|p| p.starts_with('/')) => {
+                    let path = m.path.clone().unwrap_or_default();
+                    by_file
+                        .entry(path)
+                        .or_default()
+                        .push((a, a - m.start + m.offset));
+                }
+                _ => rest.push(a),
+            }
+        }
+        for (path, addrs) in by_file {
+            let src = Source::Elf(Elf::new(format!("/proc/{pid}/root{path}")));
+            let offsets: Vec<u64> = addrs.iter().map(|&(_, off)| off).collect();
+            let results = self
+                .symbolizer
+                .symbolize(&src, Input::FileOffset(&offsets))
+                .unwrap_or_default();
+            for (i, &(a, _)) in addrs.iter().enumerate() {
+                match named(&results, i) {
+                    Some(sym) => cache.insert(a, sym_frames(sym)),
+                    None => cache.insert_unknown(a),
+                }
+            }
+        }
+        rest
     }
 
     fn resolve_kernel(&mut self, addrs: &[u64]) {
@@ -142,6 +188,15 @@ impl NativeSymbolizer {
             let name = named(&results, i).map_or_else(|| unknown_addr(a), |s| s.name.to_string());
             self.kernel.insert(a, format!("{name}_[k]"));
         }
+    }
+}
+
+/// True when the process sees another filesystem than lagtrace does.
+fn other_mount_ns(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    match (ns("self"), ns(&pid.to_string())) {
+        (Some(a), Some(b)) => a != b,
+        _ => false,
     }
 }
 

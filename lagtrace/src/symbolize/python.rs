@@ -50,6 +50,18 @@ fn config() -> Config {
     }
 }
 
+/// The thread id inside the target's innermost PID namespace (NSpid).
+fn ns_tid(pid: u32, tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// `dir/file.py`: the file and its parent folder, which tells
 /// `json/decoder.py` from `app/decoder.py` without a full path.
 fn short_path(path: &str) -> &str {
@@ -106,10 +118,9 @@ impl PythonReader {
         };
         // 3.11+ records the OS thread id. Before that the thread can only be
         // named exactly when the process has a single Python thread.
-        let trace = match traces
-            .iter()
-            .find(|t| t.os_thread_id == Some(u64::from(tid)))
-        {
+        // The OS thread id is numbered in the target's own PID namespace.
+        let ns_tid = u64::from(ns_tid(pid, tid).unwrap_or(tid));
+        let trace = match traces.iter().find(|t| t.os_thread_id == Some(ns_tid)) {
             Some(t) => t,
             None if traces.len() == 1 && traces[0].os_thread_id.is_none() => &traces[0],
             None => return None,

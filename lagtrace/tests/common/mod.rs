@@ -187,6 +187,22 @@ impl Target {
         }
     }
 
+    /// Start a target as pid 1 of a new PID namespace (`unshare --pid
+    /// --fork --mount-proc`), and point `pid` at its host pid: the child of
+    /// the unshare process.
+    pub fn start_in_pidns(program: &Path, args: &[&str]) -> Option<Target> {
+        let unshare = tool_or_skip("pid namespace", &["unshare"])?;
+        let mut cmd = Command::new(unshare);
+        cmd.args(["--pid", "--fork", "--mount-proc"]).arg(program);
+        let mut t = Self::start_in(cmd, args);
+        let unshare_pid = t.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{unshare_pid}/task/{unshare_pid}/children"))
+                .unwrap_or_default();
+        t.pid = children.split_whitespace().next()?.parse().ok()?;
+        Some(t)
+    }
+
     /// Send SIGUSR1 and wait until the target prints DONE.
     pub fn run_scenario(&mut self, timeout: Duration) {
         signal(self.pid, libc::SIGUSR1);
