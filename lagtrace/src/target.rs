@@ -98,16 +98,15 @@ impl ThreadNames {
 
 /// How a process runs its loops, judged from outside: tokio binaries run
 /// worker threads that park on futexes; everything else (CPython, Node.js,
-/// C loops) is an epoll loop. Thread names like `tokio-runtime-worker` are
+/// C loops) is an epoll loop. Thread names like `tokio-rt-worker` (older
+/// tokio: `tokio-runtime-worker`, cut to 15 bytes by the kernel) are
 /// the first hint; the binary's own symbols the second.
 pub fn looks_like_tokio(pid: u32) -> bool {
     let named = fs::read_dir(format!("/proc/{pid}/task"))
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse().ok()))
-                .any(|tid: u32| {
-                    read_comm(pid, Some(tid)).is_some_and(|c| c.starts_with("tokio-runtime"))
-                })
+                .any(|tid: u32| read_comm(pid, Some(tid)).is_some_and(|c| c.starts_with("tokio-r")))
         })
         .unwrap_or(false);
     named || exe_mentions(pid, b"tokio::runtime")

@@ -205,3 +205,268 @@ fn target_in_its_own_pid_namespace_is_traced_by_host_pid() {
     // Kill the namespace's init through the unshare process.
     signal(host, libc::SIGKILL);
 }
+
+fn tokio_run(test: &str, args: &[&str]) -> Option<(Finished, Vec<Truth>, Vec<Value>)> {
+    if !build_testapps() {
+        panic!("{test}: building lagtrace-testapps failed");
+    }
+    let app = testapp("tokio_stalls");
+    let mut target = Target::start(&app, args);
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    // A worker parked since before attach is seen from its next wait on:
+    // give the runtime's 5 ms ticker time to cycle every worker once.
+    std::thread::sleep(Duration::from_millis(100));
+    target.run_scenario(Duration::from_secs(60));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{test}: {:?}", fin.stderr);
+    assert!(
+        fin.stderr.iter().any(|l| l.contains("worker model")),
+        "{test}: tokio must get the worker model: {:?}",
+        fin.stderr
+    );
+    let heartbeats = read_jsonl(&target.truth)
+        .into_iter()
+        .filter(|v| v["kind"] == "heartbeat")
+        .collect();
+    assert!(target.alive());
+    Some((fin, target.stalls(), heartbeats))
+}
+
+#[test]
+fn tokio_current_thread_blocking_tasks_are_spans() {
+    if !root_or_skip("tokio_current_thread_blocking_tasks_are_spans") {
+        return;
+    }
+    for block in ["cpu", "sleep"] {
+        let Some((fin, stalls, _)) = tokio_run(
+            "tokio current",
+            &[
+                "--flavor",
+                "current",
+                "--block",
+                block,
+                "--stalls-ms",
+                "80,150,300",
+            ],
+        ) else {
+            return;
+        };
+        let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+        assert_eq!(errors.len(), 3);
+        if block == "cpu" {
+            let named = fin.spans.iter().all(|s| {
+                s["stacks"].as_array().unwrap().iter().any(|st| {
+                    st["frames"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|f| f.as_str().unwrap().contains("spin_cpu"))
+                })
+            });
+            assert!(named, "spin_cpu not named: {:?}", fin.spans);
+        } else {
+            for s in &fin.spans {
+                assert!(
+                    s["cause"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("blocked in clock_nanosleep"),
+                    "{}",
+                    s["cause"]
+                );
+            }
+        }
+        report(&format!("tokio current_thread {block}"), &errors);
+    }
+}
+
+#[test]
+fn tokio_multi_thread_span_is_on_the_worker_that_blocked() {
+    if !root_or_skip("tokio_multi_thread_span_is_on_the_worker_that_blocked") {
+        return;
+    }
+    for block in ["cpu", "sleep"] {
+        let Some((fin, stalls, heartbeats)) = tokio_run(
+            "tokio multi",
+            &[
+                "--flavor",
+                "multi",
+                "--block",
+                block,
+                "--stalls-ms",
+                "80,150,300",
+                "--heartbeat",
+                "remote",
+            ],
+        ) else {
+            return;
+        };
+        let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+        assert_eq!(errors.len(), 3);
+        for t in &stalls {
+            // The span is on the worker that ran the task. Another thread may
+            // only show lag from waiting for a CPU (two cores, one of them
+            // spinning), never a span of its own running or sleeping.
+            let overlapping = matching_span(
+                &fin.spans,
+                &Truth {
+                    tid: 0,
+                    ..t.clone()
+                },
+            );
+            assert_eq!(
+                spans_of_tid(&fin.spans, t.tid)
+                    .iter()
+                    .filter(|s| overlapping.contains(s))
+                    .count(),
+                1
+            );
+            for s in overlapping
+                .iter()
+                .filter(|s| s["tid"].as_u64() != Some(u64::from(t.tid)))
+            {
+                let ran = s["on_cpu_ns"].as_u64().unwrap() + s["off_cpu_ns"].as_u64().unwrap();
+                assert!(
+                    ran < 50_000_000,
+                    "{}: a span on another thread: {s}",
+                    t.label
+                );
+            }
+            assert!(fin.spans.iter().any(|s| {
+                s["thread"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("tokio-r"))
+            }));
+            // The other worker kept serving: the app's own heartbeat ran
+            // during the stall on a thread other than the blocked one.
+            let hb = heartbeats
+                .iter()
+                .find(|h| h["during"].as_str() == Some(t.label.as_str()))
+                .expect("heartbeat line");
+            let count = hb["count"].as_u64().unwrap();
+            let tids: Vec<u64> = hb["tids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect();
+            assert!(
+                count > 0 && !tids.contains(&u64::from(t.tid)),
+                "{}: heartbeat {hb}",
+                t.label
+            );
+        }
+        report(&format!("tokio multi_thread {block}"), &errors);
+    }
+}
+
+#[test]
+fn saturated_tokio_runtime_has_no_false_spans() {
+    if !root_or_skip("saturated_tokio_runtime_has_no_false_spans") {
+        return;
+    }
+    let Some((fin, _, _)) = tokio_run("tokio saturate", &["--flavor", "multi", "--saturate", "3"])
+    else {
+        return;
+    };
+    // A false span would be a worker *running* (or sleeping in a task) past
+    // the threshold without parking. A worker that only waited for a CPU
+    // (the host is busy: two saturated workers on two cores) is real lag
+    // and reported as `runqueue`, so it is not counted here.
+    let false_spans: Vec<&Value> = fin
+        .spans
+        .iter()
+        .filter(|s| {
+            s["on_cpu_ns"].as_u64().unwrap() + s["off_cpu_ns"].as_u64().unwrap() >= 50_000_000
+        })
+        .collect();
+    assert!(
+        false_spans.is_empty(),
+        "well-behaved tasks are no blocking span: {false_spans:?}"
+    );
+    let summary = fin.stdout.join("\n");
+    assert!(
+        summary.contains("tokio-r"),
+        "the workers were seen: {summary}"
+    );
+}
+
+#[test]
+fn uvloop_cpu_stall_is_a_span() {
+    if !root_or_skip("uvloop_cpu_stall_is_a_span") {
+        return;
+    }
+    let venv_py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv-uvloop/bin/python3");
+    if !venv_py.exists() {
+        eprintln!(
+            "SKIP uvloop_cpu_stall_is_a_span: no {} (cargo xtask setup makes it)",
+            venv_py.display()
+        );
+        return;
+    }
+    let script = targets_dir().join("uvloop_stalls.py");
+    let mut target = Target::start(
+        &venv_py,
+        &[script.to_str().unwrap(), "--stalls-ms", "80,150,300"],
+    );
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    target.run_scenario(Duration::from_secs(30));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let stalls = target.stalls();
+    let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+    assert_eq!(errors.len(), 3);
+    report("uvloop", &errors);
+}
+
+#[test]
+fn prefork_workers_are_followed_with_children() {
+    if !root_or_skip("prefork_workers_are_followed_with_children") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let script = targets_dir().join("prefork_server.py");
+    let mut target = Target::start(
+        &py,
+        &[
+            script.to_str().unwrap(),
+            "--workers",
+            "2",
+            "--stall-ms",
+            "120",
+        ],
+    );
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--children"]);
+    target.run_scenario(Duration::from_secs(30));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 2, "two workers, one stall each");
+    let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+    assert_eq!(errors.len(), 2);
+    let out = fin.stdout.join("\n");
+    for t in &stalls {
+        assert_ne!(t.tid, target.pid, "the stall is in a forked worker");
+        let span = matching_span(&fin.spans, t)[0];
+        assert_eq!(
+            span["pid"].as_u64(),
+            Some(u64::from(t.tid)),
+            "span grouped under the worker's pid"
+        );
+        assert!(
+            fin.stderr
+                .iter()
+                .any(|l| l.contains(&format!("following child pid {}", t.tid))),
+            "{:?}",
+            fin.stderr
+        );
+        assert!(
+            out.contains(&format!("== lag summary: pid {} ", t.tid)),
+            "per-process summary: {out}"
+        );
+    }
+    report("pre-fork workers (--children)", &errors);
+}

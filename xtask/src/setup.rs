@@ -33,6 +33,7 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     rust_src().context("rust-src")?;
     bpf_linker(args.force_linker).context("bpf-linker")?;
     deb_packages().context("debian packages")?;
+    uvloop_venv();
     println!("tracefs: nothing to do (lagtrace mounts it itself)");
     Ok(())
 }
@@ -185,6 +186,29 @@ fn find_libllvm(libdir: &Path) -> Result<PathBuf> {
     match found.pop() {
         Some(lib) => Ok(lib),
         None => bail!("no libLLVM.so.* in {}", libdir.display()),
+    }
+}
+
+/// A virtualenv with uvloop from PyPI for the uvloop test
+/// (`target/venv-uvloop`). Best effort: without it that test skips loudly.
+fn uvloop_venv() {
+    let venv = util::in_repo("target/venv-uvloop");
+    let python = venv.join("bin/python3");
+    let has_uvloop = || capture(Command::new(&python).args(["-c", "import uvloop"])).is_ok();
+    if python.exists() && has_uvloop() {
+        println!("uvloop venv: present");
+        return;
+    }
+    let start = Instant::now();
+    let made = run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).and_then(|()| {
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "uvloop"]))
+    });
+    match made {
+        Ok(()) if has_uvloop() => println!("uvloop venv: installed in {}", secs(start)),
+        Ok(()) => {
+            util::warn("uvloop venv: pip ran but `import uvloop` fails; the uvloop test will skip")
+        }
+        Err(e) => util::warn(&format!("uvloop venv: {e:#}; the uvloop test will skip")),
     }
 }
 

@@ -44,14 +44,16 @@ fn try_futex_enter(ctx: &TracePointContext) -> Option<u32> {
 }
 
 #[tracepoint]
-pub fn futex_exit(_ctx: TracePointContext) -> u32 {
-    try_futex_exit().unwrap_or(0)
+pub fn futex_exit(ctx: TracePointContext) -> u32 {
+    try_futex_exit(&ctx).unwrap_or(0)
 }
 
-fn try_futex_exit() -> Option<u32> {
+fn try_futex_exit(_ctx: &TracePointContext) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let t = thread(tid)?;
+    let t = thread(pid_tgid as u32)?;
+    // Only the return of a wait seen entering starts an iteration: a thread
+    // that merely wakes others (a plain thread notifying the runtime) is no
+    // worker. A worker parked since before attach starts at its next wait.
     if t.in_futex_wait == 0 || t.tgid != (pid_tgid >> 32) as u32 {
         return None;
     }

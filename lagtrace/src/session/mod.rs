@@ -41,6 +41,8 @@ pub struct Outcome {
     pub idle: Vec<u32>,
     pub files: Vec<PathBuf>,
     pub counters: Counters,
+    /// Processes traced, children included.
+    pub traced: usize,
 }
 
 const TICK: Duration = Duration::from_millis(100);
@@ -245,6 +247,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         }
     }
     outcome.spans = p.spans;
+    outcome.traced = p.targets.len();
     Ok(outcome)
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, RingBuf};
-use lagtrace_common::{THREAD_IN_ITER, ThreadState};
+use lagtrace_common::{PHASE_OFF_CPU, PHASE_RUNQUEUE, THREAD_IN_ITER, ThreadState};
 
 use super::targets::Targets;
 use crate::{
@@ -163,10 +163,21 @@ impl Pipeline {
             {
                 continue;
             }
+            // The accounting so far, plus the phase the thread is in now.
+            let open = now.saturating_sub(t.phase_since_ns);
+            let (mut on, mut off, mut rq) = (t.on_cpu_ns, t.off_cpu_ns, t.runqueue_ns);
+            match t.phase {
+                PHASE_OFF_CPU => off += open,
+                PHASE_RUNQUEUE => rq += open,
+                _ => on += open,
+            }
             let mut ev = lagtrace_common::SpanEvent {
                 iteration: t.iteration,
                 start_ns: t.iter_start_ns,
                 end_ns: now,
+                on_cpu_ns: on,
+                off_cpu_ns: off,
+                runqueue_ns: rq,
                 samples: t.samples,
                 samples_dropped: t.samples_dropped,
                 ..Default::default()

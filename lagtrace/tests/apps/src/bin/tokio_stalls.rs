@@ -3,13 +3,14 @@
 //! of each stall to `--truth`, so tests can check lagtrace finds blocking spans
 //! in tokio apps (not only in asyncio/node loops) and measures them right.
 //!
-//! Protocol (same as `../../targets/asyncio_stalls.py`): prints `READY <pid>`
+//! Protocol (same as `lagtrace/tests/targets/asyncio_stalls.py`): prints `READY <pid>`
 //! once the runtime runs, injects nothing until SIGUSR1, then writes one
 //! `{"kind":"stall",...}` line per stall and a final `{"kind":"done"}`, prints
 //! `DONE`, and stays healthy until SIGTERM/SIGINT (exit 0).
 //!
 //!   --flavor current|multi   current_thread runtime on the main thread, or
-//!                            multi_thread with 2 workers (`tokio-runtime-worker`)
+//!                            multi_thread with 2 workers; thread names are
+//!                            tokio's default (comm `tokio-rt-worker` on 1.54)
 //!   --block cpu|sleep        spin_cpu (busy loop) or std::thread::sleep inside
 //!                            a task's poll: the worker really blocks
 //!   --stalls-ms 80,150,300   --gap-ms 250   --label-prefix STR
