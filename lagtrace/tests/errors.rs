@@ -7,35 +7,47 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Names of lagtrace's programs as the kernel lists them.
-const PROGRAMS: [&str; 6] = [
-    "epoll_exit",
-    "epoll_enter",
-    "sched_switch",
-    "sched_wakeup",
-    "on_cpu_sample",
-    "thread_exit",
-];
+/// Ids of the BPF programs a process holds, from its fds' fdinfo.
+fn programs_of(pid: u32) -> Vec<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    let mut ids: Vec<u32> = fds
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    // A program attached at several points is held by several link fds.
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
 
-fn lagtrace_programs_loaded() -> Vec<String> {
+/// The subset of `ids` the kernel still has loaded.
+fn still_loaded(ids: &[u32]) -> Vec<u32> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_string))
-        .filter(|n| PROGRAMS.contains(&n.as_str()))
+        .map(|p| p.id())
+        .filter(|id| ids.contains(id))
         .collect()
 }
 
 /// Waits for the kernel to release the programs (freeing is deferred).
-fn assert_nothing_loaded(context: &str) {
+/// Checked by id, so another lagtrace running on the host does not count.
+fn assert_released(ids: &[u32], context: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = lagtrace_programs_loaded();
+        let left = still_loaded(ids);
         if left.is_empty() {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{context}: still loaded after exit: {left:?}"
+            "{context}: programs {left:?} still loaded after exit"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -135,6 +147,8 @@ fn target_exit_ends_the_trace_with_a_summary() {
     let mut target = Target::start(&py, &[script.to_str().unwrap(), "--stalls-ms", "80"]);
     let pid = target.pid.to_string();
     let lt = Lagtrace::attach(&["--pid", &pid]);
+    let ids = programs_of(lt.pid());
+    assert!(ids.len() >= 5, "lagtrace holds its programs: {ids:?}");
     target.run_scenario(Duration::from_secs(30));
     signal(target.pid, libc::SIGTERM);
     let _ = target.child.wait();
@@ -158,7 +172,7 @@ fn target_exit_ends_the_trace_with_a_summary() {
         "{out}"
     );
     assert_eq!(fin.spans.len(), 1, "{:?}", fin.spans);
-    assert_nothing_loaded("after the target exited");
+    assert_released(&ids, "after the target exited");
 }
 
 #[test]
@@ -186,7 +200,6 @@ fn nothing_stays_attached_after_sigint_sigterm_or_sigkill() {
     if !root_or_skip("nothing_stays_attached_after_sigint_sigterm_or_sigkill") {
         return;
     }
-    assert_nothing_loaded("before the test");
     let py = pyenv_python("3.11")
         .or_else(|| tool_or_skip("python", &["python3"]))
         .expect("python");
@@ -195,10 +208,9 @@ fn nothing_stays_attached_after_sigint_sigterm_or_sigkill() {
     let pid = target.pid.to_string();
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
         let lt = Lagtrace::attach(&["--pid", &pid]);
-        assert!(
-            !lagtrace_programs_loaded().is_empty(),
-            "attached programs should be listed"
-        );
+        let ids = programs_of(lt.pid());
+        assert!(ids.len() >= 5, "lagtrace holds its programs: {ids:?}");
+        assert_eq!(still_loaded(&ids).len(), ids.len(), "the kernel lists them");
         // Let the loop run some iterations, so that the trace has activity.
         std::thread::sleep(Duration::from_millis(500));
         signal(lt.pid(), sig);
@@ -206,7 +218,7 @@ fn nothing_stays_attached_after_sigint_sigterm_or_sigkill() {
         if sig != libc::SIGKILL {
             assert_eq!(fin.code, Some(0), "signal {sig}: {:?}", fin.stderr);
         }
-        assert_nothing_loaded(&format!("after signal {sig}"));
+        assert_released(&ids, &format!("after signal {sig}"));
     }
     assert!(target.alive(), "the target survives attach and detach");
 }
