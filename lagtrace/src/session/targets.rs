@@ -72,9 +72,9 @@ impl Targets {
         if is_python(t.pid) {
             match python.reader.attach(t.pid) {
                 Ok(version) => {
-                    // Read Python frames from a quarter of the threshold on,
+                    // Read Python frames from an eighth of the threshold on,
                     // so a span's early part has them too.
-                    stream_after = self.threshold_ns / 4;
+                    stream_after = self.threshold_ns / 8;
                     python.add_target(t.pid, stream_after);
                     note = Some(format!(
                         "pid {} is Python {version}: Python frames on",

@@ -21,8 +21,18 @@ pub struct PyStats {
     pub read_ns: u64,
 }
 
+/// Two readers per process. Asking the OS whether each thread is running
+/// costs most of a full read (about 450 µs against 16 µs measured on
+/// CPython 3.12 here), and a thread running Python code holds the GIL
+/// anyway, so on-CPU samples read only the GIL holder. Threads waiting off
+/// the CPU may have released the GIL: they get the full read.
+struct Spies {
+    gil: PythonSpy,
+    full: PythonSpy,
+}
+
 pub struct PythonReader {
-    spies: HashMap<u32, PythonSpy>,
+    spies: HashMap<u32, Spies>,
     pub stats: PyStats,
 }
 
@@ -40,12 +50,13 @@ pub fn is_python(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libpython3"))
 }
 
-fn config() -> Config {
+fn config(gil_only: bool) -> Config {
     Config {
         blocking: LockingStrategy::NonBlocking,
         // A thread blocked in a syscall is exactly what off-CPU spans need.
         include_idle: true,
         collect_thread_names: false,
+        gil_only,
         ..Config::default()
     }
 }
@@ -91,9 +102,12 @@ impl PythonReader {
 
     /// Prepare to read a Python process; returns the interpreter version.
     pub fn attach(&mut self, pid: u32) -> Result<String, String> {
-        let spy = PythonSpy::new(pid as py_spy::Pid, &config()).map_err(|e| format!("{e:#}"))?;
-        let version = spy.version.to_string();
-        self.spies.insert(pid, spy);
+        let open = |gil_only| {
+            PythonSpy::new(pid as py_spy::Pid, &config(gil_only)).map_err(|e| format!("{e:#}"))
+        };
+        let (gil, full) = (open(true)?, open(false)?);
+        let version = full.version.to_string();
+        self.spies.insert(pid, Spies { gil, full });
         Ok(version)
     }
 
@@ -101,9 +115,22 @@ impl PythonReader {
         self.spies.contains_key(&pid)
     }
 
-    /// The Python stack of thread `tid` right now.
-    pub fn stack(&mut self, pid: u32, tid: u32) -> Option<PyStack> {
-        let spy = self.spies.get_mut(&pid)?;
+    /// The Python stack of thread `tid` right now. `running`: the thread is
+    /// on the CPU, so the cheap GIL-holder read is tried first.
+    pub fn stack(&mut self, pid: u32, tid: u32, running: bool) -> Option<PyStack> {
+        if running && let Some(stack) = self.read(pid, tid, true) {
+            return Some(stack);
+        }
+        self.read(pid, tid, false)
+    }
+
+    fn read(&mut self, pid: u32, tid: u32, gil_only: bool) -> Option<PyStack> {
+        let spies = self.spies.get_mut(&pid)?;
+        let spy = if gil_only {
+            &mut spies.gil
+        } else {
+            &mut spies.full
+        };
         let t0 = Instant::now();
         let traces = spy.get_stack_traces();
         self.stats.reads += 1;
@@ -122,7 +149,10 @@ impl PythonReader {
         let ns_tid = u64::from(ns_tid(pid, tid).unwrap_or(tid));
         let trace = match traces.iter().find(|t| t.os_thread_id == Some(ns_tid)) {
             Some(t) => t,
-            None if traces.len() == 1 && traces[0].os_thread_id.is_none() => &traces[0],
+            // (A GIL-only read returns the GIL holder, maybe another thread.)
+            None if !gil_only && traces.len() == 1 && traces[0].os_thread_id.is_none() => {
+                &traces[0]
+            }
             None => return None,
         };
         let frames: Vec<String> = trace
@@ -211,7 +241,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(700));
         let mut r = PythonReader::new();
         let attached = r.attach(pid);
-        let stack = attached.as_ref().ok().and_then(|_| r.stack(pid, pid));
+        let stack = attached
+            .as_ref()
+            .ok()
+            .and_then(|_| r.stack(pid, pid, false));
         let _ = child.kill();
         let _ = child.wait();
         if unsafe { libc::geteuid() } != 0 && attached.is_err() {

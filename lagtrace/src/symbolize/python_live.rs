@@ -2,7 +2,7 @@
 //! sample of one open span.
 //!
 //! - On-CPU: the kernel streams samples one by one once an iteration is past
-//!   its `stream_after_ns` (a quarter of the threshold for Python targets).
+//!   its `stream_after_ns` (an eighth of the threshold for Python targets).
 //!   Each such sample triggers one read of its thread's Python stack, kept
 //!   only if the kernel still shows the same iteration open after the read.
 //! - Off-CPU and runqueue: a thread waiting off the CPU does not move, so its
@@ -18,8 +18,11 @@ use lagtrace_common::{PHASE_OFF_CPU, PHASE_RUNQUEUE, SAMPLE_ON_CPU, THREAD_IN_IT
 use super::python::{PyStack, PythonReader};
 use crate::{clock::WallClock, events::SampleBatch};
 
-/// A live sample older than this is not read: the thread has moved on.
-const MAX_SAMPLE_AGE_NS: u64 = 20_000_000;
+/// A live sample older than this is not read: the thread may have moved on
+/// to other code of the same span. (That it is still the same span is
+/// checked against the kernel after each read.) A busy host delays
+/// lagtrace's own reads by tens of ms, hence the margin.
+const MAX_SAMPLE_AGE_NS: u64 = 100_000_000;
 /// Bound on off-CPU stacks waiting for their sample.
 const MAX_PENDING: usize = 4096;
 
@@ -67,7 +70,7 @@ impl LivePython {
         {
             return out;
         }
-        let Some(stack) = self.reader.stack(batch.tgid, batch.tid) else {
+        let Some(stack) = self.reader.stack(batch.tgid, batch.tid, true) else {
             return out;
         };
         match now(batch.tid) {
@@ -100,7 +103,7 @@ impl LivePython {
             {
                 continue;
             }
-            let Some(stack) = self.reader.stack(t.tgid, *tid) else {
+            let Some(stack) = self.reader.stack(t.tgid, *tid, false) else {
                 continue;
             };
             match now(*tid) {
