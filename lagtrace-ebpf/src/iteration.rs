@@ -188,6 +188,17 @@ fn flush(t: &mut ThreadState, tid: u32) {
     t.nbuf = 0;
 }
 
+/// Time into an iteration after which its samples stream to userspace: the
+/// target's setting, at most the threshold.
+#[inline(always)]
+pub fn stream_after(t: &ThreadState, cfg: &Config) -> u64 {
+    if t.stream_after_ns == 0 || t.stream_after_ns > cfg.threshold_ns {
+        cfg.threshold_ns
+    } else {
+        t.stream_after_ns
+    }
+}
+
 /// Keep one sample of the open iteration: in the buffer while the iteration
 /// may still turn out short, straight to userspace once it is a span.
 #[inline(always)]
@@ -195,12 +206,7 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, rec: SampleRec) {
     let Some(cfg) = config() else { return };
     t.samples += 1;
     bump(CTR_SAMPLES);
-    let stream_after = if t.stream_after_ns == 0 || t.stream_after_ns > cfg.threshold_ns {
-        cfg.threshold_ns
-    } else {
-        t.stream_after_ns
-    };
-    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < stream_after {
+    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < stream_after(t, cfg) {
         let n = t.nbuf as usize;
         if n >= SAMPLE_BUF {
             t.samples_dropped += 1;

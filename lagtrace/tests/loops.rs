@@ -16,27 +16,10 @@ fn python() -> std::path::PathBuf {
         .expect("a python3")
 }
 
-fn stall_run(
-    test: &str,
-    program: &std::path::Path,
-    args: &[&str],
-    extra: &[&str],
-) -> (Finished, Vec<Truth>, bool) {
+fn stall_run(program: &std::path::Path, args: &[&str]) -> (Finished, Vec<Truth>, bool) {
     let mut target = Target::start(program, args);
-    let pid = target.pid.to_string();
-    let mut lt_args = vec!["--pid", &pid, "--threshold", "50ms"];
-    lt_args.extend_from_slice(extra);
-    let lt = Lagtrace::attach(&lt_args);
-    target.run_scenario(Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(300));
-    let fin = lt.stop();
+    let fin = trace_scenario(&mut target, &[]);
     let alive = target.alive();
-    assert_eq!(
-        fin.code,
-        Some(0),
-        "{test}: lagtrace failed: {:?}",
-        fin.stderr
-    );
     (fin, target.stalls(), alive)
 }
 
@@ -48,7 +31,6 @@ fn asyncio_cpu_stalls_are_timed() {
     let script = targets_dir().join("asyncio_stalls.py");
     let py = python();
     let (fin, stalls, alive) = stall_run(
-        "cpu",
         &py,
         &[
             script.to_str().unwrap(),
@@ -57,7 +39,6 @@ fn asyncio_cpu_stalls_are_timed() {
             "--stalls-ms",
             "20,56,70,120,300,800",
         ],
-        &[],
     );
     assert!(alive, "the target must survive tracing");
     assert_eq!(stalls.len(), 6);
@@ -101,7 +82,6 @@ fn asyncio_sleep_stalls_are_timed() {
     }
     let script = targets_dir().join("asyncio_stalls.py");
     let (fin, stalls, alive) = stall_run(
-        "sleep",
         &python(),
         &[
             script.to_str().unwrap(),
@@ -110,7 +90,6 @@ fn asyncio_sleep_stalls_are_timed() {
             "--stalls-ms",
             "60,100,250",
         ],
-        &[],
     );
     assert!(alive);
     let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
@@ -128,10 +107,8 @@ fn node_busy_function_is_timed() {
     };
     let script = targets_dir().join("node_stalls.js");
     let (fin, stalls, alive) = stall_run(
-        "node",
         &node,
         &[script.to_str().unwrap(), "--stalls-ms", "60,100,250"],
-        &[],
     );
     assert!(alive);
     let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
@@ -146,11 +123,7 @@ fn healthy_busy_loop_has_no_span() {
     }
     let script = targets_dir().join("asyncio_healthy.py");
     let mut target = Target::start(&python(), &[script.to_str().unwrap(), "--seconds", "3"]);
-    let pid = target.pid.to_string();
-    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
-    target.run_scenario(Duration::from_secs(30));
-    let fin = lt.stop();
-    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let fin = trace_scenario(&mut target, &[]);
     assert!(
         fin.spans.is_empty(),
         "a healthy loop yields no span: {:?}",

@@ -70,11 +70,7 @@ fn sleep_in_a_coroutine_is_off_cpu_with_its_caller() {
             "100,200,300",
         ],
     );
-    let pid = target.pid.to_string();
-    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
-    target.run_scenario(Duration::from_secs(30));
-    let fin = lt.stop();
-    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
     assert_stalls_reported(&fin.spans, &stalls, 50);
     for t in &stalls {
@@ -146,11 +142,7 @@ fn blocking_recv_from_a_slow_server_shows_the_read() {
             "3",
         ],
     );
-    let pid = target.pid.to_string();
-    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
-    target.run_scenario(Duration::from_secs(30));
-    let fin = lt.stop();
-    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 3);
     assert_stalls_reported(&fin.spans, &stalls, 50);

@@ -91,11 +91,7 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
                 "200,300,400",
             ],
         );
-        let pid = target.pid.to_string();
-        let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
-        target.run_scenario(Duration::from_secs(30));
-        let fin = lt.stop();
-        assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+        let fin = trace_scenario(&mut target, &[]);
         let stalls = target.stalls();
         assert_stalls_reported(&fin.spans, &stalls, 50);
         for t in &stalls {
@@ -142,11 +138,7 @@ fn seed_story_json_decode_shows_python_and_native_frames() {
             continue;
         };
         let mut target = Target::start(&py, &[script.to_str().unwrap(), "--count", "3"]);
-        let pid = target.pid.to_string();
-        let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
-        target.run_scenario(Duration::from_secs(60));
-        let fin = lt.stop();
-        assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+        let fin = trace_scenario(&mut target, &[]);
         let stalls = target.stalls();
         assert!(!stalls.is_empty());
         let mut with_native_leaf = 0;

@@ -64,11 +64,7 @@ fn loop_in_a_non_main_thread_and_two_loops_in_one_process() {
         ];
         args.extend(extra.iter());
         let mut target = Target::start(&py, &args);
-        let pid = target.pid.to_string();
-        let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
-        target.run_scenario(Duration::from_secs(30));
-        let fin = lt.stop();
-        assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+        let fin = trace_scenario(&mut target, &[]);
         let stalls = target.stalls();
         assert_eq!(stalls.len(), 2 * names.len());
         let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
@@ -410,11 +406,7 @@ fn uvloop_cpu_stall_is_a_span() {
         &venv_py,
         &[script.to_str().unwrap(), "--stalls-ms", "80,150,300"],
     );
-    let pid = target.pid.to_string();
-    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
-    target.run_scenario(Duration::from_secs(30));
-    let fin = lt.stop();
-    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
     let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
     assert_eq!(errors.len(), 3);
@@ -438,11 +430,7 @@ fn prefork_workers_are_followed_with_children() {
             "120",
         ],
     );
-    let pid = target.pid.to_string();
-    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--children"]);
-    target.run_scenario(Duration::from_secs(30));
-    let fin = lt.stop();
-    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let fin = trace_scenario(&mut target, &["--children"]);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 2, "two workers, one stall each");
     let errors = assert_stalls_reported(&fin.spans, &stalls, 50);

@@ -9,12 +9,12 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use lagtrace_common::{
-    CFG_SCHED, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE,
-    SampleRec, THREAD_IN_ITER,
+    CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
+    SAMPLE_RUNQUEUE, SampleRec, THREAD_IN_ITER,
 };
 
 use crate::{
-    iteration::{close_phase, config, now_ns, push_sample, thread},
+    iteration::{close_phase, config, now_ns, push_sample, stream_after, thread},
     probes::stacks::capture,
 };
 
@@ -34,50 +34,72 @@ fn try_sched_switch(ctx: &TracePointContext) -> Option<u32> {
     }
     let prev: i32 = unsafe { ctx.read_at(cfg.switch_prev_pid_off as usize) }.ok()?;
     let next: i32 = unsafe { ctx.read_at(cfg.switch_next_pid_off as usize) }.ok()?;
-    if let Some(t) = thread(prev as u32)
-        && t.flags & THREAD_IN_ITER != 0
-        && t.tgid == (bpf_get_current_pid_tgid() >> 32) as u32
-    {
-        let now = now_ns();
-        close_phase(t, now);
-        let state: i64 = unsafe { ctx.read_at(cfg.switch_prev_state_off as usize) }.ok()?;
-        let sleeping = state & SLEEP_STATE_MASK != 0;
-        t.phase = if sleeping {
-            PHASE_OFF_CPU
-        } else {
-            PHASE_RUNQUEUE
-        };
-        // The current task is still `prev`, so this is the stack it sleeps in.
-        let (user, kernel) = capture(ctx);
-        t.pending_kind = if sleeping {
-            SAMPLE_OFF_CPU
-        } else {
-            SAMPLE_RUNQUEUE
-        };
-        t.pending_user_stack = user;
-        t.pending_kernel_stack = kernel;
-        t.pending_since_ns = now;
-    }
-    if let Some(t) = thread(next as u32)
-        && t.flags & THREAD_IN_ITER != 0
-    {
-        let now = now_ns();
-        close_phase(t, now);
-        t.phase = PHASE_ON_CPU;
-        if t.pending_kind != 0 {
-            let rec = SampleRec {
-                ts_ns: t.pending_since_ns,
-                weight_ns: now.saturating_sub(t.pending_since_ns),
-                user_stack: t.pending_user_stack,
-                kernel_stack: t.pending_kernel_stack,
-                kind: t.pending_kind,
-                _pad: 0,
-            };
-            t.pending_kind = 0;
-            push_sample(t, next as u32, now, rec);
-        }
-    }
+    switch_out(ctx, cfg, prev as u32);
+    switch_in(next as u32);
     Some(0)
+}
+
+/// A loop thread inside an iteration leaves the CPU: asleep, or preempted.
+#[inline(always)]
+fn switch_out(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
+    let t = thread(prev)?;
+    if t.flags & THREAD_IN_ITER == 0 || t.tgid != (bpf_get_current_pid_tgid() >> 32) as u32 {
+        return None;
+    }
+    let now = now_ns();
+    close_phase(t, now);
+    let state: i64 = unsafe { ctx.read_at(cfg.switch_prev_state_off as usize) }.ok()?;
+    let sleeping = state & SLEEP_STATE_MASK != 0;
+    t.phase = if sleeping {
+        PHASE_OFF_CPU
+    } else {
+        PHASE_RUNQUEUE
+    };
+    // A preemption inside a short iteration is the common case on a busy
+    // host (a woken task takes the CPU), and its stack would be dropped with
+    // the iteration: capture it only once the iteration is long. Runqueue
+    // time is accounted either way.
+    if !sleeping && now.saturating_sub(t.iter_start_ns) < stream_after(t, cfg) {
+        t.pending_kind = 0;
+        return Some(());
+    }
+    // The current task is still `prev`, so this is the stack it waits in.
+    let (user, kernel) = capture(ctx);
+    t.pending_kind = if sleeping {
+        SAMPLE_OFF_CPU
+    } else {
+        SAMPLE_RUNQUEUE
+    };
+    t.pending_user_stack = user;
+    t.pending_kernel_stack = kernel;
+    t.pending_since_ns = now;
+    Some(())
+}
+
+/// A loop thread inside an iteration runs again: its wait becomes a sample
+/// weighted by the time it was away.
+#[inline(always)]
+fn switch_in(next: u32) -> Option<()> {
+    let t = thread(next)?;
+    if t.flags & THREAD_IN_ITER == 0 {
+        return None;
+    }
+    let now = now_ns();
+    close_phase(t, now);
+    t.phase = PHASE_ON_CPU;
+    if t.pending_kind != 0 {
+        let rec = SampleRec {
+            ts_ns: t.pending_since_ns,
+            weight_ns: now.saturating_sub(t.pending_since_ns),
+            user_stack: t.pending_user_stack,
+            kernel_stack: t.pending_kernel_stack,
+            kind: t.pending_kind,
+            _pad: 0,
+        };
+        t.pending_kind = 0;
+        push_sample(t, next, now, rec);
+    }
+    Some(())
 }
 
 #[tracepoint]

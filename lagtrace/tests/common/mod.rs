@@ -372,6 +372,23 @@ impl Lagtrace {
     }
 }
 
+/// Trace one scenario: lagtrace (`--pid <target> --threshold 50ms` and
+/// `extra`) attached to `target`, SIGUSR1, wait for DONE, stop lagtrace
+/// with SIGINT. Asserts lagtrace exited cleanly.
+pub fn trace_scenario(target: &mut Target, extra: &[&str]) -> Finished {
+    let pid = target.pid.to_string();
+    let mut args = vec!["--pid", pid.as_str(), "--threshold", "50ms"];
+    args.extend_from_slice(extra);
+    let lt = Lagtrace::attach(&args);
+    target.run_scenario(Duration::from_secs(60));
+    // DONE is printed inside the last stall's iteration: let the loop get
+    // back to its wait, so that span ends before lagtrace does.
+    std::thread::sleep(Duration::from_millis(200));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
+    fin
+}
+
 /// Run lagtrace to completion with the given args (for error cases).
 pub fn run_lagtrace(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(LAGTRACE)

@@ -13,6 +13,7 @@ use super::{
     Ctx, Section,
     bpfstats::{self, ProgCost, StatsEnabled},
     lagtrace::{Lagtrace, LagtraceRun},
+    overhead, procfs,
     report::Table,
     stats::{pct, thousands},
     targets::{self, Target},
@@ -57,6 +58,7 @@ fn cost_rows(t: &mut Table, scenario: &str, costs: &[ProgCost]) {
 /// One wrk round on `target` traced with `args`, with BPF counters around it.
 fn loaded_round(ctx: &Ctx, target: &Target, args: &[&str]) -> Result<(Vec<ProgCost>, LagtraceRun)> {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    overhead::settle(ctx)?;
     let lt = Lagtrace::start(&ctx.lagtrace, target.pid, &args)?;
     let ids = traced_programs(&lt)?;
     let a = bpfstats::snapshot(&ids)?;
@@ -135,13 +137,17 @@ pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
     let bin = targets::build_spin_loop(&ctx.out)?;
     let mut spin = targets::spin_loop(&bin, secs)?;
     eprintln!("-- kernel cost: spin loop, untraced");
+    let settled = overhead::settle(ctx)?;
     let (n0, s0) = spin_once(&mut spin, secs)?;
+    let clean0 = settled && procfs::other_lagtraces(None).is_empty();
     eprintln!("-- kernel cost: spin loop, traced");
+    let settled = overhead::settle(ctx)?;
     let lt = Lagtrace::start(&ctx.lagtrace, spin.pid, &[])?;
     let ids = traced_programs(&lt)?;
     let a = bpfstats::snapshot(&ids)?;
     let mark = lt.mark()?;
     let spun = spin_once(&mut spin, secs);
+    let clean1 = settled && procfs::other_lagtraces(Some(lt.pid())).is_empty();
     let b = bpfstats::snapshot(&ids);
     let run = lt.stop(Some(mark))?;
     let (n1, s1) = spun?;
@@ -162,8 +168,16 @@ pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
     let mut s = Table::new(&["spin loop", "untraced", "traced by lagtrace (default)"]);
     s.row(vec![
         "loop iterations/s (its own count)".into(),
-        thousands(n0 as f64 / s0),
-        thousands(n1 as f64 / s1),
+        format!(
+            "{}{}",
+            thousands(n0 as f64 / s0),
+            if clean0 { "" } else { " †" }
+        ),
+        format!(
+            "{}{}",
+            thousands(n1 as f64 / s1),
+            if clean1 { "" } else { " †" }
+        ),
     ]);
     s.row(vec![
         "iterations in the spin (its own count)".into(),
@@ -200,6 +214,15 @@ pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
          loop for {secs} s, once untraced and once traced by lagtrace at default settings.\n\n{}",
         s.render()
     );
+    for (clean, which) in [(clean0, "untraced"), (clean1, "traced")] {
+        if !clean {
+            let _ = writeln!(
+                body,
+                "\n† Another lagtrace (not the bench's) was running during the {which} spin: \
+                 its tracepoints slow every epoll_wait on the machine, so that rate is understated."
+            );
+        }
+    }
     if !warnings.is_empty() {
         let _ = writeln!(body, "\nlagtrace's warnings: {}", warnings.join(" / "));
     }

@@ -3,15 +3,17 @@
 //! with SIGINT, and read what it printed (the summary's iterations, spans,
 //! lost-event warnings).
 use std::{
-    fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, ExitStatus},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 
-use super::proc::{Proc, Stream};
+use super::{
+    proc::{Proc, Stream},
+    procfs::{self, first_number},
+};
 
 /// How long lagtrace may take to load and attach its probes.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,10 +88,10 @@ impl Lagtrace {
         }
         let from = from.unwrap_or(self.ready);
         let now = cpu_mark(pid)?;
-        let peak_rss_kib = vm_hwm_kib(pid)?;
+        let peak_rss_kib = procfs::vm_hwm_kib(pid)?;
         let status = self.proc.stop()?;
         let wall = now.at.duration_since(from.at).as_secs_f64().max(1e-9);
-        let tck = clock_ticks_per_sec();
+        let tck = procfs::clock_ticks_per_sec();
         Ok(LagtraceRun {
             cpu_share: now.ticks.saturating_sub(from.ticks) as f64 / tck / wall,
             cpu_share_sched: now.sched_ns.saturating_sub(from.sched_ns) as f64 / 1e9 / wall,
@@ -139,12 +141,6 @@ impl LagtraceRun {
             format!("{}", self.status)
         }
     }
-}
-
-fn first_number(s: &str) -> Option<u64> {
-    s.split(|c: char| !c.is_ascii_digit())
-        .find(|t| !t.is_empty())
-        .and_then(|t| t.parse().ok())
 }
 
 /// One row of lagtrace's exit summary.
@@ -204,73 +200,13 @@ fn parse_row(pid: u32, line: &str) -> Option<SummaryRow> {
     })
 }
 
-/// Pids of lagtrace processes other than `ours`: someone else tracing on
-/// this machine attaches the same system-wide tracepoints, so a round run
-/// meanwhile is not really "untraced".
-pub fn others(ours: Option<u32>) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut pids: Vec<u32> = dir
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| Some(pid) != ours)
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "lagtrace")
-        })
-        .collect();
-    pids.sort_unstable();
-    pids
-}
-
-fn clock_ticks_per_sec() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// utime + stime (clock ticks) from the text of /proc/<pid>/stat.
-pub fn stat_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) may hold spaces and parentheses: skip past
-    // its last ')'. Then state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 fn cpu_mark(pid: u32) -> Result<CpuMark> {
     let at = Instant::now();
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = stat_ticks(&stat).with_context(|| format!("unexpected {path}: {stat}"))?;
-    let mut sched_ns = 0;
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let p: PathBuf = t.path().join("schedstat");
-            if let Ok(s) = fs::read_to_string(p) {
-                sched_ns += first_number(&s).unwrap_or(0);
-            }
-        }
-    }
     Ok(CpuMark {
         at,
-        ticks,
-        sched_ns,
+        ticks: procfs::cpu_ticks(pid)?,
+        sched_ns: procfs::sched_cpu_ns(pid),
     })
-}
-
-/// VmHWM (peak resident set) of a process, in KiB.
-pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    parse_vm_hwm(&status).with_context(|| format!("no VmHWM in {path}"))
-}
-
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(first_number)
 }
 
 #[cfg(test)]
@@ -310,23 +246,6 @@ mod tests {
                 },
             ]
         );
-    }
-
-    #[test]
-    fn parses_proc_files() {
-        let stat = "123 (we ird) proc) S 1 2 3 4 5 6 7 8 9 10 17 26 0 0 20 0 1 0";
-        assert_eq!(stat_ticks(stat), Some(43));
-        assert_eq!(stat_ticks("garbage"), None);
-        let status = "Name:\tx\nVmPeak:\t  100 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 1 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(12345));
-    }
-
-    #[test]
-    fn own_process_is_measurable() {
-        let pid = std::process::id();
-        let m = cpu_mark(pid).unwrap();
-        assert!(m.sched_ns > 0);
-        assert!(vm_hwm_kib(pid).unwrap() > 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod kernel;
 mod lagtrace;
 mod overhead;
 mod proc;
+mod procfs;
 mod report;
 mod resolution;
 mod selfcost;
@@ -18,6 +19,7 @@ mod targets;
 mod wrk;
 
 use std::{
+    cell::Cell,
     fmt::Write as _,
     fs,
     path::PathBuf,
@@ -84,6 +86,9 @@ pub struct Ctx {
     pub node: String,
     /// Scratch output: target/bench/.
     pub out: PathBuf,
+    /// What is left of the time rounds may spend waiting for someone
+    /// else's lagtrace to exit.
+    pub wait_budget: Cell<Duration>,
 }
 
 /// One section of the report.
@@ -145,6 +150,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         python,
         node,
         out,
+        wait_budget: Cell::new(Duration::from_secs(if args.quick { 30 } else { 120 })),
     };
     proc::catch_signals();
     let load_before = report::loadavg();

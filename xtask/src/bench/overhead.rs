@@ -1,19 +1,25 @@
 //! Sections 1 and 2: what tracing costs the target. One harness runs
 //! interleaved rounds (every mode once per round, in order, on long-lived
 //! server processes) of the same wrk load, and reports each mode's
-//! throughput and p99 as a ratio to its baseline mode in the same round:
-//! median with min and max over rounds. Section 1 compares lagtrace (default
+//! throughput, p99 and target CPU per request as ratios to its baseline mode
+//! in the same round: median with min and max over rounds. Section 1 compares lagtrace (default
 //! and -F 4999) with no tracing on the asyncio and Node.js servers; section 2
 //! puts the alternatives (py-spy, asyncio debug mode, an in-process lag
 //! monitor) through the same harness on the asyncio server.
-use std::{fmt::Write as _, path::PathBuf, process::Command, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 
 use super::{
     Ctx, Section,
-    lagtrace::{self, Lagtrace},
-    proc::Proc,
+    lagtrace::Lagtrace,
+    proc::{self, Proc},
+    procfs,
     report::Table,
     stats::{Spread, ms, ratio_cell, ratios, thousands},
     targets::{self, Target},
@@ -23,6 +29,8 @@ use super::{
 /// The goal for lagtrace at default settings: throughput ratio at least this.
 pub const GOAL_RATIO: f64 = 0.99;
 const WARMUP_SECS: u64 = 1;
+/// The longest a round waits for someone else's lagtrace to exit.
+const SETTLE_MAX: Duration = Duration::from_secs(20);
 
 /// What runs alongside the target during a round.
 pub enum Tool {
@@ -45,8 +53,52 @@ pub struct Round {
     pub iterations: Option<u64>,
     /// Anything unusual: a lost-events warning, a non-zero exit.
     pub notes: Vec<String>,
+    /// The target's CPU time per request served, in µs (schedstat of its
+    /// threads around the wrk run): it moves less than throughput when other
+    /// work on a shared machine competes for the CPU.
+    pub cpu_us_per_req: f64,
     /// Another lagtrace (not the bench's) was running at its start or end.
     pub foreign_tracer: bool,
+}
+
+/// wrk against `target`, with the target's CPU time over the run.
+fn loaded(target: &Target, secs: u64) -> Result<(Load, f64)> {
+    let c0 = procfs::sched_cpu_ns(target.pid);
+    let load = wrk::run(target.port, secs)?;
+    let c1 = procfs::sched_cpu_ns(target.pid);
+    let per_req = if load.requests > 0 {
+        c1.saturating_sub(c0) as f64 / 1e3 / load.requests as f64
+    } else {
+        f64::NAN
+    };
+    Ok((load, per_req))
+}
+
+/// Waits (within the bench's waiting budget, at most [`SETTLE_MAX`] at a
+/// time) for lagtrace processes that are not the bench's to exit; true if
+/// there are none now.
+pub fn settle(ctx: &Ctx) -> Result<bool> {
+    let start = Instant::now();
+    let budget = ctx.wait_budget.get();
+    let mut told = false;
+    let clean = loop {
+        let others = procfs::other_lagtraces(None);
+        if others.is_empty() {
+            break true;
+        }
+        let waited = start.elapsed();
+        if waited >= SETTLE_MAX || waited >= budget {
+            eprintln!("   another lagtrace is still running ({others:?}); going ahead");
+            break false;
+        }
+        if !told {
+            eprintln!("   another lagtrace is running ({others:?}); waiting for it to exit");
+            told = true;
+        }
+        proc::sleep(Duration::from_millis(250))?;
+    };
+    ctx.wait_budget.set(budget.saturating_sub(start.elapsed()));
+    Ok(clean)
 }
 
 /// Runs `rounds` rounds of every mode; returns `[mode][round]`.
@@ -64,13 +116,9 @@ pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Ro
     for r in 0..rounds {
         for (i, m) in modes.iter().enumerate() {
             eprintln!("-- round {}/{rounds}: {}", r + 1, m.label);
-            let before = lagtrace::others(None);
+            let clean = settle(ctx)?;
             let mut round = one_round(ctx, m, secs)?;
-            let after = lagtrace::others(None);
-            if !before.is_empty() || !after.is_empty() {
-                eprintln!("   (another lagtrace was running: {before:?} / {after:?})");
-                round.foreign_tracer = true;
-            }
+            round.foreign_tracer = !clean || !procfs::other_lagtraces(None).is_empty();
             out[i].push(round);
         }
     }
@@ -80,22 +128,28 @@ pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Ro
 fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
     let target = m.target;
     match &m.tool {
-        Tool::Untraced => Ok(Round {
-            load: wrk::run(target.port, secs)?,
-            ..Round::default()
-        }),
+        Tool::Untraced => {
+            let (load, cpu_us_per_req) = loaded(target, secs)?;
+            Ok(Round {
+                load,
+                cpu_us_per_req,
+                ..Round::default()
+            })
+        }
         Tool::Lagtrace(args) => {
             let lt = Lagtrace::start(&ctx.lagtrace, target.pid, args)?;
-            let load = wrk::run(target.port, secs);
+            let load = loaded(target, secs);
             let run = lt.stop(None)?;
+            let (load, cpu_us_per_req) = load?;
             let mut notes = run.warnings();
             if !run.status.success() {
                 notes.push(format!("lagtrace ended with {}", run.ended()));
             }
             Ok(Round {
-                load: load?,
+                load,
                 iterations: Some(run.iterations()),
                 notes,
+                cpu_us_per_req,
                 foreign_tracer: false,
             })
         }
@@ -125,16 +179,18 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
             spy.wait_line("`py-spy> Sampling`", Duration::from_secs(30), |_, l| {
                 l.starts_with("py-spy> Sampling")
             })?;
-            let load = wrk::run(target.port, secs);
+            let load = loaded(target, secs);
             let status = spy.stop()?;
+            let (load, cpu_us_per_req) = load?;
             let mut notes = Vec::new();
             if !status.success() {
                 notes.push(format!("py-spy ended with {status}"));
             }
             Ok(Round {
-                load: load?,
+                load,
                 iterations: None,
                 notes,
+                cpu_us_per_req,
                 foreign_tracer: false,
             })
         }
@@ -145,14 +201,23 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
 pub struct Compared {
     pub rps: Option<Spread>,
     pub p99: Option<Spread>,
+    /// Target CPU per request, mode / base.
+    pub cpu: Option<Spread>,
 }
 
 pub fn compare(results: &[Vec<Round>], i: usize, base: usize) -> Compared {
     let rps = |m: usize| results[m].iter().map(|r| r.load.rps).collect::<Vec<_>>();
     let p99 = |m: usize| results[m].iter().map(|r| r.load.p99_ms).collect::<Vec<_>>();
+    let cpu = |m: usize| {
+        results[m]
+            .iter()
+            .map(|r| r.cpu_us_per_req)
+            .collect::<Vec<_>>()
+    };
     Compared {
         rps: Spread::of(&ratios(&rps(i), &rps(base))),
         p99: Spread::of(&ratios(&p99(i), &p99(base))),
+        cpu: Spread::of(&ratios(&cpu(i), &cpu(base))),
     }
 }
 
@@ -164,12 +229,15 @@ pub fn render(modes: &[Mode], results: &[Vec<Round>]) -> String {
         "throughput ratio, median (min–max)",
         "p99 (median)",
         "p99 ratio, median (min–max)",
+        "target CPU/request (median)",
+        "CPU/request ratio, median (min–max)",
         "notes",
     ]);
     for (i, m) in modes.iter().enumerate() {
         let rounds = &results[i];
         let rps = Spread::of(&rounds.iter().map(|r| r.load.rps).collect::<Vec<_>>());
         let p99 = Spread::of(&rounds.iter().map(|r| r.load.p99_ms).collect::<Vec<_>>());
+        let cpu = Spread::of(&rounds.iter().map(|r| r.cpu_us_per_req).collect::<Vec<_>>());
         let c = compare(results, i, 0);
         let mut notes: Vec<String> = Vec::new();
         let its: Vec<f64> = rounds
@@ -214,11 +282,20 @@ pub fn render(modes: &[Mode], results: &[Vec<Round>]) -> String {
             } else {
                 ratio_cell(c.p99)
             },
+            cpu.map_or("n/a".into(), |s| format!("{:.1} µs", s.median)),
+            if i == 0 {
+                "1 (baseline)".into()
+            } else {
+                ratio_cell(c.cpu)
+            },
             notes.join("; "),
         ]);
     }
     let mut out = t.render();
-    out.push_str("\n<details><summary>Per round: req/s, p99</summary>\n\n");
+    out.push_str(
+        "\n<details><summary>Per round: req/s, p99, target CPU/request \
+         († another lagtrace was running)</summary>\n\n",
+    );
     let mut header = vec!["round".to_owned()];
     header.extend(modes.iter().map(|m| m.label.clone()));
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -228,7 +305,13 @@ pub fn render(modes: &[Mode], results: &[Vec<Round>]) -> String {
         let mut row = vec![(r + 1).to_string()];
         for mode in results {
             row.push(mode.get(r).map_or("n/a".into(), |x| {
-                format!("{}, {}", thousands(x.load.rps), ms(x.load.p99_ms))
+                format!(
+                    "{}, {}, {:.1} µs{}",
+                    thousands(x.load.rps),
+                    ms(x.load.p99_ms),
+                    x.cpu_us_per_req,
+                    if x.foreign_tracer { " †" } else { "" }
+                )
             }));
         }
         d.row(row);
@@ -245,7 +328,13 @@ pub fn section_overhead(ctx: &Ctx) -> Result<Section> {
          lagtrace `-F 4999`) on the same server process, after a {WARMUP_SECS} s warm-up. \
          lagtrace is started before each traced round (the round begins once it prints \
          `lagtrace: tracing`) and stopped with SIGINT after it. Ratios are traced/untraced \
-         within a round: for throughput higher is better, for p99 lower is better. Nothing is pinned.\n\n",
+         within a round: for throughput higher is better, for p99 lower is better. Nothing is pinned. \
+         *Target CPU/request* is the server's CPU time (schedstat of its threads) over the wrk run \
+         ÷ requests served: on a machine shared with other work, throughput and p99 move with \
+         whatever else runs, while CPU per request mostly moves with what tracing adds to the \
+         target (kernel time in its syscalls and context switches included). Before each round \
+         the bench waits (up to 20 s) for any lagtrace that is not its own to exit, and flags \
+         rounds where one was running.\n\n",
         wrk::args(ctx.plan.load_secs),
         ctx.plan.rounds
     );
@@ -289,10 +378,13 @@ pub fn section_overhead(ctx: &Ctx) -> Result<Section> {
         };
         let line = format!(
             "{name}: throughput ratio at default settings {} — goal ≥ {GOAL_RATIO} {verdict}; \
-             at -F 4999 {}; p99 ratio at default {}",
+             at -F 4999 {}; p99 ratio at default {}; target CPU per request at default {}, \
+             at -F 4999 {}",
             ratio_cell(default.rps),
             ratio_cell(max_f.rps),
-            ratio_cell(default.p99)
+            ratio_cell(default.p99),
+            ratio_cell(default.cpu),
+            ratio_cell(max_f.cpu)
         );
         let _ = writeln!(body, "Goal line: {line}\n");
         headline.push(line);
@@ -373,10 +465,12 @@ pub fn section_alternatives(ctx: &Ctx) -> Result<Section> {
     body.push_str(&render(&modes, &results));
     let mut headline = Vec::new();
     for (i, m) in modes.iter().enumerate().skip(1) {
+        let c = compare(&results, i, 0);
         headline.push(format!(
-            "{}: throughput ratio {}",
+            "{}: throughput ratio {}, CPU/request ratio {}",
             m.label,
-            ratio_cell(compare(&results, i, 0).rps)
+            ratio_cell(c.rps),
+            ratio_cell(c.cpu)
         ));
     }
     Ok(Section {

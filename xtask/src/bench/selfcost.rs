@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::{
     Ctx, Section,
     lagtrace::{Lagtrace, LagtraceRun},
-    proc,
+    overhead, proc,
     report::Table,
     stats::{mib, pct},
     targets::{self, Target},
@@ -23,6 +23,7 @@ enum Work {
 }
 
 fn measure(ctx: &Ctx, target: &Target, args: &[String], work: Work) -> Result<LagtraceRun> {
+    overhead::settle(ctx)?;
     let lt = Lagtrace::start(&ctx.lagtrace, target.pid, args)?;
     let mark = lt.mark()?;
     let worked = match work {
