@@ -52,13 +52,13 @@ pub fn bump(counter: u32) {
 
 #[inline(always)]
 pub fn target(tgid: u32) -> Option<&'static TargetConfig> {
-    unsafe { TARGETS.get(&tgid) }
+    unsafe { TARGETS.get(tgid) }
 }
 
 /// The state of a known loop thread.
 #[inline(always)]
 pub fn thread(tid: u32) -> Option<&'static mut ThreadState> {
-    THREADS.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+    THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
 }
 
 /// The state of a thread of a target, created on first sight.
@@ -74,13 +74,16 @@ pub fn thread_or_insert<C: EbpfContext>(
             return Some(t);
         }
         // A stale entry of a dead thread whose tid was reused: start afresh.
-        let _ = THREADS.remove(&tid);
+        let _ = THREADS.remove(tid);
     }
     let zero = ZERO.get_ptr(0)?;
-    if THREADS
-        .insert(&tid, unsafe { &*zero }, BPF_NOEXIST.into())
-        .is_err()
-    {
+    // By reference: the value is far larger than the 512-byte BPF stack.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a by-value ThreadState would be copied onto the BPF stack"
+    )]
+    let inserted = THREADS.insert(tid, unsafe { &*zero }, BPF_NOEXIST.into());
+    if inserted.is_err() {
         bump(CTR_THREADS_FULL);
         return None;
     }

@@ -26,6 +26,6 @@ fn try_process_fork(ctx: &TracePointContext) -> Option<u32> {
     // The forking task is the current one.
     let parent = *target((bpf_get_current_pid_tgid() >> 32) as u32)?;
     let child: i32 = unsafe { ctx.read_at(cfg.fork_child_off as usize) }.ok()?;
-    let _ = TARGETS.insert(&(child as u32), &parent, 0);
+    let _ = TARGETS.insert(child as u32, parent, 0);
     Some(0)
 }
