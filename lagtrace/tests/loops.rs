@@ -157,7 +157,12 @@ fn stuck_loop_is_visible_while_stuck_and_reported_unfinished() {
     // 4× the threshold is 200 ms: the first "still blocked" line comes long
     // before the stall ends.
     let line = lt.wait_stdout(|l| l.contains("STILL BLOCKED"), Duration::from_secs(5));
-    assert!(line.is_some(), "no live line for a stuck loop");
+    let line = line.expect("no live line for a stuck loop");
+    // It says what the loop is stuck in, while it is stuck.
+    assert!(
+        line.contains("blocked in clock_nanosleep ← legacy_sync_call ("),
+        "{line}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let fin = lt.stop();
     assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
@@ -168,6 +173,31 @@ fn stuck_loop_is_visible_while_stuck_and_reported_unfinished() {
     assert!(
         d > 1_400_000_000 && d < 30_000_000_000,
         "open span of {d} ns"
+    );
+    // The wait it is in is part of the report, weighted by its time so far.
+    let wait = s["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["kind"] == "off-cpu")
+        .expect("the wait's stack");
+    let frames: Vec<&str> = wait["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(
+        frames.iter().any(|f| f.starts_with("legacy_sync_call (")),
+        "{frames:?}"
+    );
+    assert!(
+        wait["weight_ns"].as_u64().unwrap() > 1_000_000_000,
+        "{wait}"
+    );
+    assert!(
+        s["off_cpu_ns"].as_u64().unwrap() as f64 > 0.9 * d as f64,
+        "{s}"
     );
     assert!(target.alive());
 }

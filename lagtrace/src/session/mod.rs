@@ -161,7 +161,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     l.flush();
                 }
                 let threads = probes.threads()?;
-                p.check_stuck(&threads);
+                p.check_stuck(&threads, &probes);
                 if ticks.is_multiple_of(SNAPSHOT_TICKS) {
                     snapshot(&mut p, &mut probes, &threads);
                 }

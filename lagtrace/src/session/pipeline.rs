@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, RingBuf};
-use lagtrace_common::{PHASE_OFF_CPU, PHASE_RUNQUEUE, THREAD_IN_ITER, ThreadState};
+use lagtrace_common::{
+    PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SampleRec, THREAD_IN_ITER, ThreadState,
+};
 
 use super::targets::Targets;
 use crate::{
@@ -14,7 +16,7 @@ use crate::{
     events::{Event, decode},
     output::{Recorders, live},
     probes::Probes,
-    spans::{Assembler, RawSpan, Span, cause},
+    spans::{Assembler, RawSpan, Sample, Span, cause},
     symbolize::{StackSymbolizer, python::task_of, python_live::LivePython},
     target::{Target, ThreadNames},
 };
@@ -117,8 +119,54 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Print a line for each loop that has been stuck for 4, 8, 16… thresholds.
-    pub fn check_stuck(&mut self, threads: &[(u32, ThreadState)]) {
+    /// The span a thread has open right now, with what it has so far: the
+    /// samples received, and the wait it is in (its stack was captured when
+    /// it left the CPU; for a deadlocked loop it is the whole story).
+    fn open_span(&self, tid: u32, t: &ThreadState, now: u64) -> RawSpan {
+        // The accounting so far, plus the phase the thread is in now.
+        let open = now.saturating_sub(t.phase_since_ns);
+        let (mut on, mut off, mut rq) = (t.on_cpu_ns, t.off_cpu_ns, t.runqueue_ns);
+        match t.phase {
+            PHASE_OFF_CPU => off += open,
+            PHASE_RUNQUEUE => rq += open,
+            _ => on += open,
+        }
+        let mut ev = lagtrace_common::SpanEvent {
+            iteration: t.iteration,
+            start_ns: t.iter_start_ns,
+            end_ns: now,
+            on_cpu_ns: on,
+            off_cpu_ns: off,
+            runqueue_ns: rq,
+            samples: t.samples,
+            samples_dropped: t.samples_dropped,
+            ..Default::default()
+        };
+        ev.header.tgid = t.tgid;
+        ev.header.tid = tid;
+        let mut samples = self.assembler.open_samples(tid, t.iteration).to_vec();
+        if t.pending_kind != 0 && t.phase != PHASE_ON_CPU {
+            let rec = SampleRec {
+                ts_ns: t.pending_since_ns,
+                weight_ns: now.saturating_sub(t.pending_since_ns),
+                user_stack: t.pending_user_stack,
+                kernel_stack: t.pending_kernel_stack,
+                kind: t.pending_kind,
+                _pad: 0,
+            };
+            let python = self.python.waiting_stack(tid, t.pending_since_ns);
+            samples.push(Sample { rec, python });
+        }
+        RawSpan {
+            event: ev,
+            samples,
+            samples_capped: 0,
+        }
+    }
+
+    /// Print a line for each loop that has been stuck for 4, 8, 16…
+    /// thresholds, with what it is doing right now.
+    pub fn check_stuck(&mut self, threads: &[(u32, ThreadState)], probes: &Probes) {
         let now = WallClock::now_mono_ns();
         for (tid, t) in threads {
             if t.flags & THREAD_IN_ITER == 0 {
@@ -139,17 +187,24 @@ impl Pipeline {
                 continue;
             }
             self.stuck.insert(*tid, (t.iteration, level));
-            let name = self.names.get(t.tgid, *tid, &[]);
-            println!(
-                "{}",
-                live::stuck_line(
-                    &name,
-                    *tid,
-                    self.clock.to_unix_ns(t.iter_start_ns),
-                    open,
-                    self.threshold_ns
-                )
+            let raw = self.open_span(*tid, t, now);
+            let span = self.build(&raw, true, probes);
+            let doing = if t.phase == PHASE_ON_CPU {
+                live::hot_frames(&span).map(|(h, _)| format!("in {h}"))
+            } else {
+                self.sched.then(|| cause::classify(&span))
+            };
+            let mut line = live::stuck_line(
+                &span.thread,
+                *tid,
+                span.start_unix_ns,
+                open,
+                self.threshold_ns,
             );
+            if let Some(d) = doing {
+                line.push_str(&format!("  {d}"));
+            }
+            println!("{line}");
         }
     }
 
@@ -163,33 +218,7 @@ impl Pipeline {
             {
                 continue;
             }
-            // The accounting so far, plus the phase the thread is in now.
-            let open = now.saturating_sub(t.phase_since_ns);
-            let (mut on, mut off, mut rq) = (t.on_cpu_ns, t.off_cpu_ns, t.runqueue_ns);
-            match t.phase {
-                PHASE_OFF_CPU => off += open,
-                PHASE_RUNQUEUE => rq += open,
-                _ => on += open,
-            }
-            let mut ev = lagtrace_common::SpanEvent {
-                iteration: t.iteration,
-                start_ns: t.iter_start_ns,
-                end_ns: now,
-                on_cpu_ns: on,
-                off_cpu_ns: off,
-                runqueue_ns: rq,
-                samples: t.samples,
-                samples_dropped: t.samples_dropped,
-                ..Default::default()
-            };
-            ev.header.tgid = t.tgid;
-            ev.header.tid = *tid;
-            let samples = self.assembler.open_samples(*tid, t.iteration).to_vec();
-            let raw = RawSpan {
-                event: ev,
-                samples,
-                samples_capped: 0,
-            };
+            let raw = self.open_span(*tid, t, now);
             let span = self.build(&raw, true, probes);
             self.finish_span(span)?;
         }

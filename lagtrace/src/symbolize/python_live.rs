@@ -82,6 +82,11 @@ impl LivePython {
         out
     }
 
+    /// The Python stack read while `tid` waits since `since_ns`, if any.
+    pub fn waiting_stack(&self, tid: u32, since_ns: u64) -> Option<PyStack> {
+        self.waiting.get(&(tid, since_ns)).cloned()
+    }
+
     /// Read the Python stacks of threads waiting off the CPU in a long
     /// iteration.
     pub fn poll(
