@@ -228,8 +228,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let py = p.python.reader.stats;
     if py.reads > 0 {
         eprintln!(
-            "lagtrace: python: {} stack reads, {:.1} µs each on average, {} failed, {} torn (dropped)",
+            "lagtrace: python: {} stack reads ({} of the GIL holder, {} missed it), {:.1} µs each on average, {} failed, {} torn (dropped)",
             py.reads,
+            py.gil_reads,
+            py.gil_misses,
             py.read_ns as f64 / py.reads as f64 / 1e3,
             py.failed,
             py.torn

@@ -19,6 +19,10 @@ pub struct PyStats {
     pub failed: u64,
     pub torn: u64,
     pub read_ns: u64,
+    /// Reads of the GIL holder only, and those that found another thread
+    /// (then a full read follows).
+    pub gil_reads: u64,
+    pub gil_misses: u64,
 }
 
 /// Two readers per process. Asking the OS whether each thread is running
@@ -118,8 +122,12 @@ impl PythonReader {
     /// The Python stack of thread `tid` right now. `running`: the thread is
     /// on the CPU, so the cheap GIL-holder read is tried first.
     pub fn stack(&mut self, pid: u32, tid: u32, running: bool) -> Option<PyStack> {
-        if running && let Some(stack) = self.read(pid, tid, true) {
-            return Some(stack);
+        if running {
+            self.stats.gil_reads += 1;
+            if let Some(stack) = self.read(pid, tid, true) {
+                return Some(stack);
+            }
+            self.stats.gil_misses += 1;
         }
         self.read(pid, tid, false)
     }
