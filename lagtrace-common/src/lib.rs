@@ -192,6 +192,24 @@ pub struct ThreadState {
     pub buf: SamplesEvent,
 }
 
+impl ThreadState {
+    /// The wait the thread is in (or just came back from) as a sample:
+    /// the stack captured when it left the CPU, weighted by the time since.
+    /// The kernel emits it when the thread runs again; userspace uses it for
+    /// a span still open.
+    #[inline(always)]
+    pub fn pending_sample(&self, now_ns: u64) -> SampleRec {
+        SampleRec {
+            ts_ns: self.pending_since_ns,
+            weight_ns: now_ns.saturating_sub(self.pending_since_ns),
+            user_stack: self.pending_user_stack,
+            kernel_stack: self.pending_kernel_stack,
+            kind: self.pending_kind,
+            _pad: 0,
+        }
+    }
+}
+
 /// The histogram bucket of a duration: 4 sub-buckets per power of two.
 ///
 /// Written without loops or `leading_zeros` so that the BPF verifier accepts

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lagtrace_common::{
     CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
-    SAMPLE_RUNQUEUE, SampleRec, THREAD_IN_ITER,
+    SAMPLE_RUNQUEUE, THREAD_IN_ITER,
 };
 
 use crate::{
@@ -88,14 +88,7 @@ fn switch_in(next: u32) -> Option<()> {
     close_phase(t, now);
     t.phase = PHASE_ON_CPU;
     if t.pending_kind != 0 {
-        let rec = SampleRec {
-            ts_ns: t.pending_since_ns,
-            weight_ns: now.saturating_sub(t.pending_since_ns),
-            user_stack: t.pending_user_stack,
-            kernel_stack: t.pending_kernel_stack,
-            kind: t.pending_kind,
-            _pad: 0,
-        };
+        let rec = t.pending_sample(now);
         t.pending_kind = 0;
         push_sample(t, next, now, rec);
     }

@@ -4,9 +4,7 @@
 use std::collections::HashMap;
 
 use aya::maps::{MapData, RingBuf};
-use lagtrace_common::{
-    PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SampleRec, THREAD_IN_ITER, ThreadState,
-};
+use lagtrace_common::{PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, THREAD_IN_ITER, ThreadState};
 
 use super::targets::Targets;
 use crate::{
@@ -146,14 +144,7 @@ impl Pipeline {
         ev.header.tid = tid;
         let mut samples = self.assembler.open_samples(tid, t.iteration).to_vec();
         if t.pending_kind != 0 && t.phase != PHASE_ON_CPU {
-            let rec = SampleRec {
-                ts_ns: t.pending_since_ns,
-                weight_ns: now.saturating_sub(t.pending_since_ns),
-                user_stack: t.pending_user_stack,
-                kernel_stack: t.pending_kernel_stack,
-                kind: t.pending_kind,
-                _pad: 0,
-            };
+            let rec = t.pending_sample(now);
             let python = self.python.waiting_stack(tid, t.pending_since_ns);
             samples.push(Sample { rec, python });
         }
