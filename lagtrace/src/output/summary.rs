@@ -32,8 +32,16 @@ pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited
             fmt_ns(r.p99_ns),
             fmt_ns(r.max_ns),
             r.spans,
-            fmt_ns(r.span_total_ns),
-            fmt_ns(r.span_longest_ns),
+            if r.spans > 0 {
+                fmt_ns(r.span_total_ns)
+            } else {
+                "-".into()
+            },
+            if r.spans > 0 {
+                fmt_ns(r.span_longest_ns)
+            } else {
+                "-".into()
+            },
             r.lag_share * 100.0
         ));
     }
