@@ -50,6 +50,15 @@ impl WallClock {
     }
 }
 
+/// Broken-down local time of a Unix time in seconds.
+pub fn local_tm(unix_secs: u64) -> libc::tm {
+    let secs = unix_secs as libc::time_t;
+    // SAFETY: localtime_r fills the tm we own from a valid time_t.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    tm
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

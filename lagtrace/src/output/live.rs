@@ -6,11 +6,8 @@ use super::fmt_ns;
 
 /// Local wall-clock time of day, `HH:MM:SS.mmm`.
 pub fn local_time(unix_ns: u64) -> String {
-    let secs = (unix_ns / 1_000_000_000) as libc::time_t;
+    let tm = crate::clock::local_tm(unix_ns / 1_000_000_000);
     let ms = (unix_ns / 1_000_000) % 1000;
-    // SAFETY: localtime_r fills the tm we own from a valid time_t.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe { libc::localtime_r(&secs, &mut tm) };
     format!(
         "{:02}:{:02}:{:02}.{ms:03}",
         tm.tm_hour, tm.tm_min, tm.tm_sec

@@ -66,10 +66,8 @@ fn default_svg_path(pid: u32) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0) as libc::time_t;
-    // SAFETY: localtime_r fills the tm we own from a valid time_t.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    unsafe { libc::localtime_r(&secs, &mut tm) };
+        .unwrap_or(0);
+    let tm = crate::clock::local_tm(secs);
     PathBuf::from(format!(
         "lagtrace-{pid}-{:04}{:02}{:02}-{:02}{:02}{:02}.svg",
         tm.tm_year + 1900,
