@@ -36,6 +36,14 @@ impl Target {
         })
     }
 
+    /// `python3`, or `python3, pid 1 in its namespace` for a container.
+    pub fn describe(&self) -> String {
+        match self.ns_pid {
+            Some(ns) => format!("{}, pid {ns} in its namespace", self.comm),
+            None => self.comm.clone(),
+        }
+    }
+
     /// True while the process exists and is not a zombie.
     pub fn alive(&self) -> bool {
         match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {

@@ -98,7 +98,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let started = Instant::now();
     let who: Vec<String> = targets
         .iter()
-        .map(|t| format!("pid {} ({})", t.pid, t.comm))
+        .map(|t| format!("pid {} ({})", t.pid, t.describe()))
         .collect();
     eprintln!(
         "lagtrace: tracing {}: threshold {}, sampling {}, {}. Ctrl-C to stop.",
@@ -210,7 +210,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                 "{}",
                 output::summary::render(
                     t.pid,
-                    &t.comm,
+                    &t.describe(),
                     wall_ns,
                     &rows,
                     outcome.exited.contains(&t.pid)
