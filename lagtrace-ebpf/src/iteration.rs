@@ -8,7 +8,7 @@
 //! a loop stuck for minutes is visible while it is stuck.
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
 };
 use lagtrace_common::{
@@ -32,6 +32,11 @@ struct OneSample {
     _pad: u32,
     rec: SampleRec,
 }
+
+/// Samples do not wake userspace: it drains them on a short timer. A wakeup
+/// per sample would put lagtrace on the CPUs of the very threads it samples,
+/// preempting them and feeding back more samples. Spans do wake it.
+const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -185,7 +190,7 @@ fn flush(t: &mut ThreadState, tid: u32) {
     };
     t.buf.iteration = t.iteration;
     t.buf.count = t.nbuf;
-    if EVENTS.output::<SamplesEvent>(&t.buf, 0).is_err() {
+    if EVENTS.output::<SamplesEvent>(&t.buf, NO_WAKEUP).is_err() {
         bump(CTR_RINGBUF_LOST);
     }
     t.nbuf = 0;
@@ -238,5 +243,5 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, rec: SampleRec) {
         _pad: 0,
         rec,
     });
-    entry.submit(0);
+    entry.submit(NO_WAKEUP);
 }

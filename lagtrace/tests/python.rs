@@ -109,8 +109,9 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
             );
             assert!(
                 share >= 0.9,
-                "python {v} {}: {hit}/{total} under burn_cpu: {}",
+                "python {v} {}: {hit}/{total} under burn_cpu ({:?}): {}",
                 t.label,
+                fin.stderr.iter().find(|l| l.contains("python:")),
                 span["stacks"]
             );
             assert!(

@@ -46,8 +46,10 @@ pub struct Outcome {
 }
 
 const TICK: Duration = Duration::from_millis(100);
-/// How often threads waiting off the CPU get their Python stacks read.
-const PY_TICK: Duration = Duration::from_millis(10);
+/// How often the ring buffer is drained of samples (which do not wake
+/// lagtrace, see the kernel's `NO_WAKEUP`), and threads waiting off the CPU
+/// get their Python stacks read.
+const DRAIN_TICK: Duration = Duration::from_millis(10);
 /// Thread snapshots (histograms) are read every this many ticks.
 const SNAPSHOT_TICKS: u32 = 10;
 
@@ -87,6 +89,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     for (t, &model) in targets.iter().zip(&models) {
         notes.extend(targets.enroll(t, model, &mut probes, &mut python)?);
     }
+    // Parse the targets' symbols now, not while the first span streams.
+    let mut symbolizer = StackSymbolizer::new();
+    for t in targets.iter() {
+        symbolizer.warm_up(t.pid);
+    }
     probes.attach(&opts)?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until
     // the AsyncFd that owns the RingBuf is dropped.
@@ -125,7 +132,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         threshold_ns,
         sched: !args.no_sched,
         assembler: Assembler::new(),
-        symbolizer: StackSymbolizer::new(),
+        symbolizer,
         python,
         names: ThreadNames::default(),
         summary: SummaryBuilder::default(),
@@ -141,14 +148,17 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut ticks = 0u32;
-    let mut py_tick = interval(PY_TICK);
-    py_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut drain_tick = interval(DRAIN_TICK);
+    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let has_python = p.python.any();
     loop {
         tokio::select! {
-            _ = py_tick.tick(), if has_python => {
-                let threads = probes.threads()?;
-                p.python.poll(&threads, &|tid| probes.thread(tid));
+            _ = drain_tick.tick() => {
+                p.drain(events.get_mut(), &probes)?;
+                if has_python {
+                    let threads = probes.threads()?;
+                    p.python.poll(&threads, &|tid| probes.thread(tid));
+                }
             }
             guard = events.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("polling the ring buffer", e))?;

@@ -19,6 +19,9 @@ use crate::{
     target::{Target, ThreadNames},
 };
 
+/// Newest samples that describe what a stuck loop is doing now.
+const STUCK_SAMPLES: usize = 16;
+
 pub(super) struct Pipeline {
     pub targets: Targets,
     pub clock: WallClock,
@@ -63,7 +66,13 @@ impl Pipeline {
                             self.assembler.attach_python(tid, iteration, ts, stack);
                         }
                     } else if let Some(raw) = self.assembler.push(event) {
+                        let t0 = std::time::Instant::now();
                         let span = self.build(&raw, false, probes);
+                        log::debug!(
+                            "span of {} samples built in {:?}",
+                            raw.samples.len(),
+                            t0.elapsed()
+                        );
                         self.finish_span(span)?;
                     }
                 }
@@ -120,7 +129,10 @@ impl Pipeline {
     /// The span a thread has open right now, with what it has so far: the
     /// samples received, and the wait it is in (its stack was captured when
     /// it left the CPU; for a deadlocked loop it is the whole story).
-    fn open_span(&self, tid: u32, t: &ThreadState, now: u64) -> RawSpan {
+    /// `recent`: keep only the newest samples, for a cheap "what is it doing
+    /// now" (symbolizing every sample of a long span takes long enough to
+    /// starve the live Python reads of the span itself).
+    fn open_span(&self, tid: u32, t: &ThreadState, now: u64, recent: Option<usize>) -> RawSpan {
         // The accounting so far, plus the phase the thread is in now.
         let open = now.saturating_sub(t.phase_since_ns);
         let (mut on, mut off, mut rq) = (t.on_cpu_ns, t.off_cpu_ns, t.runqueue_ns);
@@ -142,7 +154,9 @@ impl Pipeline {
         };
         ev.header.tgid = t.tgid;
         ev.header.tid = tid;
-        let mut samples = self.assembler.open_samples(tid, t.iteration).to_vec();
+        let all = self.assembler.open_samples(tid, t.iteration);
+        let keep = recent.map_or(all.len(), |n| n.min(all.len()));
+        let mut samples = all[all.len() - keep..].to_vec();
         if t.pending_kind != 0 && t.phase != PHASE_ON_CPU {
             let rec = t.pending_sample(now);
             let python = self.python.waiting_stack(tid, t.pending_since_ns);
@@ -178,7 +192,7 @@ impl Pipeline {
                 continue;
             }
             self.stuck.insert(*tid, (t.iteration, level));
-            let raw = self.open_span(*tid, t, now);
+            let raw = self.open_span(*tid, t, now, Some(STUCK_SAMPLES));
             let span = self.build(&raw, true, probes);
             let doing = if t.phase == PHASE_ON_CPU {
                 live::hot_frames(&span).map(|(h, _)| format!("in {h}"))
@@ -209,7 +223,7 @@ impl Pipeline {
             {
                 continue;
             }
-            let raw = self.open_span(*tid, t, now);
+            let raw = self.open_span(*tid, t, now, None);
             let span = self.build(&raw, true, probes);
             self.finish_span(span)?;
         }

@@ -84,6 +84,10 @@ fn parse_line(line: &str) -> Option<Mapping> {
 pub struct PidCache {
     pub maps: Vec<Mapping>,
     pub maps_read: bool,
+    /// Re-reads of the maps in the current one-second window: unwinding
+    /// garbage (no frame pointers) yields new unmapped addresses all the
+    /// time, and each must not cost a read.
+    pub rereads: (Option<std::time::Instant>, u32),
     /// Frames (outermost first) per looked-up address.
     pub frames: HashMap<u64, Vec<String>>,
     /// Cached addresses that came back unknown from anonymous memory: a JIT
@@ -105,9 +109,27 @@ impl PidCache {
     /// mappings known before are kept, to still name modules in unknowns.
     pub fn reread_maps(&mut self, pid: u32) -> io::Result<()> {
         self.maps_read = true;
+        let now = std::time::Instant::now();
+        match self.rereads {
+            (Some(start), n) if now.duration_since(start) < std::time::Duration::from_secs(1) => {
+                self.rereads = (Some(start), n + 1)
+            }
+            _ => self.rereads = (Some(now), 1),
+        }
         let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
         self.maps = parse_maps(&text);
         Ok(())
+    }
+
+    /// Whether another re-read fits the budget of this second.
+    pub fn may_reread(&self) -> bool {
+        const PER_SECOND: u32 = 32;
+        match self.rereads {
+            (Some(start), n) => {
+                start.elapsed() >= std::time::Duration::from_secs(1) || n < PER_SECOND
+            }
+            (None, _) => true,
+        }
     }
 
     pub fn insert(&mut self, addr: u64, frames: Vec<String>) {

@@ -105,6 +105,11 @@ impl StackSymbolizer {
         group(framed.into_iter())
     }
 
+    /// See [`NativeSymbolizer::warm_up`].
+    pub fn warm_up(&mut self, pid: u32) {
+        self.native.warm_up(pid);
+    }
+
     pub fn invalidate(&mut self, pid: u32) {
         self.native.invalidate(pid);
         self.by_ids.retain(|(p, _, _), _| *p != pid);

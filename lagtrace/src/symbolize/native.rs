@@ -68,6 +68,37 @@ impl NativeSymbolizer {
         out
     }
 
+    /// Load the symbols and debug info of every file a process maps, so the
+    /// first span does not pay for it while later spans are streaming (a
+    /// DWARF-rich libpython takes a few hundred ms to parse).
+    pub fn warm_up(&mut self, pid: u32) {
+        let cache = self.pids.entry(pid).or_default();
+        if let Err(e) = cache.reread_maps(pid) {
+            log::debug!("reading /proc/{pid}/maps: {e}");
+            return;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let probes: Vec<u64> = cache
+            .maps
+            .iter()
+            .filter(|m| !m.deleted && m.path.as_deref().is_some_and(|p| p.starts_with('/')))
+            .filter(|m| seen.insert(m.path.clone()))
+            .map(|m| m.start)
+            .collect();
+        let t0 = std::time::Instant::now();
+        for a in probes {
+            // One address per file; its answer is irrelevant, and not cached.
+            let src = Source::Process(Process {
+                debug_syms: true,
+                perf_map: false,
+                map_files: false,
+                ..Process::new(Pid::from(pid))
+            });
+            let _ = symbolize(&self.symbolizer, &src, &[a]);
+        }
+        log::debug!("symbols of pid {pid} loaded in {:?}", t0.elapsed());
+    }
+
     /// Forget cached results for a pid (call when its mappings may have changed).
     pub fn invalidate(&mut self, pid: u32) {
         self.pids.remove(&pid);
@@ -89,7 +120,9 @@ impl NativeSymbolizer {
             todo = uncached(addrs, |_| false);
         }
         // Libraries loaded since the last read: read the maps again, once.
-        let stale = !cache.maps_read || todo.iter().any(|&a| cache.find(a).is_none());
+        // Within a budget per second, so that garbage addresses stay cheap.
+        let stale = !cache.maps_read
+            || (cache.may_reread() && todo.iter().any(|&a| cache.find(a).is_none()));
         if stale && let Err(e) = cache.reread_maps(pid) {
             log::debug!("reading /proc/{pid}/maps: {e}");
         }

@@ -33,7 +33,15 @@ pub struct PyStats {
 struct Spies {
     gil: PythonSpy,
     full: PythonSpy,
+    /// Before 3.11 a trace carries no OS thread id. A GIL-holder trace can
+    /// then be named only while the interpreter is known to have a single
+    /// thread: when the last full read, at most `SINGLE_THREAD_TTL` ago,
+    /// found exactly one.
+    single_thread_since: Option<Instant>,
 }
+
+/// How long a full read's "one Python thread" holds for GIL-holder reads.
+const SINGLE_THREAD_TTL: std::time::Duration = std::time::Duration::from_millis(500);
 
 pub struct PythonReader {
     spies: HashMap<u32, Spies>,
@@ -111,7 +119,14 @@ impl PythonReader {
         };
         let (gil, full) = (open(true)?, open(false)?);
         let version = full.version.to_string();
-        self.spies.insert(pid, Spies { gil, full });
+        self.spies.insert(
+            pid,
+            Spies {
+                gil,
+                full,
+                single_thread_since: None,
+            },
+        );
         Ok(version)
     }
 
@@ -141,6 +156,9 @@ impl PythonReader {
         };
         let t0 = Instant::now();
         let traces = spy.get_stack_traces();
+        let single = spies
+            .single_thread_since
+            .is_some_and(|at| at.elapsed() < SINGLE_THREAD_TTL);
         self.stats.reads += 1;
         self.stats.read_ns += t0.elapsed().as_nanos() as u64;
         let traces = match traces {
@@ -155,10 +173,18 @@ impl PythonReader {
         // named exactly when the process has a single Python thread.
         // The OS thread id is numbered in the target's own PID namespace.
         let ns_tid = u64::from(ns_tid(pid, tid).unwrap_or(tid));
+        if !gil_only {
+            let one = traces.len() == 1 && traces[0].os_thread_id.is_none();
+            spies.single_thread_since = one.then_some(t0);
+        }
         let trace = match traces.iter().find(|t| t.os_thread_id == Some(ns_tid)) {
             Some(t) => t,
-            // (A GIL-only read returns the GIL holder, maybe another thread.)
-            None if !gil_only && traces.len() == 1 && traces[0].os_thread_id.is_none() => {
+            // A GIL-only read returns the GIL holder, which is our thread only
+            // if the interpreter has no other thread.
+            None if traces.len() == 1
+                && traces[0].os_thread_id.is_none()
+                && (!gil_only || single) =>
+            {
                 &traces[0]
             }
             None => return None,

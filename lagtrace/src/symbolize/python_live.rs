@@ -18,11 +18,12 @@ use lagtrace_common::{PHASE_OFF_CPU, PHASE_RUNQUEUE, SAMPLE_ON_CPU, THREAD_IN_IT
 use super::python::{PyStack, PythonReader};
 use crate::{clock::WallClock, events::SampleBatch};
 
-/// A live sample older than this is not read: the thread may have moved on
-/// to other code of the same span. (That it is still the same span is
-/// checked against the kernel after each read.) A busy host delays
-/// lagtrace's own reads by tens of ms, hence the margin.
-const MAX_SAMPLE_AGE_NS: u64 = 100_000_000;
+/// A live sample older than this is not read. A read is always checked to
+/// come from the sample's thread and span (the kernel still shows the same
+/// iteration open after it); within the span the thread may have moved on
+/// to other code when lagtrace itself was delayed (a busy host, or the
+/// symbolization of the previous span), which this bounds.
+const MAX_SAMPLE_AGE_NS: u64 = 500_000_000;
 /// Bound on off-CPU stacks waiting for their sample.
 const MAX_PENDING: usize = 4096;
 
