@@ -14,8 +14,8 @@ use aya_ebpf::{
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL, Config,
     EVENT_SAMPLES, EVENT_SPAN, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
-    SAMPLE_BUF, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER, THREAD_OVER, TargetConfig,
-    ThreadState, hist_bucket,
+    SAMPLE_BUF, SAMPLE_ON_CPU, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER, THREAD_OVER,
+    TargetConfig, ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -33,9 +33,10 @@ struct OneSample {
     rec: SampleRec,
 }
 
-/// Samples do not wake userspace: it drains them on a short timer. A wakeup
-/// per sample would put lagtrace on the CPUs of the very threads it samples,
-/// preempting them and feeding back more samples. Spans do wake it.
+/// Buffered batches and off-CPU samples do not wake userspace: it drains
+/// them on a short timer. A wakeup per preemption sample would put lagtrace
+/// on the CPU of the very thread it samples, preempting it again and feeding
+/// back more samples. Spans and live on-CPU samples do wake it.
 const NO_WAKEUP: u64 = BPF_RB_NO_WAKEUP as u64;
 
 #[inline(always)]
@@ -243,5 +244,9 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, rec: SampleRec) {
         _pad: 0,
         rec,
     });
-    entry.submit(NO_WAKEUP);
+    // An on-CPU sample wakes userspace, which reads its Python frames while
+    // the code runs (at most the sampling rate). A wait's sample does not:
+    // a preemption answered by a wakeup would feed itself.
+    let kind = rec.kind;
+    entry.submit(if kind == SAMPLE_ON_CPU { 0 } else { NO_WAKEUP });
 }
