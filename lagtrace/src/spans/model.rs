@@ -82,15 +82,3 @@ fn is_zero(v: &u64) -> bool {
 fn is_false(v: &bool) -> bool {
     !*v
 }
-
-impl Span {
-    /// The most-sampled on-CPU stack, else the heaviest stack of any kind.
-    pub fn hottest_stack(&self) -> Option<&StackCount> {
-        let on = self
-            .stacks
-            .iter()
-            .filter(|s| s.kind == StackKind::OnCpu)
-            .max_by_key(|s| s.samples);
-        on.or_else(|| self.stacks.iter().max_by_key(|s| s.weight_ns))
-    }
-}

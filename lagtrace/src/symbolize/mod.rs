@@ -109,11 +109,6 @@ impl StackSymbolizer {
     pub fn warm_up(&mut self, pid: u32) {
         self.native.warm_up(pid);
     }
-
-    pub fn invalidate(&mut self, pid: u32) {
-        self.native.invalidate(pid);
-        self.by_ids.retain(|(p, _, _), _| *p != pid);
-    }
 }
 
 pub fn kind_of(rec: &SampleRec) -> StackKind {

@@ -9,7 +9,6 @@ use blazesym::{
     MaybeDefault, Pid,
     symbolize::{
         CodeInfo, Input, Sym, Symbolized, Symbolizer,
-        evict::{self, Evict},
         source::{Elf, Kernel, Process, Source},
     },
 };
@@ -97,15 +96,6 @@ impl NativeSymbolizer {
             let _ = symbolize(&self.symbolizer, &src, &[a]);
         }
         log::debug!("symbols of pid {pid} loaded in {:?}", t0.elapsed());
-    }
-
-    /// Forget cached results for a pid (call when its mappings may have changed).
-    pub fn invalidate(&mut self, pid: u32) {
-        self.pids.remove(&pid);
-        let evict = Evict::Process(evict::Process::new(Pid::from(pid)));
-        if let Err(e) = self.symbolizer.evict(&evict) {
-            log::debug!("blazesym evict for pid {pid}: {e}");
-        }
     }
 
     fn resolve_user(&mut self, pid: u32, addrs: &[u64]) {

@@ -130,10 +130,6 @@ impl PythonReader {
         Ok(version)
     }
 
-    pub fn attached(&self, pid: u32) -> bool {
-        self.spies.contains_key(&pid)
-    }
-
     /// The Python stack of thread `tid` right now. `running`: the thread is
     /// on the CPU, so the cheap GIL-holder read is tried first.
     pub fn stack(&mut self, pid: u32, tid: u32, running: bool) -> Option<PyStack> {
