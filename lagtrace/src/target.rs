@@ -73,12 +73,23 @@ pub fn read_comm(pid: u32, tid: Option<u32>) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
-/// The innermost pid of `pid` from the NSpid line, if it differs.
-fn ns_pid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+/// The innermost id of a task in its own PID namespace: the last number of
+/// the NSpid line of `/proc/PID/status` or `/proc/PID/task/TID/status`.
+pub fn innermost_id(status_path: &str) -> Option<u32> {
+    let status = fs::read_to_string(status_path).ok()?;
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    let inner: u32 = line.split_whitespace().last()?.parse().ok()?;
-    (inner != pid).then_some(inner)
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// The innermost pid of `pid`, if it differs.
+fn ns_pid(pid: u32) -> Option<u32> {
+    innermost_id(&format!("/proc/{pid}/status")).filter(|&inner| inner != pid)
+}
+
+/// The file name of a process's executable, e.g. `python3.12`.
+pub fn exe_name(pid: u32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(exe.file_name()?.to_string_lossy().into_owned())
 }
 
 /// Thread names, looked up once per thread and remembered after it exits.

@@ -10,7 +10,7 @@ use crate::{
     error::Result,
     probes::Probes,
     symbolize::{python::is_python, python_live::LivePython},
-    target::{Target, is_process, looks_like_tokio},
+    target::{Target, exe_name, is_process, looks_like_tokio},
 };
 
 pub(super) struct Targets {
@@ -27,10 +27,7 @@ impl Deref for Targets {
 }
 
 fn is_node(pid: u32) -> bool {
-    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("node"))
-    })
+    exe_name(pid).is_some_and(|n| n.starts_with("node"))
 }
 
 /// The kernel model for a process: `--model`, or judged from the process.

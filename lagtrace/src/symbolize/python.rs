@@ -8,6 +8,7 @@
 //! are dropped and counted, never guessed.
 use std::{collections::HashMap, time::Instant};
 
+use crate::target::{exe_name, innermost_id};
 use py_spy::{Config, PythonSpy, config::LockingStrategy};
 
 pub use crate::spans::PyStack;
@@ -51,12 +52,7 @@ pub struct PythonReader {
 /// True if the process runs CPython: its executable is named python*, or
 /// it maps a libpython.
 pub fn is_python(pid: u32) -> bool {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-    let name = exe
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if name.starts_with("python") {
+    if exe_name(pid).is_some_and(|n| n.starts_with("python")) {
         return true;
     }
     std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libpython3"))
@@ -71,18 +67,6 @@ fn config(gil_only: bool) -> Config {
         gil_only,
         ..Config::default()
     }
-}
-
-/// The thread id inside the target's innermost PID namespace (NSpid).
-fn ns_tid(pid: u32, tid: u32) -> Option<u32> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("NSpid:"))?
-        .split_whitespace()
-        .last()?
-        .parse()
-        .ok()
 }
 
 /// `dir/file.py`: the file and its parent folder, which tells
@@ -168,7 +152,8 @@ impl PythonReader {
         // 3.11+ records the OS thread id. Before that the thread can only be
         // named exactly when the process has a single Python thread.
         // The OS thread id is numbered in the target's own PID namespace.
-        let ns_tid = u64::from(ns_tid(pid, tid).unwrap_or(tid));
+        let ns_tid =
+            u64::from(innermost_id(&format!("/proc/{pid}/task/{tid}/status")).unwrap_or(tid));
         if !gil_only {
             let one = traces.len() == 1 && traces[0].os_thread_id.is_none();
             spies.single_thread_since = one.then_some(t0);
