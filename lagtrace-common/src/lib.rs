@@ -259,6 +259,117 @@ pub fn hist_bucket_low(b: usize) -> u64 {
     (1u64 << log) + (sub << (log - HIST_SUB_BITS))
 }
 
+// ---------------------------------------------------------------------------
+// The sample record of issues #11 (native unwinding) and #12 (Python frames
+// read in the kernel), designed once for both. A sample carries its frames
+// as addresses (native) and (code object, instruction offset) pairs
+// (Python), written by the kernel at the instant of the sample. No stack
+// map id: nothing is deduplicated in a map that can fill.
+// ---------------------------------------------------------------------------
+
+/// Deepest native user stack the kernel unwinds.
+pub const MAX_USER_FRAMES: usize = 128;
+/// Deepest kernel stack kept (`bpf_get_stack`).
+pub const MAX_KERNEL_FRAMES: usize = 32;
+/// Deepest Python stack walked in the kernel; deeper stacks are truncated
+/// (innermost frames kept) and marked `STACK_END_DEPTH`.
+pub const MAX_PY_FRAMES: usize = 64;
+/// Full samples a thread buffers in the kernel before its iteration crosses
+/// the threshold or its `stream_after_ns` (a power of two, for the mask).
+/// At the default 499 Hz this holds 64 ms of samples, more than the 50 ms
+/// default threshold. Memory: `size_of::<ThreadSamples>()` per loop thread.
+pub const SAMPLE_SLOTS: usize = 32;
+
+/// Ring-buffer record kind of a [`SampleEvent`].
+pub const EVENT_SAMPLE: u32 = 3;
+
+/// How a stack walk ended (`StackSample::user_end`, `py_end`).
+/// Not walked (no table for the process, or not a Python target).
+pub const STACK_END_NONE: u8 = 0;
+/// Reached the outermost frame (the thread's start, or a zero return address).
+pub const STACK_END_ROOT: u8 = 1;
+/// Hit the depth limit: the innermost frames are kept, the rest cut.
+pub const STACK_END_DEPTH: u8 = 2;
+/// The PC lies in no mapping with an unwind table, and the frame-pointer
+/// fallback could not go on.
+pub const STACK_END_NO_TABLE: u8 = 3;
+/// A read of the target's memory failed.
+pub const STACK_END_READ_ERROR: u8 = 4;
+/// A cycle or an implausible step (a stack pointer that did not grow).
+pub const STACK_END_BAD_FRAME: u8 = 5;
+/// Number of `STACK_END_*` values (for per-kind counters).
+pub const STACK_END_KINDS: usize = 6;
+
+/// `StackSample::flags` bits.
+/// At least one user frame was found through the frame pointer, not a table.
+pub const SAMPLE_F_FP_FALLBACK: u32 = 1;
+/// The user registers were not available (a kernel thread, or an old kernel
+/// without `bpf_task_pt_regs`): `user` comes from `bpf_get_stack`.
+pub const SAMPLE_F_KERNEL_FP_WALK: u32 = 2;
+
+/// One Python frame as the kernel sees it: resolved once per code object in
+/// userspace (name, file, line table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PyFrameRec {
+    /// Address of the `PyCodeObject` in the target.
+    pub code: u64,
+    /// Instruction offset in bytes from the start of the code's bytecode
+    /// (`f_lasti` × 2 before 3.10's units, `prev_instr - co_code_adaptive` on
+    /// 3.11+), for the line table.
+    pub instr_offset: u32,
+    /// Reserved (e.g. a frame-kind marker); 0 today.
+    pub flags: u32,
+}
+
+/// One sample taken inside an open iteration, with its frames.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackSample {
+    /// CLOCK_MONOTONIC time the sample was taken (for off-CPU: when it left).
+    pub ts_ns: u64,
+    /// Off-CPU and runqueue samples: how long until the thread ran again.
+    pub weight_ns: u64,
+    /// One of `SAMPLE_*`.
+    pub kind: u32,
+    /// `SAMPLE_F_*`.
+    pub flags: u32,
+    pub user_len: u16,
+    pub kernel_len: u16,
+    pub py_len: u16,
+    /// `STACK_END_*` of the native user walk and of the Python walk.
+    pub user_end: u8,
+    pub py_end: u8,
+    /// Native user return addresses, innermost first (`user[0]` is the PC).
+    pub user: [u64; MAX_USER_FRAMES],
+    /// Kernel addresses, innermost first.
+    pub kernel: [u64; MAX_KERNEL_FRAMES],
+    /// Python frames, innermost first.
+    pub py: [PyFrameRec; MAX_PY_FRAMES],
+}
+
+/// One sample on its way to userspace: the only sample record kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SampleEvent {
+    pub header: EventHeader,
+    pub iteration: u64,
+    pub sample: StackSample,
+}
+
+/// A loop thread's kernel-side sample storage, the value of the
+/// `THREAD_SAMPLES` map (apart from `ThreadState`, which userspace reads
+/// often and which must stay small).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadSamples {
+    /// The stack captured when the thread last left the CPU inside the
+    /// iteration, sent when it runs again (see `ThreadState::pending_kind`).
+    pub pending: StackSample,
+    /// Samples of the open iteration, kept until it proves to be a span.
+    pub slots: [StackSample; SAMPLE_SLOTS],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], made only of integers and arrays of
@@ -269,6 +380,10 @@ mod pod {
     unsafe impl aya::Pod for super::SpanEvent {}
     unsafe impl aya::Pod for super::SamplesEvent {}
     unsafe impl aya::Pod for super::SampleRec {}
+    unsafe impl aya::Pod for super::PyFrameRec {}
+    unsafe impl aya::Pod for super::StackSample {}
+    unsafe impl aya::Pod for super::SampleEvent {}
+    unsafe impl aya::Pod for super::ThreadSamples {}
 }
 
 #[cfg(test)]
@@ -304,5 +419,11 @@ mod tests {
         assert_eq!(size_of::<SpanEvent>(), 16 + 8 * 6 + 8 + 16);
         assert_eq!(size_of::<SamplesEvent>(), 16 + 16 + 32 * SAMPLE_BUF);
         assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<PyFrameRec>(), 16);
+        assert_eq!(
+            size_of::<StackSample>(),
+            32 + 8 * MAX_USER_FRAMES + 8 * MAX_KERNEL_FRAMES + 16 * MAX_PY_FRAMES
+        );
+        assert_eq!(size_of::<SampleEvent>(), 16 + 8 + size_of::<StackSample>());
     }
 }
