@@ -50,11 +50,14 @@ fn asyncio_cpu_stalls_are_timed() {
             .filter(|t| t.duration_ns() >= 55_000_000)
             .count()
     );
-    // The 20 ms stall is far below the threshold and must not be a span.
-    assert!(
-        matching_span(&fin.spans, &stalls[0]).is_empty(),
-        "a 20 ms stall is no span"
-    );
+    // The 20 ms stall is far below the threshold and must not be a span
+    // (on an emulated CPU the loop's own code around it can take 30 ms more).
+    if !common::emulated() {
+        assert!(
+            matching_span(&fin.spans, &stalls[0]).is_empty(),
+            "a 20 ms stall is no span"
+        );
+    }
     // One live line per span, and the summary.
     let live = fin
         .stdout

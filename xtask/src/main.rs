@@ -5,6 +5,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,8 @@ enum Cmd {
     Demo,
     /// Measure lagtrace's overhead and resolution; writes bench/RESULTS.md.
     Bench(bench::BenchArgs),
+    /// Run the integration tests on Debian's 5.10, 6.1 and 6.12 kernels in qemu.
+    Vmtest(vmtest::VmtestArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Cmd::Test { test_args } => test::run_tests(&test_args),
         Cmd::Demo => demo::run_demo(),
         Cmd::Bench(args) => bench::run_bench(&args),
+        Cmd::Vmtest(args) => vmtest::run_vmtest(&args),
     };
     // Print the error chain ourselves: no backtrace noise when RUST_BACKTRACE is set.
     if let Err(e) = result {

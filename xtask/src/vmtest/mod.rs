@@ -1,0 +1,378 @@
+//! `cargo xtask vmtest [--kernel 5.10|6.1|6.12|all]`: lagtrace's integration
+//! tests on the kernels production hosts run, each booted in qemu.
+//!
+//! For each kernel: fetch the Debian cloud kernel with a private apt
+//! configuration (`kernels.rs`), build an initramfs that mounts the host's
+//! root read-only over virtiofs under a tmpfs overlay (`initramfs.rs`), boot
+//! it with KVM when KVM boots, else TCG (`qemu.rs`), and run a plan of the
+//! release test binaries inside (`xtask/vmtest/guest.sh`). The table at the
+//! end is the result; any kernel that fails, hangs or panics fails the run.
+mod initramfs;
+mod kernels;
+mod qemu;
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use self::{
+    kernels::{KernelSpec, MATRIX},
+    qemu::{Accel, Boot},
+};
+use crate::util::{self, cargo, run};
+
+/// The tests every kernel runs: test binary and exact test names.
+const PLAN: &[(&str, &[&str])] = &[
+    (
+        "loops",
+        &[
+            "asyncio_cpu_stalls_are_timed",
+            "asyncio_sleep_stalls_are_timed",
+        ],
+    ),
+    (
+        "runtimes",
+        &["tokio_multi_thread_span_is_on_the_worker_that_blocked"],
+    ),
+    (
+        "python",
+        &["cpu_bound_python_function_is_named_with_file_and_line"],
+    ),
+    (
+        "offcpu",
+        &["sleep_in_a_coroutine_is_off_cpu_with_its_caller"],
+    ),
+    (
+        "errors",
+        &["nothing_stays_attached_after_sigint_sigterm_or_sigkill"],
+    ),
+];
+
+#[derive(clap::Args, Debug)]
+pub struct VmtestArgs {
+    /// Which kernel: 5.10, 6.1, 6.12 or all.
+    #[arg(long, default_value = "6.1")]
+    pub kernel: String,
+    /// Time limit per kernel, in seconds (boot and tests).
+    #[arg(long, default_value_t = 1200)]
+    pub timeout: u64,
+    /// Force an accelerator instead of probing KVM first: kvm or tcg.
+    #[arg(long)]
+    pub accel: Option<String>,
+    /// Show the guest's console as it runs.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Skip (loudly, exit 0) instead of failing when qemu cannot boot a guest.
+    #[arg(long)]
+    pub skip_if_unbootable: bool,
+}
+
+/// One kernel's outcome, a row of the table.
+struct Row {
+    label: String,
+    release: String,
+    loads: String,
+    accel: &'static str,
+    passed: u32,
+    failed: u32,
+    secs: u64,
+    ok: bool,
+    note: String,
+}
+
+fn work_dir() -> PathBuf {
+    util::in_repo("target/vmtest")
+}
+
+/// The release test binaries, by test target name.
+fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "lagtrace",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut bins = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = v["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|x| x == "test"));
+        if let (true, Some(name), Some(exe)) = (
+            is_test,
+            v["target"]["name"].as_str(),
+            v["executable"].as_str(),
+        ) {
+            bins.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    Ok(bins)
+}
+
+fn write_plan(path: &Path, bins: &[(String, PathBuf)]) -> Result<()> {
+    let mut plan = String::new();
+    for (name, tests) in PLAN {
+        let exe = bins
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p)
+            .with_context(|| format!("no test binary named {name}"))?;
+        writeln!(plan, "{name} {} {}", exe.display(), tests.join(" "))?;
+    }
+    fs::write(path, plan)?;
+    Ok(())
+}
+
+fn no_spaces(p: &Path) -> Result<String> {
+    let s = p.display().to_string();
+    if s.contains(char::is_whitespace) {
+        bail!("vmtest passes paths on the kernel command line; {s} has a space");
+    }
+    Ok(s)
+}
+
+/// Boot with KVM when it works here, else TCG: a KVM guest that does not
+/// finish an empty plan in 20 s (TCG boots one in about 5) is taken as KVM
+/// not working. Nested KVM hangs on this kind of host.
+fn pick_accel(boot: &Boot, forced: Option<&str>) -> Result<Accel> {
+    match forced {
+        Some("kvm") => return Ok(Accel::Kvm),
+        Some("tcg") => return Ok(Accel::Tcg),
+        Some(other) => bail!("--accel takes kvm or tcg, not {other}"),
+        None => {}
+    }
+    if !Path::new("/dev/kvm").exists() {
+        return Ok(Accel::Tcg);
+    }
+    // The same guest with an empty plan.
+    let plan_at = boot
+        .append
+        .find("vmtest.plan=")
+        .unwrap_or(boot.append.len());
+    let probe = Boot {
+        accel: Accel::Kvm,
+        timeout: Duration::from_secs(20),
+        append: format!("{}vmtest.plan=/dev/null", &boot.append[..plan_at]),
+        socket: boot.socket.clone(),
+        ..*boot
+    };
+    let c = qemu::boot(&probe)?;
+    Ok(if c.booted && c.done {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    })
+}
+
+fn run_kernel(
+    spec: KernelSpec,
+    args: &VmtestArgs,
+    plan: &Path,
+    accel: &mut Option<Accel>,
+) -> Result<Row> {
+    let work = work_dir();
+    let started = Instant::now();
+    let kernel = kernels::fetch(spec, &work)?;
+    let initramfs = work.join(format!("initramfs-{}.cpio", kernel.release));
+    initramfs::build(&kernel, &initramfs)?;
+    let guest = util::in_repo("xtask/vmtest/guest.sh");
+    let append = format!(
+        "console=ttyS0 panic=-1 loglevel=4 vmtest.cmd={} vmtest.plan={}",
+        no_spaces(&guest)?,
+        no_spaces(plan)?
+    );
+    let mut boot = Boot {
+        vmlinuz: &kernel.vmlinuz,
+        initramfs: &initramfs,
+        append,
+        accel: Accel::Tcg,
+        timeout: Duration::from_secs(args.timeout),
+        socket: work.join(format!("virtiofs-{}.sock", kernel.release)),
+        echo: args.verbose,
+    };
+    boot.accel = match *accel {
+        Some(a) => a,
+        None => *accel.insert(pick_accel(&boot, args.accel.as_deref())?),
+    };
+    boot.append
+        .push_str(&format!(" vmtest.accel={}", boot.accel.name()));
+    println!(
+        "vmtest: {} ({}) under {}",
+        spec.label,
+        kernel.release,
+        boot.accel.name()
+    );
+    let console = qemu::boot(&boot)?;
+    let mut row = Row {
+        label: spec.label.into(),
+        release: kernel.release.clone(),
+        loads: "no".into(),
+        accel: boot.accel.name(),
+        passed: 0,
+        failed: 0,
+        secs: 0,
+        ok: false,
+        note: String::new(),
+    };
+    let mut ran = 0;
+    for line in &console.lines {
+        if let Some(rest) = line.strip_prefix("vmtest: result ") {
+            ran += 1;
+            let field = |k: &str| {
+                rest.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .unwrap_or(0)
+            };
+            let (p, f, rc) = (field("passed="), field("failed="), field("rc="));
+            row.passed += p;
+            row.failed += f;
+            if rc != 0 || p == 0 {
+                row.failed = row.failed.max(1);
+                let name = rest.split_whitespace().next().unwrap_or("?");
+                let _ = write!(row.note, "{name} failed; ");
+            }
+            println!("  {line}");
+        } else if line.starts_with("vmtest: log ") || line.starts_with("vmtest: guest-error") {
+            println!("  {line}");
+        }
+    }
+    // A test that attached and saw spans means the programs loaded.
+    if row.passed > 0 {
+        row.loads = "yes".into();
+    }
+    if !console.booted {
+        row.note.push_str("did not boot; ");
+    }
+    if console.panicked {
+        row.note.push_str("kernel panic; ");
+    }
+    if console.timed_out {
+        let _ = write!(row.note, "timed out after {} s; ", args.timeout);
+    }
+    if ran < PLAN.len() {
+        let _ = write!(row.note, "{ran} of {} test binaries ran; ", PLAN.len());
+    }
+    row.secs = started.elapsed().as_secs();
+    row.ok = console.done && ran == PLAN.len() && row.failed == 0 && !console.panicked;
+    Ok(row)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n| kernel | release | loads? | attach mode | accel | tests passed | seconds | result |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | tracepoints | {} | {}/{} | {} | {} |",
+            r.label,
+            r.release,
+            r.loads,
+            r.accel,
+            r.passed,
+            r.passed + r.failed,
+            r.secs,
+            if r.ok {
+                "ok".to_string()
+            } else {
+                format!("FAIL: {}", r.note.trim_end_matches("; "))
+            }
+        );
+    }
+}
+
+fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+        ("/bin/busybox", "busybox-static"),
+        ("/usr/bin/xz", "xz-utils"),
+        ("/usr/bin/zstd", "zstd"),
+    ]
+    .into_iter()
+    .filter(|(p, _)| !Path::new(p).exists())
+    .map(|(_, pkg)| pkg)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q"])
+        .args(&missing))
+}
+
+pub fn run_vmtest(args: &VmtestArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!("vmtest needs root (apt-get, virtiofsd sharing /); run it with sudo");
+    }
+    let specs: Vec<KernelSpec> = match args.kernel.as_str() {
+        "all" => MATRIX.to_vec(),
+        k => vec![
+            *MATRIX
+                .iter()
+                .find(|s| s.label == k)
+                .with_context(|| format!("--kernel takes 5.10, 6.1, 6.12 or all, not {k}"))?,
+        ],
+    };
+    ensure_tools()?;
+    crate::setup::run_setup(&Default::default())?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "lagtrace-ebpf",
+    ]))?;
+    let work = work_dir();
+    fs::create_dir_all(&work)?;
+    let plan = work.join("plan.txt");
+    write_plan(&plan, &test_binaries()?)?;
+    let mut rows = Vec::new();
+    let mut accel = None;
+    for spec in specs {
+        match run_kernel(spec, args, &plan, &mut accel) {
+            Ok(row) => rows.push(row),
+            Err(e) => rows.push(Row {
+                label: spec.label.into(),
+                release: "?".into(),
+                loads: "?".into(),
+                accel: "-",
+                passed: 0,
+                failed: 0,
+                secs: 0,
+                ok: false,
+                note: format!("{e:#}"),
+            }),
+        }
+    }
+    print_table(&rows);
+    let unbootable = rows.iter().all(|r| r.note.contains("did not boot"));
+    if unbootable && args.skip_if_unbootable {
+        util::warn(
+            "SKIP: vmtest: no guest booted here (qemu could not boot the kernel); nothing was tested",
+        );
+        return Ok(());
+    }
+    if rows.iter().any(|r| !r.ok) {
+        bail!("vmtest failed on at least one kernel");
+    }
+    Ok(())
+}

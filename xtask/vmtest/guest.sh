@@ -1,0 +1,35 @@
+#!/bin/bash
+# Runs inside a vmtest guest, chrooted into the host's root (shared
+# read-only, with a tmpfs overlay): each line of the plan is
+# `NAME TEST-BINARY [FILTER…]`, run as the host would run it. The host reads
+# the `vmtest: ` lines from the serial console.
+set -u
+plan=$1
+export HOME=/root PYTHONDONTWRITEBYTECODE=1 TMPDIR=/tmp RUST_BACKTRACE=1
+export PATH=/root/.cargo/bin:/root/.pyenv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Tests run from the lagtrace package, as `cargo test` runs them.
+cd "$(dirname "$0")/../../lagtrace" || exit 1
+# Under TCG the loop's own code runs tens of times slower than on hardware;
+# the accuracy tests widen their bar by this much (see tests/common).
+if grep -q 'vmtest.accel=tcg' /proc/cmdline; then
+    export LAGTRACE_TEST_EMULATION_SLACK_MS=100
+fi
+# The host built the test apps before boot.
+export LAGTRACE_TEST_PREBUILT=1
+echo "vmtest: guest-start kernel=$(uname -r) cpus=$(nproc)"
+while read -r name bin filters; do
+    [ -z "$name" ] && continue
+    start=$(date +%s)
+    # shellcheck disable=SC2086 # filters are separate words
+    "$bin" --test-threads=1 --exact $filters >"/tmp/$name.log" 2>&1
+    rc=$?
+    secs=$(($(date +%s) - start))
+    if [ $rc -ne 0 ]; then
+        grep -E 'panicked|NOTE|SKIP|error|stall|assert|left|right|^test ' "/tmp/$name.log" |
+            cut -c1-400 | sed "s/^/vmtest: log $name: /" | tail -n 40
+    fi
+    passed=$(grep -o '[0-9]* passed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
+    failed=$(grep -o '[0-9]* failed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
+    skipped=$(grep -c 'SKIP' "/tmp/$name.log")
+    echo "vmtest: result $name rc=$rc passed=$passed failed=$failed skipped=$skipped secs=$secs"
+done <"$plan"
