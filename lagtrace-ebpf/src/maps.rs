@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use lagtrace_common::{
-    Config, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, StackSample, TargetConfig, ThreadSamples,
-    ThreadState,
+    Config, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind, StackSample, TargetConfig,
+    ThreadSamples, ThreadState, UNWIND_MAX_PROCS, UNWIND_MAX_ROWS, UnwindRow,
 };
 
 /// Index 0 holds the run-time [`Config`].
@@ -51,3 +51,12 @@ pub static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 
 /// Health counters (`CTR_*`), summed over CPUs by userspace.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// Compact unwind rows of every file with a table, each file's rows sorted
+/// by address in one range (`UnwindMapping::row_start`, `row_count`).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(UNWIND_MAX_ROWS, 0);
+
+/// Per-process tables of executable mappings, by `TargetConfig::unwind_slot`.
+#[map]
+pub static UNWIND_PROCS: Array<ProcUnwind> = Array::with_max_entries(UNWIND_MAX_PROCS, 0);

@@ -124,7 +124,7 @@ impl Probes {
                 TargetConfig {
                     stream_after_ns,
                     model,
-                    _pad: 0,
+                    unwind_slot: 0,
                 },
                 0,
             )
