@@ -228,6 +228,14 @@ impl Probes {
             .map_err(attach_err(format!("program {name}")))
     }
 
+    pub(super) fn ebpf_map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
+
+    pub(super) fn ebpf_map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
+    }
+
     /// The ring buffer of spans and samples; can be taken once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").expect("EVENTS map");

@@ -37,6 +37,9 @@ pub(super) struct Pipeline {
     /// Highest "still blocked" level printed per (tid, iteration).
     pub stuck: HashMap<u32, (u64, u32)>,
     pub spans: u64,
+    /// Processes whose samples had PCs in no unwind table (the session
+    /// reads their mappings again, rate-limited).
+    pub unmapped_pcs: std::collections::HashSet<u32>,
 }
 
 impl Pipeline {
@@ -53,6 +56,11 @@ impl Pipeline {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(event) => {
+                    if let Event::Sample(s) = &event
+                        && s.rec.flags & lagtrace_common::SAMPLE_F_FP_FALLBACK != 0
+                    {
+                        self.unmapped_pcs.insert(s.tgid);
+                    }
                     let python = match &event {
                         Event::Sample(s) => Some((
                             s.tid,
