@@ -222,10 +222,31 @@ impl UnwindTables {
 /// Runtime address - bias = file virtual address, for a mapping of file
 /// offset `offset` at `start` (see `elf::FileTable::bias`).
 fn bias(segments: &[(u64, u64)], start: u64, offset: u64) -> u64 {
+    // Segments need not start on a page (lld packs them: text at file
+    // offset 0x3c940, mapped from offset 0x3c000), but offset and address
+    // agree modulo the page, so compare page-aligned offsets.
+    const PAGE_MASK: u64 = !0xfff;
     let delta = segments
         .iter()
-        .filter(|(off, _)| *off <= offset)
+        .filter(|(off, _)| off & PAGE_MASK <= offset)
         .max_by_key(|(off, _)| *off)
         .map_or(0, |(off, vaddr)| vaddr.wrapping_sub(*off));
     start.wrapping_sub(offset).wrapping_sub(delta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_uses_the_segment_of_the_mapping() {
+        // lld's layout: rodata at 0, text at offset 0x3c940 / vaddr 0x3d940.
+        let segs = [(0, 0), (0x3c940, 0x3d940), (0xcda30, 0xcfa30)];
+        let start = 0x5555_5559_1000;
+        let b = bias(&segs, start, 0x3c000);
+        // File offset 0x3c940 is mapped at start + 0x940 and has vaddr 0x3d940.
+        assert_eq!(start + 0x940 - b, 0x3d940);
+        // A PIE whose segments start on pages: vaddr == offset.
+        assert_eq!(bias(&[(0, 0), (0x1000, 0x1000)], 0x7f00_0000_1000, 0x1000), 0x7f00_0000_0000);
+    }
 }

@@ -283,7 +283,7 @@ fn spin_cpu(ms: u64) -> u64 {
 
 /// The off-CPU stall: a blocking sleep, as a synchronous client library makes.
 #[inline(never)]
-fn sleep_blocking(ms: u64) {
+fn blocking_sleep(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
@@ -315,7 +315,7 @@ fn stall_now(block: Block, ms: u64, beats: &Beats) -> Stall {
         Block::Cpu => {
             std::hint::black_box(spin_cpu(ms));
         }
-        Block::Sleep => sleep_blocking(ms),
+        Block::Sleep => blocking_sleep(ms),
     }
     let end_ns = realtime_ns();
     let (beats, beat_tids) = beats.since(before);
