@@ -217,7 +217,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                 // Samples with PCs outside every table: a library may have
                 // been loaded since.
                 for pid in std::mem::take(&mut p.unmapped_pcs) {
-                    tables.maybe_refresh(pid, &mut probes)?;
+                    if !tables.maybe_refresh(pid, &mut probes)? {
+                        p.unmapped_pcs.insert(pid);
+                    }
                 }
                 let dead: Vec<u32> = p.targets.iter().filter(|t| !t.alive()).map(|t| t.pid).collect();
                 for pid in &dead {

@@ -99,11 +99,13 @@ impl UnwindTables {
     }
 
     /// Samples of `pid` had PCs outside its tables: read its mappings again
-    /// (a library loaded since), at most once per `REFRESH_EVERY`.
-    pub fn maybe_refresh(&mut self, pid: u32, probes: &mut Probes) -> Result<()> {
+    /// (a library loaded since), at most once per `REFRESH_EVERY`. Returns
+    /// false when it is too early: ask again later.
+    pub fn maybe_refresh(&mut self, pid: u32, probes: &mut Probes) -> Result<bool> {
         match self.procs.get(&pid) {
-            Some(&(_, at)) if at.elapsed() >= REFRESH_EVERY => self.add_process(pid, probes),
-            _ => Ok(()),
+            Some(&(_, at)) if at.elapsed() < REFRESH_EVERY => Ok(false),
+            Some(_) => self.add_process(pid, probes).map(|()| true),
+            None => Ok(true),
         }
     }
 
@@ -247,6 +249,9 @@ mod tests {
         // File offset 0x3c940 is mapped at start + 0x940 and has vaddr 0x3d940.
         assert_eq!(start + 0x940 - b, 0x3d940);
         // A PIE whose segments start on pages: vaddr == offset.
-        assert_eq!(bias(&[(0, 0), (0x1000, 0x1000)], 0x7f00_0000_1000, 0x1000), 0x7f00_0000_0000);
+        assert_eq!(
+            bias(&[(0, 0), (0x1000, 0x1000)], 0x7f00_0000_1000, 0x1000),
+            0x7f00_0000_0000
+        );
     }
 }
