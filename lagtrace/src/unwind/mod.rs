@@ -11,4 +11,7 @@ pub mod compact;
 pub mod elf;
 pub mod tables;
 
+#[cfg(test)]
+mod check;
+
 pub use tables::{TableStats, UnwindTables};
