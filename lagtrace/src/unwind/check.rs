@@ -46,8 +46,8 @@ fn agrees(got: &UnwindRow, row: &UnwindTableRow<usize>, signal: bool) -> bool {
             let supported_rbp = matches!(rbp, None | Some(RegisterRule::SameValue))
                 || matches!(rbp, Some(RegisterRule::Offset(o))
                     if o % 8 == 0 && i8::try_from(o / 8).is_ok());
-            !(ra_at_cfa_8 && supported_cfa && supported_rbp)
-                && !matches!(ra, Some(RegisterRule::Undefined))
+            let end = matches!(ra, Some(RegisterRule::Undefined));
+            !(end || ra_at_cfa_8 && supported_cfa && supported_rbp)
         }
         _ => false,
     }
