@@ -181,7 +181,8 @@ impl UnwindTables {
                 return Ok(None);
             }
         };
-        self.stats.build_time += t0.elapsed();
+        let built = t0.elapsed();
+        self.stats.build_time += built;
         if let Some(l) = self.files.get(&table.key) {
             let l = l.clone();
             self.by_inode.insert(ikey, Some(table.key));
@@ -207,8 +208,11 @@ impl UnwindTables {
             segments: table.segments,
         };
         log::debug!(
-            "unwind table of {}: {count} rows ({} FDEs, {} rows unsupported)",
+            "unwind table of {}: {count} rows ({} KiB), built in {:.1} ms, loaded in {:.1} ms ({} FDEs, {} rows unsupported)",
             file.display(),
+            count as usize * std::mem::size_of::<lagtrace_common::UnwindRow>() / 1024,
+            built.as_secs_f64() * 1e3,
+            t1.elapsed().as_secs_f64() * 1e3,
             table.stats.fdes,
             table.stats.unsupported
         );
