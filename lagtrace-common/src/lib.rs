@@ -14,19 +14,12 @@
 pub const MAX_THREADS: u32 = 1024;
 /// Most traced processes (with `--children`, forks add to them).
 pub const MAX_TARGETS: u32 = 4096;
-/// Samples a thread buffers in the kernel before its iteration crosses the
-/// threshold. A power of two, so the index can be masked for the verifier.
-pub const SAMPLE_BUF: usize = 128;
 /// Sub-buckets per power of two in the iteration histogram (2 bits).
 pub const HIST_SUB_BITS: u32 = 2;
 /// Buckets in the iteration histogram: 64 powers of two × 4 sub-buckets.
 pub const HIST_BUCKETS: usize = 64 << HIST_SUB_BITS;
-/// Depth of a captured stack (the kernel's PERF_MAX_STACK_DEPTH).
-pub const MAX_STACK_DEPTH: usize = 127;
-
 /// Ring-buffer record kinds.
 pub const EVENT_SPAN: u32 = 1;
-pub const EVENT_SAMPLES: u32 = 2;
 
 /// Sample kinds.
 pub const SAMPLE_ON_CPU: u32 = 1;
@@ -47,12 +40,17 @@ pub const PHASE_RUNQUEUE: u32 = 2;
 
 /// Indices into the `COUNTERS` per-CPU array.
 pub const CTR_RINGBUF_LOST: u32 = 0;
-pub const CTR_STACK_ERRORS: u32 = 1;
+/// Kernel stack captures (`bpf_get_stack`) that failed.
+pub const CTR_KERNEL_STACK_ERRORS: u32 = 1;
 pub const CTR_SAMPLES_DROPPED: u32 = 2;
 pub const CTR_THREADS_FULL: u32 = 3;
 pub const CTR_SAMPLES: u32 = 4;
 pub const CTR_ITERATIONS: u32 = 5;
-pub const NUM_COUNTERS: u32 = 8;
+/// The per-CPU scratch sample or a thread's sample slots were missing.
+pub const CTR_NO_SAMPLE_ROOM: u32 = 6;
+/// `CTR_USER_END + k`: user walks that ended with `STACK_END_*` kind `k`.
+pub const CTR_USER_END: u32 = 8;
+pub const NUM_COUNTERS: u32 = CTR_USER_END + STACK_END_KINDS as u32 + 2;
 
 /// `Config::flags` bits.
 pub const CFG_SAMPLING: u32 = 1;
@@ -95,33 +93,6 @@ pub struct EventHeader {
     pub tid: u32,
 }
 
-/// One stack sample taken inside an open iteration.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SampleRec {
-    /// CLOCK_MONOTONIC time the sample was taken (for off-CPU: when it left).
-    pub ts_ns: u64,
-    /// Off-CPU and runqueue samples: how long until the thread ran again.
-    pub weight_ns: u64,
-    /// Id in the `STACKS` map, or negative when the capture failed.
-    pub user_stack: i32,
-    pub kernel_stack: i32,
-    /// One of `SAMPLE_*`.
-    pub kind: u32,
-    pub _pad: u32,
-}
-
-/// A batch of samples of one iteration of one thread.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct SamplesEvent {
-    pub header: EventHeader,
-    pub iteration: u64,
-    pub count: u32,
-    pub _pad: u32,
-    pub recs: [SampleRec; SAMPLE_BUF],
-}
-
 /// A finished blocking span: an iteration at or over the threshold.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,7 +120,9 @@ pub struct TargetConfig {
     pub stream_after_ns: u64,
     /// `MODEL_EPOLL` or `MODEL_WORKER`.
     pub model: u32,
-    pub _pad: u32,
+    /// Index of the process's mapping table in `UNWIND_PROCS`; 0: none (the
+    /// kernel falls back to frame pointers).
+    pub unwind_slot: u32,
 }
 
 /// Per-thread state of a loop thread, the value of the `THREADS` map.
@@ -165,15 +138,15 @@ pub struct ThreadState {
     pub iter_start_ns: u64,
     /// Scheduler accounting of the open iteration.
     pub phase: u32,
+    /// Samples of the open iteration buffered in `THREAD_SAMPLES` slots.
     pub nbuf: u32,
     pub phase_since_ns: u64,
     pub on_cpu_ns: u64,
     pub off_cpu_ns: u64,
     pub runqueue_ns: u64,
-    /// Stack captured when the thread last left the CPU inside the iteration.
+    /// Kind of the sample captured when the thread last left the CPU inside
+    /// the iteration (its stack is `ThreadSamples::pending`), 0 for none.
     pub pending_kind: u32,
-    pub pending_user_stack: i32,
-    pub pending_kernel_stack: i32,
     /// Inside a futex wait that ends the iteration (worker model).
     pub in_futex_wait: u32,
     pub pending_since_ns: u64,
@@ -188,26 +161,6 @@ pub struct ThreadState {
     /// userspace reads while the span is open). Copied from `TARGETS`.
     pub stream_after_ns: u64,
     pub hist: [u64; HIST_BUCKETS],
-    /// Samples of the open iteration, kept until it proves to be a span.
-    pub buf: SamplesEvent,
-}
-
-impl ThreadState {
-    /// The wait the thread is in (or just came back from) as a sample:
-    /// the stack captured when it left the CPU, weighted by the time since.
-    /// The kernel emits it when the thread runs again; userspace uses it for
-    /// a span still open.
-    #[inline(always)]
-    pub fn pending_sample(&self, now_ns: u64) -> SampleRec {
-        SampleRec {
-            ts_ns: self.pending_since_ns,
-            weight_ns: now_ns.saturating_sub(self.pending_since_ns),
-            user_stack: self.pending_user_stack,
-            kernel_stack: self.pending_kernel_stack,
-            kind: self.pending_kind,
-            _pad: 0,
-        }
-    }
 }
 
 /// The histogram bucket of a duration: 4 sub-buckets per power of two.
@@ -306,6 +259,9 @@ pub const SAMPLE_F_FP_FALLBACK: u32 = 1;
 /// The user registers were not available (a kernel thread, or an old kernel
 /// without `bpf_task_pt_regs`): `user` comes from `bpf_get_stack`.
 pub const SAMPLE_F_KERNEL_FP_WALK: u32 = 2;
+/// Sent from the thread's pre-threshold slots when its iteration became
+/// long, not live: userspace must not read language frames for it now.
+pub const SAMPLE_F_BUFFERED: u32 = 4;
 
 /// One Python frame as the kernel sees it: resolved once per code object in
 /// userspace (name, file, line table).
@@ -370,6 +326,74 @@ pub struct ThreadSamples {
     pub slots: [StackSample; SAMPLE_SLOTS],
 }
 
+// ---------------------------------------------------------------------------
+// Unwind tables of issue #11, built in userspace from .eh_frame/.debug_frame
+// and walked by the kernel. All files share one array of rows; each process
+// has a sorted table of its executable mappings, each pointing at its file's
+// range of rows.
+// ---------------------------------------------------------------------------
+
+/// Rows in the shared `UNWIND_ROWS` array (8 bytes each: 16 MiB).
+pub const UNWIND_MAX_ROWS: u32 = 1 << 21;
+/// Executable mappings per process table (a power of two).
+pub const UNWIND_MAX_MAPPINGS: usize = 256;
+/// Process tables in `UNWIND_PROCS`; slot 0 is never used.
+pub const UNWIND_MAX_PROCS: u32 = 64;
+
+/// `UnwindRow::rule` low bits: how the CFA is found.
+/// No rule x86_64 code commonly uses: fall back to the frame pointer.
+pub const CFA_NONE: u8 = 0;
+/// CFA = rsp + `cfa_off`.
+pub const CFA_RSP: u8 = 1;
+/// CFA = rbp + `cfa_off`.
+pub const CFA_RBP: u8 = 2;
+/// A PLT stub: CFA = rsp + 8, + 8 more once `(rip & 15) >= cfa_off`.
+pub const CFA_PLT: u8 = 3;
+/// A signal trampoline (`__restore_rt`): the registers are in the
+/// `ucontext` at rsp.
+pub const CFA_SIGNAL: u8 = 4;
+/// The return address is undefined: the outermost frame.
+pub const CFA_END: u8 = 5;
+/// Mask of the CFA kind in `UnwindRow::rule`.
+pub const CFA_MASK: u8 = 0x0f;
+/// rbp was saved at CFA + `rbp_off` × 8 (else it is unchanged).
+pub const RBP_SAVED: u8 = 0x10;
+
+/// One compact unwind rule, valid from `pc` to the next row's `pc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRow {
+    /// Address in the file (ELF virtual address), up to 4 GiB.
+    pub pc: u32,
+    pub cfa_off: u16,
+    /// `CFA_*` | `RBP_SAVED`.
+    pub rule: u8,
+    /// Where rbp was saved, in 8-byte units from the CFA.
+    pub rbp_off: i8,
+}
+
+/// One executable mapping of a process with an unwind table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    /// File address = runtime address - `bias`.
+    pub bias: u64,
+    /// The file's rows in `UNWIND_ROWS`.
+    pub row_start: u32,
+    pub row_count: u32,
+}
+
+/// A process's executable mappings with tables, sorted by `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcUnwind {
+    pub count: u32,
+    pub _pad: u32,
+    pub maps: [UnwindMapping; UNWIND_MAX_MAPPINGS],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], made only of integers and arrays of
@@ -377,13 +401,15 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TargetConfig {}
     unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SpanEvent {}
-    unsafe impl aya::Pod for super::SamplesEvent {}
-    unsafe impl aya::Pod for super::SampleRec {}
     unsafe impl aya::Pod for super::PyFrameRec {}
     unsafe impl aya::Pod for super::StackSample {}
     unsafe impl aya::Pod for super::SampleEvent {}
     unsafe impl aya::Pod for super::ThreadSamples {}
+    unsafe impl aya::Pod for super::UnwindRow {}
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    unsafe impl aya::Pod for super::ProcUnwind {}
 }
 
 #[cfg(test)]
@@ -415,9 +441,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<EventHeader>(), 16);
-        assert_eq!(size_of::<SampleRec>(), 32);
         assert_eq!(size_of::<SpanEvent>(), 16 + 8 * 6 + 8 + 16);
-        assert_eq!(size_of::<SamplesEvent>(), 16 + 16 + 32 * SAMPLE_BUF);
         assert_eq!(size_of::<Config>(), 24);
         assert_eq!(size_of::<PyFrameRec>(), 16);
         assert_eq!(
@@ -425,5 +449,8 @@ mod tests {
             32 + 8 * MAX_USER_FRAMES + 8 * MAX_KERNEL_FRAMES + 16 * MAX_PY_FRAMES
         );
         assert_eq!(size_of::<SampleEvent>(), 16 + 8 + size_of::<StackSample>());
+        assert_eq!(size_of::<UnwindRow>(), 8);
+        assert_eq!(size_of::<UnwindMapping>(), 32);
+        assert_eq!(size_of::<ProcUnwind>(), 8 + 32 * UNWIND_MAX_MAPPINGS);
     }
 }

@@ -5,16 +5,22 @@
 //! sched_switch fires for every context switch on the host, so the first
 //! thing done is a lookup of the two tids in THREADS, which holds only loop
 //! threads of targets. Field offsets come from tracefs via `Config`.
+use core::mem::size_of;
+
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use lagtrace_common::{
     CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
-    SAMPLE_RUNQUEUE, THREAD_IN_ITER,
+    SAMPLE_RUNQUEUE, StackSample, THREAD_IN_ITER,
 };
 
 use crate::{
-    iteration::{close_phase, config, now_ns, push_sample, stream_after, thread},
+    iteration::{
+        close_phase, config, now_ns, push_sample, scratch, stream_after, thread, thread_samples,
+    },
     probes::stacks::capture,
 };
 
@@ -64,14 +70,30 @@ fn switch_out(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
         return Some(());
     }
     // The current task is still `prev`, so this is the stack it waits in.
-    let (user, kernel) = capture(ctx);
-    t.pending_kind = if sleeping {
+    let kind = if sleeping {
         SAMPLE_OFF_CPU
     } else {
         SAMPLE_RUNQUEUE
     };
-    t.pending_user_stack = user;
-    t.pending_kernel_stack = kernel;
+    t.pending_kind = 0;
+    let slots = thread_samples(prev)?;
+    let s = scratch()?;
+    s.ts_ns = now;
+    s.weight_ns = 0;
+    s.kind = kind;
+    capture(ctx, t.tgid, s);
+    // SAFETY: both are whole `StackSample`s in map values.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            (&mut slots.pending as *mut StackSample).cast(),
+            size_of::<StackSample>() as u32,
+            (s as *const StackSample).cast(),
+        )
+    };
+    if copied != 0 {
+        return Some(());
+    }
+    t.pending_kind = kind;
     t.pending_since_ns = now;
     Some(())
 }
@@ -88,9 +110,11 @@ fn switch_in(next: u32) -> Option<()> {
     close_phase(t, now);
     t.phase = PHASE_ON_CPU;
     if t.pending_kind != 0 {
-        let rec = t.pending_sample(now);
         t.pending_kind = 0;
-        push_sample(t, next, now, rec);
+        let slots = thread_samples(next)?;
+        slots.pending.weight_ns = now.saturating_sub(slots.pending.ts_ns);
+        let p: *const StackSample = &slots.pending;
+        push_sample(t, next, now, p);
     }
     Some(())
 }

@@ -6,5 +6,6 @@
 //! is pinned.
 pub mod loader;
 pub mod tracefs;
+pub mod unwind_maps;
 
 pub use loader::{Counters, ProbeOptions, Probes};

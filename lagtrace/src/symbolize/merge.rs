@@ -3,9 +3,12 @@
 //! The Python frames form the trunk. Under the innermost Python frame run
 //! native frames: the interpreter's own C code and C extensions (json's
 //! scanner, a regex engine). Those are the native frames after the innermost
-//! `_PyEval_EvalFrame*` frame. When the native unwind found no eval frame
-//! (CPython built without frame pointers), only the frames of the
-//! interrupted instruction itself are trusted as leaves.
+//! `_PyEval_EvalFrame*` frame: with the kernel's `.eh_frame` unwinder they
+//! are real callers even in CPython built without frame pointers, so a
+//! C-extension leaf hangs under the Python function that called it. When
+//! the native walk found no eval frame (it ended early: no table, a read
+//! error), only the frames of the interrupted instruction itself are
+//! trusted as leaves.
 
 /// True for the interpreter's bytecode loop, where Python frames live.
 pub fn is_eval_frame(frame: &str) -> bool {

@@ -16,6 +16,7 @@ mod resolution;
 mod selfcost;
 mod stats;
 mod targets;
+mod unwind;
 mod wrk;
 
 use std::{
@@ -39,6 +40,11 @@ pub struct BenchArgs {
     /// itself; its numbers are noisier.
     #[arg(long)]
     pub quick: bool,
+    /// Only the unwinder's costs (issue #11): kernel time per sample at
+    /// stack depths 16/64/128, attach time, table sizes; writes
+    /// bench/UNWIND.md instead of bench/RESULTS.md.
+    #[arg(long)]
+    pub unwind: bool,
 }
 
 /// How long and how often to measure.
@@ -123,6 +129,10 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
              Run: sudo -E cargo xtask bench   (or run it as root)\n\
              If sudo cannot find cargo: sudo -E env \"PATH=$PATH\" cargo xtask bench"
         );
+    }
+    if args.unwind {
+        proc::catch_signals();
+        return unwind::run_unwind_bench(args.quick);
     }
     let started = Instant::now();
     let command = if args.quick {
