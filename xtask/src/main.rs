@@ -2,6 +2,7 @@
 //! program, so CI and developers run exactly the same steps.
 mod bench;
 mod demo;
+mod pyoffsets;
 mod setup;
 mod test;
 mod util;
@@ -36,6 +37,9 @@ enum Cmd {
     Demo,
     /// Measure lagtrace's overhead and resolution; writes bench/RESULTS.md.
     Bench(bench::BenchArgs),
+    /// Regenerate lagtrace's CPython offset table from the pyenv installs'
+    /// headers (3.8-3.13).
+    GenPyoffsets,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Test { test_args } => test::run_tests(&test_args),
         Cmd::Demo => demo::run_demo(),
         Cmd::Bench(args) => bench::run_bench(&args),
+        Cmd::GenPyoffsets => pyoffsets::run_gen(),
     };
     // Print the error chain ourselves: no backtrace noise when RUST_BACKTRACE is set.
     if let Err(e) = result {

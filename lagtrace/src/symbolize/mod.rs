@@ -5,6 +5,7 @@
 //! the whole trace (lagtrace never deletes from the stack map), so frames
 //! are resolved once per (pid, user id, kernel id).
 mod cache;
+pub mod cpython;
 pub mod merge;
 pub mod native;
 pub mod python;
