@@ -14,19 +14,12 @@
 pub const MAX_THREADS: u32 = 1024;
 /// Most traced processes (with `--children`, forks add to them).
 pub const MAX_TARGETS: u32 = 4096;
-/// Samples a thread buffers in the kernel before its iteration crosses the
-/// threshold. A power of two, so the index can be masked for the verifier.
-pub const SAMPLE_BUF: usize = 128;
 /// Sub-buckets per power of two in the iteration histogram (2 bits).
 pub const HIST_SUB_BITS: u32 = 2;
 /// Buckets in the iteration histogram: 64 powers of two × 4 sub-buckets.
 pub const HIST_BUCKETS: usize = 64 << HIST_SUB_BITS;
-/// Depth of a captured stack (the kernel's PERF_MAX_STACK_DEPTH).
-pub const MAX_STACK_DEPTH: usize = 127;
-
 /// Ring-buffer record kinds.
 pub const EVENT_SPAN: u32 = 1;
-pub const EVENT_SAMPLES: u32 = 2;
 
 /// Sample kinds.
 pub const SAMPLE_ON_CPU: u32 = 1;
@@ -47,12 +40,17 @@ pub const PHASE_RUNQUEUE: u32 = 2;
 
 /// Indices into the `COUNTERS` per-CPU array.
 pub const CTR_RINGBUF_LOST: u32 = 0;
-pub const CTR_STACK_ERRORS: u32 = 1;
+/// Kernel stack captures (`bpf_get_stack`) that failed.
+pub const CTR_KERNEL_STACK_ERRORS: u32 = 1;
 pub const CTR_SAMPLES_DROPPED: u32 = 2;
 pub const CTR_THREADS_FULL: u32 = 3;
 pub const CTR_SAMPLES: u32 = 4;
 pub const CTR_ITERATIONS: u32 = 5;
-pub const NUM_COUNTERS: u32 = 8;
+/// The per-CPU scratch sample or a thread's sample slots were missing.
+pub const CTR_NO_SAMPLE_ROOM: u32 = 6;
+/// `CTR_USER_END + k`: user walks that ended with `STACK_END_*` kind `k`.
+pub const CTR_USER_END: u32 = 8;
+pub const NUM_COUNTERS: u32 = CTR_USER_END + STACK_END_KINDS as u32 + 2;
 
 /// `Config::flags` bits.
 pub const CFG_SAMPLING: u32 = 1;
@@ -93,33 +91,6 @@ pub struct EventHeader {
     pub size: u32,
     pub tgid: u32,
     pub tid: u32,
-}
-
-/// One stack sample taken inside an open iteration.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SampleRec {
-    /// CLOCK_MONOTONIC time the sample was taken (for off-CPU: when it left).
-    pub ts_ns: u64,
-    /// Off-CPU and runqueue samples: how long until the thread ran again.
-    pub weight_ns: u64,
-    /// Id in the `STACKS` map, or negative when the capture failed.
-    pub user_stack: i32,
-    pub kernel_stack: i32,
-    /// One of `SAMPLE_*`.
-    pub kind: u32,
-    pub _pad: u32,
-}
-
-/// A batch of samples of one iteration of one thread.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct SamplesEvent {
-    pub header: EventHeader,
-    pub iteration: u64,
-    pub count: u32,
-    pub _pad: u32,
-    pub recs: [SampleRec; SAMPLE_BUF],
 }
 
 /// A finished blocking span: an iteration at or over the threshold.
@@ -165,15 +136,15 @@ pub struct ThreadState {
     pub iter_start_ns: u64,
     /// Scheduler accounting of the open iteration.
     pub phase: u32,
+    /// Samples of the open iteration buffered in `THREAD_SAMPLES` slots.
     pub nbuf: u32,
     pub phase_since_ns: u64,
     pub on_cpu_ns: u64,
     pub off_cpu_ns: u64,
     pub runqueue_ns: u64,
-    /// Stack captured when the thread last left the CPU inside the iteration.
+    /// Kind of the sample captured when the thread last left the CPU inside
+    /// the iteration (its stack is `ThreadSamples::pending`), 0 for none.
     pub pending_kind: u32,
-    pub pending_user_stack: i32,
-    pub pending_kernel_stack: i32,
     /// Inside a futex wait that ends the iteration (worker model).
     pub in_futex_wait: u32,
     pub pending_since_ns: u64,
@@ -188,26 +159,6 @@ pub struct ThreadState {
     /// userspace reads while the span is open). Copied from `TARGETS`.
     pub stream_after_ns: u64,
     pub hist: [u64; HIST_BUCKETS],
-    /// Samples of the open iteration, kept until it proves to be a span.
-    pub buf: SamplesEvent,
-}
-
-impl ThreadState {
-    /// The wait the thread is in (or just came back from) as a sample:
-    /// the stack captured when it left the CPU, weighted by the time since.
-    /// The kernel emits it when the thread runs again; userspace uses it for
-    /// a span still open.
-    #[inline(always)]
-    pub fn pending_sample(&self, now_ns: u64) -> SampleRec {
-        SampleRec {
-            ts_ns: self.pending_since_ns,
-            weight_ns: now_ns.saturating_sub(self.pending_since_ns),
-            user_stack: self.pending_user_stack,
-            kernel_stack: self.pending_kernel_stack,
-            kind: self.pending_kind,
-            _pad: 0,
-        }
-    }
 }
 
 /// The histogram bucket of a duration: 4 sub-buckets per power of two.
@@ -306,6 +257,9 @@ pub const SAMPLE_F_FP_FALLBACK: u32 = 1;
 /// The user registers were not available (a kernel thread, or an old kernel
 /// without `bpf_task_pt_regs`): `user` comes from `bpf_get_stack`.
 pub const SAMPLE_F_KERNEL_FP_WALK: u32 = 2;
+/// Sent from the thread's pre-threshold slots when its iteration became
+/// long, not live: userspace must not read language frames for it now.
+pub const SAMPLE_F_BUFFERED: u32 = 4;
 
 /// One Python frame as the kernel sees it: resolved once per code object in
 /// userspace (name, file, line table).
@@ -454,9 +408,8 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::TargetConfig {}
     unsafe impl aya::Pod for super::ThreadState {}
+    unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SpanEvent {}
-    unsafe impl aya::Pod for super::SamplesEvent {}
-    unsafe impl aya::Pod for super::SampleRec {}
     unsafe impl aya::Pod for super::PyFrameRec {}
     unsafe impl aya::Pod for super::StackSample {}
     unsafe impl aya::Pod for super::SampleEvent {}
@@ -494,9 +447,7 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         use core::mem::size_of;
         assert_eq!(size_of::<EventHeader>(), 16);
-        assert_eq!(size_of::<SampleRec>(), 32);
         assert_eq!(size_of::<SpanEvent>(), 16 + 8 * 6 + 8 + 16);
-        assert_eq!(size_of::<SamplesEvent>(), 16 + 16 + 32 * SAMPLE_BUF);
         assert_eq!(size_of::<Config>(), 24);
         assert_eq!(size_of::<PyFrameRec>(), 16);
         assert_eq!(

@@ -2,36 +2,31 @@
 //! an iteration, and buffering or streaming its samples.
 //!
 //! Samples taken before an iteration crosses the threshold wait in the
-//! thread's own buffer; most iterations are short and their samples are
-//! dropped here without reaching userspace. Once the iteration is over the
-//! threshold, the buffer is flushed and later samples stream one by one, so
-//! a loop stuck for minutes is visible while it is stuck.
+//! thread's own slots (`THREAD_SAMPLES`); most iterations are short and
+//! their samples are dropped here without reaching userspace. Once the
+//! iteration is over the threshold, the slots are flushed and later samples
+//! stream one by one, so a loop stuck for minutes is visible while it is
+//! stuck. Every sample travels as one `SampleEvent` with its frames.
+use core::mem::size_of;
+
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
 };
 use lagtrace_common::{
-    CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL, Config,
-    EVENT_SAMPLES, EVENT_SPAN, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
-    SAMPLE_BUF, SAMPLE_ON_CPU, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER, THREAD_OVER,
-    TargetConfig, ThreadState, hist_bucket,
+    CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
+    CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU,
+    PHASE_RUNQUEUE, SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS, SampleEvent, SpanEvent,
+    StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState,
+    hist_bucket,
 };
 
 use aya_log_ebpf::debug;
 
-use crate::maps::{CONFIG, COUNTERS, EVENTS, TARGETS, THREADS, ZERO};
-
-/// A batch of one sample: the same layout as the head of [`SamplesEvent`],
-/// so userspace decodes both with one definition.
-#[repr(C)]
-struct OneSample {
-    header: EventHeader,
-    iteration: u64,
-    count: u32,
-    _pad: u32,
-    rec: SampleRec,
-}
+use crate::maps::{
+    CONFIG, COUNTERS, EVENTS, SCRATCH, TARGETS, THREAD_SAMPLES, THREADS, ZERO, ZERO_SAMPLES,
+};
 
 /// Buffered batches and off-CPU samples do not wake userspace: it drains
 /// them on a short timer. A wakeup per preemption sample would put lagtrace
@@ -67,6 +62,32 @@ pub fn thread(tid: u32) -> Option<&'static mut ThreadState> {
     THREADS.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
 }
 
+/// The sample slots of a known loop thread.
+#[inline(always)]
+pub fn thread_samples(tid: u32) -> Option<&'static mut ThreadSamples> {
+    let p = THREAD_SAMPLES.get_ptr_mut(tid);
+    if p.is_none() {
+        bump(CTR_NO_SAMPLE_ROOM);
+    }
+    // SAFETY: a map value pointer stays valid for the program's run; only
+    // this thread's own probes write its entry, and they do not nest.
+    p.map(|p| unsafe { &mut *p })
+}
+
+/// This CPU's scratch sample.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut StackSample> {
+    let p = SCRATCH.get_ptr_mut(0);
+    if p.is_none() {
+        bump(CTR_NO_SAMPLE_ROOM);
+    }
+    // SAFETY: per-CPU map value; BPF programs do not preempt each other on
+    // one CPU for the probes that use it (perf_event and tracepoints here
+    // never nest in one another's scratch use: each fills and sends it
+    // before returning).
+    p.map(|p| unsafe { &mut *p })
+}
+
 /// The state of a thread of a target, created on first sight.
 #[inline(always)]
 pub fn thread_or_insert<C: EbpfContext>(
@@ -81,6 +102,7 @@ pub fn thread_or_insert<C: EbpfContext>(
         }
         // A stale entry of a dead thread whose tid was reused: start afresh.
         let _ = THREADS.remove(tid);
+        let _ = THREAD_SAMPLES.remove(tid);
     }
     let zero = ZERO.get_ptr(0)?;
     // By reference: the value is far larger than the 512-byte BPF stack.
@@ -90,6 +112,19 @@ pub fn thread_or_insert<C: EbpfContext>(
     )]
     let inserted = THREADS.insert(tid, unsafe { &*zero }, BPF_NOEXIST.into());
     if inserted.is_err() {
+        bump(CTR_THREADS_FULL);
+        return None;
+    }
+    let zero_samples = ZERO_SAMPLES.get_ptr(0)?;
+    // SAFETY: ZERO_SAMPLES is never written; by reference for the same
+    // reason as above.
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "a by-value ThreadSamples would be copied onto the BPF stack"
+    )]
+    let inserted = THREAD_SAMPLES.insert(tid, unsafe { &*zero_samples }, BPF_NOEXIST.into());
+    if inserted.is_err() {
+        let _ = THREADS.remove(tid);
         bump(CTR_THREADS_FULL);
         return None;
     }
@@ -177,24 +212,54 @@ fn emit_span(t: &ThreadState, tid: u32, now: u64) {
     entry.submit(0);
 }
 
-/// Send the buffered samples of the open iteration.
+/// Send the buffered samples of the open iteration, one record each.
 #[inline(always)]
 fn flush(t: &mut ThreadState, tid: u32) {
-    if t.nbuf == 0 {
+    let n = t.nbuf as usize;
+    t.nbuf = 0;
+    if n == 0 {
         return;
     }
-    t.buf.header = EventHeader {
-        kind: EVENT_SAMPLES,
-        size: core::mem::size_of::<SamplesEvent>() as u32,
-        tgid: t.tgid,
-        tid,
+    let Some(slots) = thread_samples(tid) else {
+        return;
     };
-    t.buf.iteration = t.iteration;
-    t.buf.count = t.nbuf;
-    if EVENTS.output::<SamplesEvent>(&t.buf, NO_WAKEUP).is_err() {
-        bump(CTR_RINGBUF_LOST);
+    for i in 0..SAMPLE_SLOTS {
+        if i >= n {
+            break;
+        }
+        let s = &mut slots.slots[i];
+        s.flags |= SAMPLE_F_BUFFERED;
+        send(t, tid, s as *const StackSample, NO_WAKEUP);
     }
-    t.nbuf = 0;
+}
+
+/// One sample to userspace: reserve its record and copy the sample in.
+#[inline(always)]
+fn send(t: &ThreadState, tid: u32, s: *const StackSample, flags: u64) {
+    let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) else {
+        bump(CTR_RINGBUF_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved ring-buffer record of
+    // `size_of::<SampleEvent>()` bytes, written here before it is submitted;
+    // the copy reads one whole `StackSample` from a map value.
+    unsafe {
+        (*ev).header = EventHeader {
+            kind: EVENT_SAMPLE,
+            size: size_of::<SampleEvent>() as u32,
+            tgid: t.tgid,
+            tid,
+        };
+        (*ev).iteration = t.iteration;
+        let dst = core::ptr::addr_of_mut!((*ev).sample);
+        if bpf_probe_read_kernel(dst.cast(), size_of::<StackSample>() as u32, s.cast()) != 0 {
+            entry.discard(0);
+            bump(CTR_RINGBUF_LOST);
+            return;
+        }
+    }
+    entry.submit(flags);
 }
 
 /// Time into an iteration after which its samples stream to userspace: the
@@ -208,45 +273,49 @@ pub fn stream_after(t: &ThreadState, cfg: &Config) -> u64 {
     }
 }
 
-/// Keep one sample of the open iteration: in the buffer while the iteration
-/// may still turn out short, straight to userspace once it is a span.
+/// Keep one sample of the open iteration: in the thread's slots while the
+/// iteration may still turn out short, straight to userspace once it is a
+/// span. `s` is a scratch or pending sample with its frames filled (a raw
+/// pointer: the pending sample lives in the same map value as the slots).
 #[inline(always)]
-pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, rec: SampleRec) {
+pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSample) {
     let Some(cfg) = config() else { return };
     t.samples += 1;
     bump(CTR_SAMPLES);
     if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < stream_after(t, cfg) {
         let n = t.nbuf as usize;
-        if n >= SAMPLE_BUF {
+        if n >= SAMPLE_SLOTS {
             t.samples_dropped += 1;
             bump(CTR_SAMPLES_DROPPED);
             return;
         }
-        t.buf.recs[n & (SAMPLE_BUF - 1)] = rec;
-        t.nbuf += 1;
+        let Some(slots) = thread_samples(tid) else {
+            t.samples_dropped += 1;
+            return;
+        };
+        let dst = &mut slots.slots[n & (SAMPLE_SLOTS - 1)];
+        // SAFETY: both are whole `StackSample`s in map values.
+        let copied = unsafe {
+            bpf_probe_read_kernel(
+                (dst as *mut StackSample).cast(),
+                size_of::<StackSample>() as u32,
+                s.cast(),
+            )
+        };
+        if copied == 0 {
+            t.nbuf += 1;
+        } else {
+            t.samples_dropped += 1;
+        }
         return;
     }
     t.flags |= THREAD_OVER;
     flush(t, tid);
-    let Some(mut entry) = EVENTS.reserve::<OneSample>(0) else {
-        bump(CTR_RINGBUF_LOST);
-        return;
-    };
-    entry.write(OneSample {
-        header: EventHeader {
-            kind: EVENT_SAMPLES,
-            size: core::mem::size_of::<OneSample>() as u32,
-            tgid: t.tgid,
-            tid,
-        },
-        iteration: t.iteration,
-        count: 1,
-        _pad: 0,
-        rec,
-    });
     // An on-CPU sample wakes userspace, which reads its Python frames while
     // the code runs (at most the sampling rate). A wait's sample does not:
     // a preemption answered by a wakeup would feed itself.
-    let kind = rec.kind;
-    entry.submit(if kind == SAMPLE_ON_CPU { 0 } else { NO_WAKEUP });
+    // SAFETY: `s` points at a map value (see above).
+    let kind = unsafe { (*s).kind };
+    let wake = if kind == SAMPLE_ON_CPU { 0 } else { NO_WAKEUP };
+    send(t, tid, s, wake);
 }

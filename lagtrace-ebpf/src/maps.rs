@@ -1,10 +1,14 @@
 //! Every map of the BPF object, in one place, so that names userspace looks up
 //! are easy to audit against `lagtrace/src/probes/loader.rs`.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use lagtrace_common::{Config, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, TargetConfig, ThreadState};
+use lagtrace_common::{
+    Config, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, StackSample, TargetConfig, ThreadSamples,
+    ThreadState,
+};
 
 /// Index 0 holds the run-time [`Config`].
 #[map]
@@ -27,9 +31,22 @@ pub static ZERO: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Captured user and kernel stacks, referenced by id from samples.
+/// Sample slots of each loop thread by tid (see [`ThreadSamples`]), created
+/// with its `THREADS` entry. Not preallocated: a slot set is large (about
+/// 75 KiB) and only loop threads have one.
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(32768, 0);
+pub static THREAD_SAMPLES: HashMap<u32, ThreadSamples> =
+    HashMap::with_max_entries(MAX_THREADS, BPF_F_NO_PREALLOC);
+
+/// A zeroed `ThreadSamples` to insert from (too big for a per-CPU array,
+/// whose values are capped at 32 KiB). Nothing ever writes to it.
+#[map]
+pub static ZERO_SAMPLES: Array<ThreadSamples> = Array::with_max_entries(1, 0);
+
+/// Per-CPU scratch space where a sample is built: a `StackSample` is far
+/// larger than the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 0);
 
 /// Health counters (`CTR_*`), summed over CPUs by userspace.
 #[map]

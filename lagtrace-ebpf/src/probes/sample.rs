@@ -1,10 +1,10 @@
 //! On-CPU sampling: a perf_event program on a software CPU clock on every
 //! CPU. It does work only for a loop thread inside an open iteration.
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::perf_event, programs::PerfEventContext};
-use lagtrace_common::{CFG_SAMPLING, SAMPLE_ON_CPU, SampleRec, THREAD_IN_ITER};
+use lagtrace_common::{CFG_SAMPLING, SAMPLE_ON_CPU, THREAD_IN_ITER};
 
 use crate::{
-    iteration::{config, now_ns, push_sample, thread},
+    iteration::{config, now_ns, push_sample, scratch, thread},
     probes::stacks::capture,
 };
 
@@ -28,19 +28,11 @@ fn try_on_cpu_sample(ctx: &PerfEventContext) -> Option<u32> {
         return None;
     }
     let now = now_ns();
-    let (user_stack, kernel_stack) = capture(ctx);
-    push_sample(
-        t,
-        tid,
-        now,
-        SampleRec {
-            ts_ns: now,
-            weight_ns: 0,
-            user_stack,
-            kernel_stack,
-            kind: SAMPLE_ON_CPU,
-            _pad: 0,
-        },
-    );
+    let s = scratch()?;
+    s.ts_ns = now;
+    s.weight_ns = 0;
+    s.kind = SAMPLE_ON_CPU;
+    capture(ctx, s);
+    push_sample(t, tid, now, s);
     Some(0)
 }

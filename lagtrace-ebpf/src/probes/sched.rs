@@ -10,11 +10,11 @@ use aya_ebpf::{
 };
 use lagtrace_common::{
     CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
-    SAMPLE_RUNQUEUE, THREAD_IN_ITER,
+    SAMPLE_RUNQUEUE, StackSample, THREAD_IN_ITER,
 };
 
 use crate::{
-    iteration::{close_phase, config, now_ns, push_sample, stream_after, thread},
+    iteration::{close_phase, config, now_ns, push_sample, stream_after, thread, thread_samples},
     probes::stacks::capture,
 };
 
@@ -64,14 +64,21 @@ fn switch_out(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
         return Some(());
     }
     // The current task is still `prev`, so this is the stack it waits in.
-    let (user, kernel) = capture(ctx);
-    t.pending_kind = if sleeping {
+    let kind = if sleeping {
         SAMPLE_OFF_CPU
     } else {
         SAMPLE_RUNQUEUE
     };
-    t.pending_user_stack = user;
-    t.pending_kernel_stack = kernel;
+    let Some(slots) = thread_samples(prev) else {
+        t.pending_kind = 0;
+        return Some(());
+    };
+    let p = &mut slots.pending;
+    p.ts_ns = now;
+    p.weight_ns = 0;
+    p.kind = kind;
+    capture(ctx, p);
+    t.pending_kind = kind;
     t.pending_since_ns = now;
     Some(())
 }
@@ -88,9 +95,11 @@ fn switch_in(next: u32) -> Option<()> {
     close_phase(t, now);
     t.phase = PHASE_ON_CPU;
     if t.pending_kind != 0 {
-        let rec = t.pending_sample(now);
         t.pending_kind = 0;
-        push_sample(t, next, now, rec);
+        let slots = thread_samples(next)?;
+        slots.pending.weight_ns = now.saturating_sub(slots.pending.ts_ns);
+        let p: *const StackSample = &slots.pending;
+        push_sample(t, next, now, p);
     }
     Some(())
 }

@@ -1,26 +1,92 @@
-//! Stack capture shared by the sampler and the scheduler probes.
-use aya_ebpf::{EbpfContext, bindings::BPF_F_USER_STACK, programs::tracing::StackIdContext};
-use lagtrace_common::CTR_STACK_ERRORS;
+//! Stack capture shared by the sampler and the scheduler probes: fills one
+//! [`StackSample`] in place (a per-CPU scratch sample or a thread's pending
+//! slot; the record is far larger than the 512-byte BPF stack).
+//!
+//! Native user frames come from `bpf_get_stack(BPF_F_USER_STACK)`, a
+//! frame-pointer walk by the kernel; kernel frames from `bpf_get_stack(0)`.
+//! Python frames are filled by [`fill_python`]. Every failure is counted by
+//! kind, never guessed.
+use core::mem::size_of;
 
-use crate::{iteration::bump, maps::STACKS};
+use aya_ebpf::{EbpfContext, bindings::BPF_F_USER_STACK, helpers::generated::bpf_get_stack};
+use lagtrace_common::{
+    CTR_KERNEL_STACK_ERRORS, CTR_USER_END, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
+    SAMPLE_F_KERNEL_FP_WALK, STACK_END_DEPTH, STACK_END_KINDS, STACK_END_NONE,
+    STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
+};
 
-/// User and kernel stack ids of the current task; -1 where capture failed
-/// (counted, never guessed).
+use crate::iteration::bump;
+
+/// Fill `s`'s frames from the current task. The caller sets `ts_ns`,
+/// `weight_ns` and `kind`.
 #[inline(always)]
-pub fn capture<C: EbpfContext + StackIdContext>(ctx: &C) -> (i32, i32) {
-    let user = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK.into()) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            bump(CTR_STACK_ERRORS);
-            -1
-        }
+pub fn capture<C: EbpfContext>(ctx: &C, s: &mut StackSample) {
+    s.flags = 0;
+    capture_user(ctx, s);
+    capture_kernel(ctx, s);
+    fill_python(ctx, s);
+}
+
+/// Native user frames, innermost first, and how the walk ended.
+#[inline(always)]
+fn capture_user<C: EbpfContext>(ctx: &C, s: &mut StackSample) {
+    const BYTES: u32 = (MAX_USER_FRAMES * size_of::<u64>()) as u32;
+    // SAFETY: `s.user` is a map value of exactly BYTES bytes; the helper
+    // writes at most `size` bytes.
+    let n = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            s.user.as_mut_ptr().cast(),
+            BYTES,
+            BPF_F_USER_STACK.into(),
+        )
     };
-    let kernel = match ctx.get_stackid(&STACKS, 0) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            bump(CTR_STACK_ERRORS);
-            -1
-        }
+    s.flags |= SAMPLE_F_KERNEL_FP_WALK;
+    if n < 0 {
+        s.user_len = 0;
+        end_user(s, STACK_END_READ_ERROR);
+        return;
+    }
+    let frames = (n as usize / size_of::<u64>()).min(MAX_USER_FRAMES);
+    s.user_len = frames as u16;
+    // The kernel stops at `perf_event_max_stack` (127 by default): a full
+    // buffer means the walk was cut, anything shorter ran out of frames.
+    let end = if frames + 1 >= MAX_USER_FRAMES {
+        STACK_END_DEPTH
+    } else {
+        STACK_END_ROOT
     };
-    (user, kernel)
+    end_user(s, end);
+}
+
+/// Record how the user walk ended, and count it.
+#[inline(always)]
+pub fn end_user(s: &mut StackSample, end: u8) {
+    s.user_end = end;
+    if (end as usize) < STACK_END_KINDS {
+        bump(CTR_USER_END + end as u32);
+    }
+}
+
+/// Kernel frames, innermost first (empty for a sample taken in user mode).
+#[inline(always)]
+fn capture_kernel<C: EbpfContext>(ctx: &C, s: &mut StackSample) {
+    const BYTES: u32 = (MAX_KERNEL_FRAMES * size_of::<u64>()) as u32;
+    // SAFETY: `s.kernel` is a map value of exactly BYTES bytes.
+    let n = unsafe { bpf_get_stack(ctx.as_ptr(), s.kernel.as_mut_ptr().cast(), BYTES, 0) };
+    if n < 0 {
+        s.kernel_len = 0;
+        bump(CTR_KERNEL_STACK_ERRORS);
+        return;
+    }
+    s.kernel_len = ((n as usize / size_of::<u64>()).min(MAX_KERNEL_FRAMES)) as u16;
+}
+
+/// The Python walk of issue #12 goes here: fill `s.py`, `s.py_len` and
+/// `s.py_end` for a Python target. Until then no Python frames are read in
+/// the kernel.
+#[inline(always)]
+fn fill_python<C: EbpfContext>(_ctx: &C, s: &mut StackSample) {
+    s.py_len = 0;
+    s.py_end = STACK_END_NONE;
 }

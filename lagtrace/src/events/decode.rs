@@ -3,21 +3,121 @@
 //! field is read; nothing is transmuted from unchecked bytes.
 use std::mem::{offset_of, size_of};
 
-use lagtrace_common::{EVENT_SAMPLES, EVENT_SPAN, EventHeader, SampleRec, SamplesEvent, SpanEvent};
+use lagtrace_common::{
+    EVENT_SAMPLE, EVENT_SPAN, EventHeader, MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES,
+    PyFrameRec, SAMPLE_F_BUFFERED, SAMPLE_OFF_CPU, SAMPLE_ON_CPU, SAMPLE_RUNQUEUE,
+    STACK_END_BAD_FRAME, STACK_END_DEPTH, STACK_END_NO_TABLE, STACK_END_NONE, STACK_END_READ_ERROR,
+    STACK_END_ROOT, SampleEvent, SpanEvent, StackSample,
+};
+
+use crate::spans::StackKind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Span(SpanEvent),
-    Samples(SampleBatch),
+    Sample(TaggedSample),
 }
 
-/// Samples of one iteration of one thread.
+/// How a stack walk ended (`STACK_END_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StackEnd {
+    /// Not walked.
+    #[default]
+    None,
+    Root,
+    Depth,
+    NoTable,
+    ReadError,
+    BadFrame,
+}
+
+impl StackEnd {
+    /// Every kind, in `STACK_END_*` order (the kernel's counter order).
+    pub const ALL: [Self; lagtrace_common::STACK_END_KINDS] = [
+        Self::None,
+        Self::Root,
+        Self::Depth,
+        Self::NoTable,
+        Self::ReadError,
+        Self::BadFrame,
+    ];
+
+    fn from_raw(v: u8) -> Result<Self, DecodeError> {
+        Ok(match v {
+            STACK_END_NONE => Self::None,
+            STACK_END_ROOT => Self::Root,
+            STACK_END_DEPTH => Self::Depth,
+            STACK_END_NO_TABLE => Self::NoTable,
+            STACK_END_READ_ERROR => Self::ReadError,
+            STACK_END_BAD_FRAME => Self::BadFrame,
+            end => return Err(DecodeError::End { end }),
+        })
+    }
+}
+
+/// One sample, decoded: the record's fields with its frames cut to their
+/// lengths (innermost first, as the kernel wrote them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SampleRec {
+    pub ts_ns: u64,
+    pub weight_ns: u64,
+    pub kind: StackKind,
+    /// `SAMPLE_F_*`.
+    pub flags: u32,
+    pub user_end: StackEnd,
+    pub py_end: StackEnd,
+    pub user: Vec<u64>,
+    pub kernel: Vec<u64>,
+    pub py: Vec<PyFrameRec>,
+}
+
+impl SampleRec {
+    /// Decode the kernel's record; lengths and kinds are checked.
+    pub fn from_kernel(s: &StackSample) -> Result<Self, DecodeError> {
+        let kind = match s.kind {
+            SAMPLE_ON_CPU => StackKind::OnCpu,
+            SAMPLE_OFF_CPU => StackKind::OffCpu,
+            SAMPLE_RUNQUEUE => StackKind::Runqueue,
+            kind => return Err(DecodeError::SampleKind { kind }),
+        };
+        let len = |what, n: u16, max: usize| {
+            if n as usize > max {
+                Err(DecodeError::Frames { what, n, max })
+            } else {
+                Ok(n as usize)
+            }
+        };
+        let user = len("user", s.user_len, MAX_USER_FRAMES)?;
+        let kernel = len("kernel", s.kernel_len, MAX_KERNEL_FRAMES)?;
+        let py = len("python", s.py_len, MAX_PY_FRAMES)?;
+        Ok(Self {
+            ts_ns: s.ts_ns,
+            weight_ns: s.weight_ns,
+            kind,
+            flags: s.flags,
+            user_end: StackEnd::from_raw(s.user_end)?,
+            py_end: StackEnd::from_raw(s.py_end)?,
+            user: s.user[..user].to_vec(),
+            kernel: s.kernel[..kernel].to_vec(),
+            py: s.py[..py].to_vec(),
+        })
+    }
+}
+
+/// A sample of one iteration of one thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SampleBatch {
+pub struct TaggedSample {
     pub tgid: u32,
     pub tid: u32,
     pub iteration: u64,
-    pub recs: Vec<SampleRec>,
+    pub rec: SampleRec,
+}
+
+impl TaggedSample {
+    /// Sent from the pre-threshold slots, not live.
+    pub fn buffered(&self) -> bool {
+        self.rec.flags & SAMPLE_F_BUFFERED != 0
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,18 +128,24 @@ pub enum DecodeError {
     Size { kind: u32, size: u32, len: usize },
     #[error("record of unknown kind {kind}")]
     Kind { kind: u32 },
-    #[error("sample batch claims {count} samples, room for {room}")]
-    Count { count: u32, room: usize },
+    #[error("sample of unknown kind {kind}")]
+    SampleKind { kind: u32 },
+    #[error("sample claims {n} {what} frames, room for {max}")]
+    Frames {
+        what: &'static str,
+        n: u16,
+        max: usize,
+    },
+    #[error("stack walk with unknown end {end}")]
+    End { end: u8 },
 }
 
-/// Read a plain-integer `#[repr(C)]` value from the start of `buf`.
-///
-/// Only used for the types of `lagtrace-common`, which are made of integers
-/// and arrays of integers, so every bit pattern is a valid value.
-fn read<T: Copy>(buf: &[u8], offset: usize) -> T {
+/// Read a plain-integer `#[repr(C)]` value from `buf` at `offset`.
+fn read<T: aya::Pod>(buf: &[u8], offset: usize) -> T {
     assert!(offset + size_of::<T>() <= buf.len());
-    // SAFETY: bounds checked above; T is a plain-integer repr(C) type and
-    // read_unaligned copes with the ring buffer's 8-byte alignment.
+    // SAFETY: bounds checked above; T is Pod (integers and arrays of
+    // integers, every bit pattern valid) and read_unaligned copes with the
+    // ring buffer's 8-byte alignment.
     unsafe { buf.as_ptr().add(offset).cast::<T>().read_unaligned() }
 }
 
@@ -48,7 +154,12 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         return Err(DecodeError::Short { len: buf.len() });
     }
     let header: EventHeader = read(buf, 0);
-    if header.size as usize > buf.len() {
+    let need = match header.kind {
+        EVENT_SPAN => size_of::<SpanEvent>(),
+        EVENT_SAMPLE => size_of::<SampleEvent>(),
+        kind => return Err(DecodeError::Kind { kind }),
+    };
+    if header.size as usize > buf.len() || (header.size as usize) < need {
         return Err(DecodeError::Size {
             kind: header.kind,
             size: header.size,
@@ -56,42 +167,17 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         });
     }
     match header.kind {
-        EVENT_SPAN => {
-            if (header.size as usize) < size_of::<SpanEvent>() {
-                return Err(DecodeError::Size {
-                    kind: header.kind,
-                    size: header.size,
-                    len: buf.len(),
-                });
-            }
-            Ok(Event::Span(read(buf, 0)))
-        }
-        EVENT_SAMPLES => {
-            let recs_at = offset_of!(SamplesEvent, recs);
-            if (header.size as usize) < recs_at {
-                return Err(DecodeError::Size {
-                    kind: header.kind,
-                    size: header.size,
-                    len: buf.len(),
-                });
-            }
-            let iteration: u64 = read(buf, offset_of!(SamplesEvent, iteration));
-            let count: u32 = read(buf, offset_of!(SamplesEvent, count));
-            let room = (header.size as usize - recs_at) / size_of::<SampleRec>();
-            if count as usize > room {
-                return Err(DecodeError::Count { count, room });
-            }
-            let recs = (0..count as usize)
-                .map(|i| read::<SampleRec>(buf, recs_at + i * size_of::<SampleRec>()))
-                .collect();
-            Ok(Event::Samples(SampleBatch {
+        EVENT_SPAN => Ok(Event::Span(read(buf, 0))),
+        _ => {
+            let iteration: u64 = read(buf, offset_of!(SampleEvent, iteration));
+            let sample: StackSample = read(buf, offset_of!(SampleEvent, sample));
+            Ok(Event::Sample(TaggedSample {
                 tgid: header.tgid,
                 tid: header.tid,
                 iteration,
-                recs,
+                rec: SampleRec::from_kernel(&sample)?,
             }))
         }
-        kind => Err(DecodeError::Kind { kind }),
     }
 }
 
@@ -126,31 +212,51 @@ pub(crate) mod tests {
         assert_eq!(decode(&bytes_of(&s)), Ok(Event::Span(s)));
     }
 
-    #[test]
-    fn samples_round_trip_with_count() {
-        let mut ev = SamplesEvent {
-            header: EventHeader {
-                kind: EVENT_SAMPLES,
-                size: size_of::<SamplesEvent>() as u32,
-                tgid: 7,
-                tid: 9,
-            },
-            iteration: 3,
-            count: 2,
-            _pad: 0,
-            recs: [SampleRec::default(); lagtrace_common::SAMPLE_BUF],
+    pub fn sample_event(tid: u32, iteration: u64, ts_ns: u64) -> SampleEvent {
+        let mut sample = StackSample {
+            ts_ns,
+            weight_ns: 0,
+            kind: SAMPLE_ON_CPU,
+            flags: 0,
+            user_len: 0,
+            kernel_len: 0,
+            py_len: 0,
+            user_end: STACK_END_ROOT,
+            py_end: STACK_END_NONE,
+            user: [0; MAX_USER_FRAMES],
+            kernel: [0; MAX_KERNEL_FRAMES],
+            py: [PyFrameRec::default(); MAX_PY_FRAMES],
         };
-        ev.recs[0].ts_ns = 11;
-        ev.recs[1].ts_ns = 12;
-        ev.recs[2].ts_ns = 13;
-        let Ok(Event::Samples(b)) = decode(&bytes_of(&ev)) else {
+        sample.user[..3].copy_from_slice(&[0x1000, 0x2000, 0x3000]);
+        sample.user_len = 2;
+        SampleEvent {
+            header: EventHeader {
+                kind: EVENT_SAMPLE,
+                size: size_of::<SampleEvent>() as u32,
+                tgid: 7,
+                tid,
+            },
+            iteration,
+            sample,
+        }
+    }
+
+    #[test]
+    fn sample_round_trip_cut_to_its_lengths() {
+        let mut ev = sample_event(9, 3, 11);
+        ev.sample.kernel[0] = 0xffff_0000;
+        ev.sample.kernel_len = 1;
+        ev.sample.flags = SAMPLE_F_BUFFERED;
+        let Ok(Event::Sample(s)) = decode(&bytes_of(&ev)) else {
             panic!()
         };
-        assert_eq!(
-            b.recs.iter().map(|r| r.ts_ns).collect::<Vec<_>>(),
-            vec![11, 12]
-        );
-        assert_eq!((b.tid, b.iteration), (9, 3));
+        assert_eq!((s.tid, s.iteration, s.rec.ts_ns), (9, 3, 11));
+        assert_eq!(s.rec.user, [0x1000, 0x2000]);
+        assert_eq!(s.rec.kernel, [0xffff_0000]);
+        assert!(s.rec.py.is_empty());
+        assert_eq!(s.rec.user_end, StackEnd::Root);
+        assert_eq!(s.rec.kind, StackKind::OnCpu);
+        assert!(s.buffered());
     }
 
     #[test]
@@ -162,13 +268,24 @@ pub(crate) mod tests {
         let s = span(1, 1, 0, 1);
         let b = bytes_of(&s);
         assert!(matches!(decode(&b[..40]), Err(DecodeError::Size { .. })));
+        // A span-sized record that claims to be a sample.
         let mut one = bytes_of(&s);
-        one[0..4].copy_from_slice(&EVENT_SAMPLES.to_le_bytes());
-        // count field at offset 24 says 1000 samples in a 104-byte record.
-        one[24..28].copy_from_slice(&1000u32.to_le_bytes());
+        one[0..4].copy_from_slice(&EVENT_SAMPLE.to_le_bytes());
+        assert!(matches!(decode(&one), Err(DecodeError::Size { .. })));
+        let mut ev = sample_event(1, 1, 1);
+        ev.sample.user_len = MAX_USER_FRAMES as u16 + 1;
         assert!(matches!(
-            decode(&one),
-            Err(DecodeError::Count { count: 1000, .. })
+            decode(&bytes_of(&ev)),
+            Err(DecodeError::Frames { what: "user", .. })
         ));
+        let mut ev = sample_event(1, 1, 1);
+        ev.sample.kind = 77;
+        assert_eq!(
+            decode(&bytes_of(&ev)),
+            Err(DecodeError::SampleKind { kind: 77 })
+        );
+        let mut ev = sample_event(1, 1, 1);
+        ev.sample.user_end = 42;
+        assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::End { end: 42 }));
     }
 }

@@ -1,4 +1,4 @@
 //! Events from the kernel, decoded from ring-buffer bytes into owned values.
 pub mod decode;
 
-pub use decode::{DecodeError, Event, SampleBatch, decode};
+pub use decode::{DecodeError, Event, SampleRec, StackEnd, TaggedSample, decode};

@@ -4,7 +4,7 @@
 //! attached, so no program ever runs half-configured.
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         PerfEvent, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -12,12 +12,16 @@ use aya::{
     util::online_cpus,
 };
 use lagtrace_common::{
-    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES,
-    CTR_SAMPLES_DROPPED, CTR_STACK_ERRORS, CTR_THREADS_FULL, Config, TargetConfig, ThreadState,
+    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
+    CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL,
+    CTR_USER_END, Config, STACK_END_KINDS, TargetConfig, ThreadSamples, ThreadState,
 };
 
 use super::tracefs;
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    events::SampleRec,
+};
 
 /// What to attach and how.
 #[derive(Debug, Clone)]
@@ -37,7 +41,12 @@ pub struct ProbeOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub ringbuf_lost: u64,
-    pub stack_errors: u64,
+    /// Kernel stack captures that failed.
+    pub kernel_stack_errors: u64,
+    /// Samples lost for want of a scratch sample or a thread's slots.
+    pub no_sample_room: u64,
+    /// User stack walks by how they ended (`STACK_END_*` index).
+    pub user_ends: [u64; STACK_END_KINDS],
     pub samples_dropped: u64,
     pub threads_full: u64,
     pub samples: u64,
@@ -240,6 +249,13 @@ impl Probes {
         ) {
             let _ = threads.remove(&tid);
         }
+        if let Ok(mut slots) = HashMap::<_, u32, ThreadSamples>::try_from(
+            self.ebpf
+                .map_mut("THREAD_SAMPLES")
+                .expect("THREAD_SAMPLES map"),
+        ) {
+            let _ = slots.remove(&tid);
+        }
     }
 
     pub fn counters(&self) -> Result<Counters> {
@@ -249,7 +265,9 @@ impl Probes {
         let sum = |i: u32| arr.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         Ok(Counters {
             ringbuf_lost: sum(CTR_RINGBUF_LOST),
-            stack_errors: sum(CTR_STACK_ERRORS),
+            kernel_stack_errors: sum(CTR_KERNEL_STACK_ERRORS),
+            no_sample_room: sum(CTR_NO_SAMPLE_ROOM),
+            user_ends: std::array::from_fn(|k| sum(CTR_USER_END + k as u32)),
             samples_dropped: sum(CTR_SAMPLES_DROPPED),
             threads_full: sum(CTR_THREADS_FULL),
             samples: sum(CTR_SAMPLES),
@@ -257,13 +275,14 @@ impl Probes {
         })
     }
 
-    /// The instruction pointers of a captured stack, innermost first.
-    pub fn stack(&self, id: i32) -> Option<Vec<u64>> {
-        if id < 0 {
-            return None;
-        }
-        let map = StackTraceMap::try_from(self.ebpf.map("STACKS")?).ok()?;
-        let trace = map.get(&(id as u32), 0).ok()?;
-        Some(trace.frames().iter().map(|f| f.ip).collect())
+    /// The stack a thread waits in (captured when it left the CPU), as
+    /// the kernel holds it for the sample it sends when the thread runs
+    /// again. Its `weight_ns` is 0: the wait is not over.
+    pub fn pending_sample(&self, tid: u32) -> Option<SampleRec> {
+        let map: HashMap<_, u32, ThreadSamples> =
+            HashMap::try_from(self.ebpf.map("THREAD_SAMPLES")?).ok()?;
+        // Boxed: the value is about 75 KiB.
+        let slots: Box<ThreadSamples> = Box::new(map.get(&tid, 0).ok()?);
+        SampleRec::from_kernel(&slots.pending).ok()
     }
 }

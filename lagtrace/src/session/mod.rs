@@ -282,10 +282,21 @@ fn report_health(c: &Counters) {
             c.threads_full
         );
     }
-    if c.stack_errors > 0 {
+    if c.kernel_stack_errors > 0 || c.no_sample_room > 0 {
         log::info!(
-            "{} stack captures failed (stack map full or collision)",
-            c.stack_errors
+            "{} kernel stack captures failed, {} samples lost for want of kernel sample room",
+            c.kernel_stack_errors,
+            c.no_sample_room
         );
     }
+    log::info!(
+        "user stack walks ended: {}",
+        crate::events::StackEnd::ALL
+            .iter()
+            .zip(c.user_ends)
+            .filter(|(_, n)| *n > 0)
+            .map(|(e, n)| format!("{e:?} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
 }

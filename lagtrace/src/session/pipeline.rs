@@ -54,20 +54,22 @@ impl Pipeline {
             match decode(&item) {
                 Ok(event) => {
                     let python = match &event {
-                        Event::Samples(b) => {
-                            let stacks = self.python.on_batch(b, &|tid| probes.thread(tid));
-                            Some((b.tid, b.iteration, stacks))
-                        }
+                        Event::Sample(s) => Some((
+                            s.tid,
+                            s.iteration,
+                            s.rec.ts_ns,
+                            self.python.on_sample(s, &|tid| probes.thread(tid)),
+                        )),
                         Event::Span(_) => None,
                     };
-                    if let Some((tid, iteration, stacks)) = python {
+                    if let Some((tid, iteration, ts, stack)) = python {
                         self.assembler.push(event);
-                        for (ts, stack) in stacks {
+                        if let Some(stack) = stack {
                             self.assembler.attach_python(tid, iteration, ts, stack);
                         }
                     } else if let Some(raw) = self.assembler.push(event) {
                         let t0 = std::time::Instant::now();
-                        let span = self.build(&raw, false, probes);
+                        let span = self.build(&raw, false);
                         log::debug!(
                             "span of {} samples built in {:?}",
                             raw.samples.len(),
@@ -82,13 +84,11 @@ impl Pipeline {
         Ok(())
     }
 
-    fn build(&mut self, raw: &RawSpan, unfinished: bool, probes: &Probes) -> Span {
+    fn build(&mut self, raw: &RawSpan, unfinished: bool) -> Span {
         let ev = &raw.event;
         let pid = ev.header.tgid;
         let tid = ev.header.tid;
-        let stacks = self
-            .symbolizer
-            .stacks(pid, &raw.samples, &|id| probes.stack(id));
+        let stacks = self.symbolizer.stacks(pid, &raw.samples);
         let thread = self.names.get(pid, tid, &ev.comm);
         let target = self.target(pid);
         Span {
@@ -132,7 +132,14 @@ impl Pipeline {
     /// `recent`: keep only the newest samples, for a cheap "what is it doing
     /// now" (symbolizing every sample of a long span takes long enough to
     /// starve the live Python reads of the span itself).
-    fn open_span(&self, tid: u32, t: &ThreadState, now: u64, recent: Option<usize>) -> RawSpan {
+    fn open_span(
+        &self,
+        tid: u32,
+        t: &ThreadState,
+        now: u64,
+        recent: Option<usize>,
+        probes: &Probes,
+    ) -> RawSpan {
         // The accounting so far, plus the phase the thread is in now.
         let open = now.saturating_sub(t.phase_since_ns);
         let (mut on, mut off, mut rq) = (t.on_cpu_ns, t.off_cpu_ns, t.runqueue_ns);
@@ -157,8 +164,12 @@ impl Pipeline {
         let all = self.assembler.open_samples(tid, t.iteration);
         let keep = recent.map_or(all.len(), |n| n.min(all.len()));
         let mut samples = all[all.len() - keep..].to_vec();
-        if t.pending_kind != 0 && t.phase != PHASE_ON_CPU {
-            let rec = t.pending_sample(now);
+        if t.pending_kind != 0
+            && t.phase != PHASE_ON_CPU
+            && let Some(mut rec) = probes.pending_sample(tid)
+            && rec.ts_ns == t.pending_since_ns
+        {
+            rec.weight_ns = now.saturating_sub(t.pending_since_ns);
             let python = self.python.waiting_stack(tid, t.pending_since_ns);
             samples.push(Sample { rec, python });
         }
@@ -192,8 +203,8 @@ impl Pipeline {
                 continue;
             }
             self.stuck.insert(*tid, (t.iteration, level));
-            let raw = self.open_span(*tid, t, now, Some(STUCK_SAMPLES));
-            let span = self.build(&raw, true, probes);
+            let raw = self.open_span(*tid, t, now, Some(STUCK_SAMPLES), probes);
+            let span = self.build(&raw, true);
             let doing = if t.phase == PHASE_ON_CPU {
                 live::hot_frames(&span).map(|(h, _)| format!("in {h}"))
             } else {
@@ -223,8 +234,8 @@ impl Pipeline {
             {
                 continue;
             }
-            let raw = self.open_span(*tid, t, now, None);
-            let span = self.build(&raw, true, probes);
+            let raw = self.open_span(*tid, t, now, None, probes);
+            let span = self.build(&raw, true);
             self.finish_span(span)?;
         }
         Ok(())

@@ -2,15 +2,15 @@
 //! returns finished raw spans, so live capture and tests feed the same code.
 //!
 //! The kernel sends a span's samples before the span itself (a flush of its
-//! buffer, then live samples while it stays open). A thread runs one
+//! slots, then live samples while it stays open), one record each. A thread runs one
 //! iteration at a time, so samples of an older iteration of the same thread
 //! can never be completed any more and are dropped.
 use std::collections::HashMap;
 
-use lagtrace_common::{SampleRec, SpanEvent};
+use lagtrace_common::SpanEvent;
 
 use super::model::PyStack;
-use crate::events::Event;
+use crate::events::{Event, SampleRec};
 
 /// Most samples kept for one open span; a loop stuck for hours at a high
 /// frequency must not grow lagtrace without bound.
@@ -54,23 +54,23 @@ impl Assembler {
     /// Feed one event; a span event returns the finished span.
     pub fn push(&mut self, event: Event) -> Option<RawSpan> {
         match event {
-            Event::Samples(batch) => {
-                let p = self.pending.entry(batch.tid).or_default();
-                if p.iteration != batch.iteration || p.tgid != batch.tgid {
+            Event::Sample(s) => {
+                let p = self.pending.entry(s.tid).or_default();
+                if p.iteration != s.iteration || p.tgid != s.tgid {
                     *p = Pending {
-                        tgid: batch.tgid,
-                        iteration: batch.iteration,
+                        tgid: s.tgid,
+                        iteration: s.iteration,
                         ..Default::default()
                     };
                 }
-                let room = MAX_SAMPLES_PER_SPAN.saturating_sub(p.samples.len());
-                let take = batch.recs.len().min(room);
-                p.capped += (batch.recs.len() - take) as u64;
-                p.samples.extend(
-                    batch.recs[..take]
-                        .iter()
-                        .map(|&rec| Sample { rec, python: None }),
-                );
+                if p.samples.len() >= MAX_SAMPLES_PER_SPAN {
+                    p.capped += 1;
+                } else {
+                    p.samples.push(Sample {
+                        rec: s.rec,
+                        python: None,
+                    });
+                }
                 None
             }
             Event::Span(event) => {
@@ -121,29 +121,30 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{SampleBatch, decode::tests::span};
+    use crate::events::{TaggedSample, decode::tests::span};
 
-    fn batch(tid: u32, iteration: u64, ts: &[u64]) -> Event {
-        Event::Samples(SampleBatch {
-            tgid: 7,
-            tid,
-            iteration,
-            recs: ts
-                .iter()
-                .map(|&t| SampleRec {
+    /// Feed one sample per time in `ts`.
+    fn batch(a: &mut Assembler, tid: u32, iteration: u64, ts: &[u64]) {
+        for &t in ts {
+            let out = a.push(Event::Sample(TaggedSample {
+                tgid: 7,
+                tid,
+                iteration,
+                rec: SampleRec {
                     ts_ns: t,
                     ..Default::default()
-                })
-                .collect(),
-        })
+                },
+            }));
+            assert!(out.is_none());
+        }
     }
 
     #[test]
     fn samples_join_their_span() {
         let mut a = Assembler::new();
-        assert!(a.push(batch(1, 5, &[10, 20])).is_none());
-        assert!(a.push(batch(2, 9, &[15])).is_none());
-        assert!(a.push(batch(1, 5, &[30])).is_none());
+        batch(&mut a, 1, 5, &[10, 20]);
+        batch(&mut a, 2, 9, &[15]);
+        batch(&mut a, 1, 5, &[30]);
         assert_eq!(a.open_samples(1, 5).len(), 3);
         let s = a.push(Event::Span(span(1, 5, 0, 40))).unwrap();
         assert_eq!(
@@ -157,7 +158,7 @@ mod tests {
     #[test]
     fn python_frames_join_their_sample() {
         let mut a = Assembler::new();
-        a.push(batch(1, 5, &[10, 20]));
+        batch(&mut a, 1, 5, &[10, 20]);
         let py: PyStack = vec!["f (a.py:1)".to_string()].into();
         assert!(a.attach_python(1, 5, 20, py.clone()));
         assert!(
@@ -173,8 +174,8 @@ mod tests {
     #[test]
     fn stale_samples_of_an_older_iteration_are_dropped() {
         let mut a = Assembler::new();
-        a.push(batch(1, 5, &[10]));
-        a.push(batch(1, 6, &[20]));
+        batch(&mut a, 1, 5, &[10]);
+        batch(&mut a, 1, 6, &[20]);
         let s = a.push(Event::Span(span(1, 6, 0, 40))).unwrap();
         assert_eq!(s.samples.len(), 1);
         assert_eq!(s.samples[0].rec.ts_ns, 20);

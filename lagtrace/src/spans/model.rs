@@ -8,9 +8,10 @@ use serde::Serialize;
 /// Python frames of one sample, outermost first, as `function (dir/file.py:line)`.
 pub type PyStack = Arc<[String]>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum StackKind {
+    #[default]
     OnCpu,
     OffCpu,
     Runqueue,

@@ -1,9 +1,8 @@
-//! Unwinding and symbolization: from a span's raw samples (stack ids) to
-//! stacks of named frames, grouped and counted.
+//! Symbolization: from a span's raw samples (the addresses each sample
+//! carries) to stacks of named frames, grouped and counted.
 //!
-//! The kernel deduplicates stacks into ids, and an id keeps its meaning for
-//! the whole trace (lagtrace never deletes from the stack map), so frames
-//! are resolved once per (pid, user id, kernel id).
+//! Names are cached per (pid, address) by the native symbolizer, so a stack
+//! seen again costs only look-ups.
 mod cache;
 pub mod cpython;
 pub mod merge;
@@ -13,14 +12,14 @@ pub mod python_live;
 
 use std::collections::HashMap;
 
-use lagtrace_common::{SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SampleRec};
-
-use crate::spans::{Sample, StackCount, StackKind};
+use crate::{
+    events::SampleRec,
+    spans::{Sample, StackCount, StackKind},
+};
 
 pub use native::NativeSymbolizer;
 
-/// Native frames of one pair of stack ids, split as `merge` needs them.
-#[derive(Clone, Default)]
+/// Native frames of one sample, split as `merge` needs them.
 struct NativeFrames {
     /// User frames, outermost first.
     user: Vec<String>,
@@ -33,7 +32,6 @@ struct NativeFrames {
 /// Turns samples into counted stacks of frame names.
 pub struct StackSymbolizer {
     native: NativeSymbolizer,
-    by_ids: HashMap<(u32, i32, i32), NativeFrames>,
 }
 
 impl Default for StackSymbolizer {
@@ -46,45 +44,26 @@ impl StackSymbolizer {
     pub fn new() -> Self {
         Self {
             native: NativeSymbolizer::new(),
-            by_ids: HashMap::new(),
         }
     }
 
-    fn native_frames(
-        &mut self,
-        pid: u32,
-        rec: &SampleRec,
-        ips_of: &impl Fn(i32) -> Option<Vec<u64>>,
-    ) -> &NativeFrames {
-        let key = (pid, rec.user_stack, rec.kernel_stack);
-        if !self.by_ids.contains_key(&key) {
-            let user_ips = ips_of(rec.user_stack).unwrap_or_default();
-            let kernel_ips = ips_of(rec.kernel_stack).unwrap_or_default();
-            let frames = NativeFrames {
-                user: self.native.frames(pid, &user_ips, &[]),
-                leaf: self
-                    .native
-                    .frames(pid, &user_ips[..user_ips.len().min(1)], &[]),
-                kernel: self.native.frames(pid, &[], &kernel_ips),
-            };
-            self.by_ids.insert(key, frames);
+    fn native_frames(&mut self, pid: u32, rec: &SampleRec) -> NativeFrames {
+        NativeFrames {
+            user: self.native.frames(pid, &rec.user, &[]),
+            leaf: self
+                .native
+                .frames(pid, &rec.user[..rec.user.len().min(1)], &[]),
+            kernel: self.native.frames(pid, &[], &rec.kernel),
         }
-        &self.by_ids[&key]
     }
 
-    /// Frames (outermost first) of one sample: native frames from its stack
-    /// ids (`ips_of` reads the kernel's stack map), merged with its Python
-    /// frames when it has them.
-    pub fn frames(
-        &mut self,
-        pid: u32,
-        sample: &Sample,
-        ips_of: &impl Fn(i32) -> Option<Vec<u64>>,
-    ) -> Vec<String> {
-        let n = self.native_frames(pid, &sample.rec, ips_of);
+    /// Frames (outermost first) of one sample: native frames from its
+    /// addresses, merged with its Python frames when it has them.
+    pub fn frames(&mut self, pid: u32, sample: &Sample) -> Vec<String> {
+        let n = self.native_frames(pid, &sample.rec);
         let mut frames = match &sample.python {
             Some(py) => merge::merge(py, &n.user, &n.leaf, &n.kernel),
-            None => n.user.iter().chain(&n.kernel).cloned().collect(),
+            None => n.user.into_iter().chain(n.kernel).collect(),
         };
         if frames.is_empty() {
             frames.push("[no stack]".into());
@@ -93,15 +72,10 @@ impl StackSymbolizer {
     }
 
     /// Group a span's samples by kind and frames.
-    pub fn stacks(
-        &mut self,
-        pid: u32,
-        samples: &[Sample],
-        ips_of: &impl Fn(i32) -> Option<Vec<u64>>,
-    ) -> Vec<StackCount> {
+    pub fn stacks(&mut self, pid: u32, samples: &[Sample]) -> Vec<StackCount> {
         let framed: Vec<(&SampleRec, Vec<String>)> = samples
             .iter()
-            .map(|s| (&s.rec, self.frames(pid, s, ips_of)))
+            .map(|s| (&s.rec, self.frames(pid, s)))
             .collect();
         group(framed.into_iter())
     }
@@ -112,19 +86,11 @@ impl StackSymbolizer {
     }
 }
 
-pub fn kind_of(rec: &SampleRec) -> StackKind {
-    match rec.kind {
-        SAMPLE_OFF_CPU => StackKind::OffCpu,
-        SAMPLE_RUNQUEUE => StackKind::Runqueue,
-        _ => StackKind::OnCpu,
-    }
-}
-
 /// Count identical (kind, frames) pairs; heaviest first.
 pub fn group<'a>(items: impl Iterator<Item = (&'a SampleRec, Vec<String>)>) -> Vec<StackCount> {
     let mut map: HashMap<(StackKind, Vec<String>), (u64, u64)> = HashMap::new();
     for (rec, frames) in items {
-        let e = map.entry((kind_of(rec), frames)).or_default();
+        let e = map.entry((rec.kind, frames)).or_default();
         e.0 += 1;
         e.1 += rec.weight_ns;
     }
@@ -148,16 +114,15 @@ pub fn group<'a>(items: impl Iterator<Item = (&'a SampleRec, Vec<String>)>) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lagtrace_common::SAMPLE_ON_CPU;
 
     #[test]
     fn groups_by_kind_and_frames() {
         let on = SampleRec {
-            kind: SAMPLE_ON_CPU,
+            kind: StackKind::OnCpu,
             ..Default::default()
         };
         let off = SampleRec {
-            kind: SAMPLE_OFF_CPU,
+            kind: StackKind::OffCpu,
             weight_ns: 5,
             ..Default::default()
         };

@@ -13,10 +13,10 @@
 //! `stream_after_ns`.
 use std::collections::HashMap;
 
-use lagtrace_common::{PHASE_OFF_CPU, PHASE_RUNQUEUE, SAMPLE_ON_CPU, THREAD_IN_ITER, ThreadState};
+use lagtrace_common::{PHASE_OFF_CPU, PHASE_RUNQUEUE, THREAD_IN_ITER, ThreadState};
 
 use super::python::{PyStack, PythonReader};
-use crate::{clock::WallClock, events::SampleBatch};
+use crate::{clock::WallClock, events::TaggedSample, spans::StackKind};
 
 /// A live sample older than this is not read. A read is always checked to
 /// come from the sample's thread and span (the kernel still shows the same
@@ -45,42 +45,33 @@ impl LivePython {
         !self.targets.is_empty()
     }
 
-    /// Python stacks for the samples of a batch just received, as
-    /// (sample time, stack). `now` reads the kernel's state of a thread.
-    pub fn on_batch(
+    /// The Python stack for a sample just received, if one is read or was
+    /// read while it waited. `now` reads the kernel's state of a thread.
+    pub fn on_sample(
         &mut self,
-        batch: &SampleBatch,
+        s: &TaggedSample,
         now: &impl Fn(u32) -> Option<ThreadState>,
-    ) -> Vec<(u64, PyStack)> {
-        if !self.targets.contains_key(&batch.tgid) {
-            return Vec::new();
+    ) -> Option<PyStack> {
+        if !self.targets.contains_key(&s.tgid) {
+            return None;
         }
-        let mut out = Vec::new();
-        for rec in &batch.recs {
-            if rec.kind != SAMPLE_ON_CPU
-                && let Some(stack) = self.waiting.remove(&(batch.tid, rec.ts_ns))
-            {
-                out.push((rec.ts_ns, stack));
+        let rec = &s.rec;
+        if rec.kind != StackKind::OnCpu {
+            return self.waiting.remove(&(s.tid, rec.ts_ns));
+        }
+        // Buffered samples were taken before reads could start: reading now
+        // would give later frames.
+        if s.buffered() || WallClock::now_mono_ns().saturating_sub(rec.ts_ns) > MAX_SAMPLE_AGE_NS {
+            return None;
+        }
+        let stack = self.reader.stack(s.tgid, s.tid, true)?;
+        match now(s.tid) {
+            Some(t) if t.iteration == s.iteration && t.flags & THREAD_IN_ITER != 0 => Some(stack),
+            _ => {
+                self.reader.torn();
+                None
             }
         }
-        let [rec] = batch.recs.as_slice() else {
-            return out;
-        };
-        if rec.kind != SAMPLE_ON_CPU
-            || WallClock::now_mono_ns().saturating_sub(rec.ts_ns) > MAX_SAMPLE_AGE_NS
-        {
-            return out;
-        }
-        let Some(stack) = self.reader.stack(batch.tgid, batch.tid, true) else {
-            return out;
-        };
-        match now(batch.tid) {
-            Some(t) if t.iteration == batch.iteration && t.flags & THREAD_IN_ITER != 0 => {
-                out.push((rec.ts_ns, stack))
-            }
-            _ => self.reader.torn(),
-        }
-        out
     }
 
     /// The Python stack read while `tid` waits since `since_ns`, if any.
