@@ -16,6 +16,8 @@ mod iteration;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probes;
+#[cfg(target_arch = "bpf")]
+mod python;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

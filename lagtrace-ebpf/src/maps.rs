@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use lagtrace_common::{
-    Config, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, StackSample, TargetConfig, ThreadSamples,
-    ThreadState,
+    Config, MAX_PY_TARGETS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, PyTarget, StackSample,
+    TargetConfig, ThreadSamples, ThreadState,
 };
 
 /// Index 0 holds the run-time [`Config`].
@@ -51,3 +51,8 @@ pub static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 
 /// Health counters (`CTR_*`), summed over CPUs by userspace.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
+
+/// Python targets by tgid: where the interpreter is and its layout, written
+/// by userspace at attach (see `python.rs`).
+#[map]
+pub static PY_TARGETS: HashMap<u32, PyTarget> = HashMap::with_max_entries(MAX_PY_TARGETS, 0);
