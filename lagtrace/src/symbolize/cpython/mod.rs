@@ -51,6 +51,10 @@ impl PyFrames {
         self.procs.contains_key(&pid)
     }
 
+    pub fn any(&self) -> bool {
+        !self.procs.is_empty()
+    }
+
     /// Code objects read and entries found stale, over all targets.
     pub fn reads(&self) -> (u64, u64) {
         self.procs
