@@ -116,7 +116,13 @@ pub fn read_code(mem: &Mem, l: &CodeLayout, code: u64) -> std::io::Result<CodeIn
 struct Entry {
     info: CodeInfo,
     checked: Instant,
+    /// Lines already looked up, by instruction offset (a hot loop samples
+    /// the same few offsets over and over).
+    lines: HashMap<u32, Option<i64>>,
 }
+
+/// Bound on remembered lines per code object.
+const MAX_LINES: usize = 4096;
 
 /// Code objects of one process, by address.
 pub struct CodeCache {
@@ -159,8 +165,29 @@ impl CodeCache {
             if self.codes.len() >= MAX_CODES {
                 self.codes.clear();
             }
-            self.codes.insert(code, Entry { info, checked: now });
+            self.codes.insert(
+                code,
+                Entry {
+                    info,
+                    checked: now,
+                    lines: HashMap::new(),
+                },
+            );
         }
         self.codes.get(&code).map(|e| &e.info)
+    }
+
+    /// The code object at `code` and the line of `offset` in it.
+    pub fn get_line(&mut self, code: u64, offset: u32) -> Option<(&CodeInfo, Option<i64>)> {
+        self.get(code)?;
+        let e = self.codes.get_mut(&code)?;
+        if e.lines.len() >= MAX_LINES {
+            e.lines.clear();
+        }
+        let line = *e
+            .lines
+            .entry(offset)
+            .or_insert_with(|| e.info.line(u64::from(offset)));
+        Some((&e.info, line))
     }
 }

@@ -68,11 +68,9 @@ impl PyFrames {
         let Some((_, cache)) = self.procs.get_mut(&pid) else {
             return "[unknown python]".into();
         };
-        match cache.get(rec.code) {
-            Some(c) => match c.line(u64::from(rec.instr_offset)) {
-                Some(line) => format!("{} ({}:{line})", c.name, short_path(&c.filename)),
-                None => format!("{} ({})", c.name, short_path(&c.filename)),
-            },
+        match cache.get_line(rec.code, rec.instr_offset) {
+            Some((c, Some(line))) => format!("{} ({}:{line})", c.name, short_path(&c.filename)),
+            Some((c, None)) => format!("{} ({})", c.name, short_path(&c.filename)),
             None => "[unknown python]".into(),
         }
     }
