@@ -120,7 +120,9 @@ pub struct TargetConfig {
     pub stream_after_ns: u64,
     /// `MODEL_EPOLL` or `MODEL_WORKER`.
     pub model: u32,
-    pub _pad: u32,
+    /// Index of the process's mapping table in `UNWIND_PROCS`; 0: none (the
+    /// kernel falls back to frame pointers).
+    pub unwind_slot: u32,
 }
 
 /// Per-thread state of a loop thread, the value of the `THREADS` map.
@@ -401,6 +403,74 @@ pub struct PyTarget {
     pub offsets: PyOffsets,
 }
 
+// ---------------------------------------------------------------------------
+// Unwind tables of issue #11, built in userspace from .eh_frame/.debug_frame
+// and walked by the kernel. All files share one array of rows; each process
+// has a sorted table of its executable mappings, each pointing at its file's
+// range of rows.
+// ---------------------------------------------------------------------------
+
+/// Rows in the shared `UNWIND_ROWS` array (8 bytes each: 16 MiB).
+pub const UNWIND_MAX_ROWS: u32 = 1 << 21;
+/// Executable mappings per process table (a power of two).
+pub const UNWIND_MAX_MAPPINGS: usize = 256;
+/// Process tables in `UNWIND_PROCS`; slot 0 is never used.
+pub const UNWIND_MAX_PROCS: u32 = 64;
+
+/// `UnwindRow::rule` low bits: how the CFA is found.
+/// No rule x86_64 code commonly uses: fall back to the frame pointer.
+pub const CFA_NONE: u8 = 0;
+/// CFA = rsp + `cfa_off`.
+pub const CFA_RSP: u8 = 1;
+/// CFA = rbp + `cfa_off`.
+pub const CFA_RBP: u8 = 2;
+/// A PLT stub: CFA = rsp + 8, + 8 more once `(rip & 15) >= cfa_off`.
+pub const CFA_PLT: u8 = 3;
+/// A signal trampoline (`__restore_rt`): the registers are in the
+/// `ucontext` at rsp.
+pub const CFA_SIGNAL: u8 = 4;
+/// The return address is undefined: the outermost frame.
+pub const CFA_END: u8 = 5;
+/// Mask of the CFA kind in `UnwindRow::rule`.
+pub const CFA_MASK: u8 = 0x0f;
+/// rbp was saved at CFA + `rbp_off` × 8 (else it is unchanged).
+pub const RBP_SAVED: u8 = 0x10;
+
+/// One compact unwind rule, valid from `pc` to the next row's `pc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnwindRow {
+    /// Address in the file (ELF virtual address), up to 4 GiB.
+    pub pc: u32,
+    pub cfa_off: u16,
+    /// `CFA_*` | `RBP_SAVED`.
+    pub rule: u8,
+    /// Where rbp was saved, in 8-byte units from the CFA.
+    pub rbp_off: i8,
+}
+
+/// One executable mapping of a process with an unwind table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    /// File address = runtime address - `bias`.
+    pub bias: u64,
+    /// The file's rows in `UNWIND_ROWS`.
+    pub row_start: u32,
+    pub row_count: u32,
+}
+
+/// A process's executable mappings with tables, sorted by `start`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ProcUnwind {
+    pub count: u32,
+    pub _pad: u32,
+    pub maps: [UnwindMapping; UNWIND_MAX_MAPPINGS],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], made only of integers and arrays of
@@ -416,6 +486,9 @@ mod pod {
     unsafe impl aya::Pod for super::ThreadSamples {}
     unsafe impl aya::Pod for super::PyOffsets {}
     unsafe impl aya::Pod for super::PyTarget {}
+    unsafe impl aya::Pod for super::UnwindRow {}
+    unsafe impl aya::Pod for super::UnwindMapping {}
+    unsafe impl aya::Pod for super::ProcUnwind {}
 }
 
 #[cfg(test)]
@@ -457,5 +530,8 @@ mod tests {
         assert_eq!(size_of::<SampleEvent>(), 16 + 8 + size_of::<StackSample>());
         assert_eq!(size_of::<PyOffsets>(), 32);
         assert_eq!(size_of::<PyTarget>(), 16 + size_of::<PyOffsets>());
+        assert_eq!(size_of::<UnwindRow>(), 8);
+        assert_eq!(size_of::<UnwindMapping>(), 32);
+        assert_eq!(size_of::<ProcUnwind>(), 8 + 32 * UNWIND_MAX_MAPPINGS);
     }
 }

@@ -18,6 +18,7 @@ mod maps;
 mod probes;
 #[cfg(target_arch = "bpf")]
 mod python;
+mod unwind;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use lagtrace_common::{
-    Config, MAX_PY_TARGETS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, PyTarget, StackSample,
-    TargetConfig, ThreadSamples, ThreadState,
+    Config, MAX_PY_TARGETS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind, PyTarget,
+    StackSample, TargetConfig, ThreadSamples, ThreadState, UNWIND_MAX_PROCS, UNWIND_MAX_ROWS,
+    UnwindRow,
 };
 
 /// Index 0 holds the run-time [`Config`].
@@ -56,3 +57,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTE
 /// by userspace at attach (see `python.rs`).
 #[map]
 pub static PY_TARGETS: HashMap<u32, PyTarget> = HashMap::with_max_entries(MAX_PY_TARGETS, 0);
+/// Compact unwind rows of every file with a table, each file's rows sorted
+/// by address in one range (`UnwindMapping::row_start`, `row_count`).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(UNWIND_MAX_ROWS, 0);
+
+/// Per-process tables of executable mappings, by `TargetConfig::unwind_slot`.
+#[map]
+pub static UNWIND_PROCS: Array<ProcUnwind> = Array::with_max_entries(UNWIND_MAX_PROCS, 0);

@@ -15,3 +15,4 @@ pub mod session;
 pub mod spans;
 pub mod symbolize;
 pub mod target;
+pub mod unwind;

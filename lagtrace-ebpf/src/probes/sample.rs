@@ -32,7 +32,7 @@ fn try_on_cpu_sample(ctx: &PerfEventContext) -> Option<u32> {
     s.ts_ns = now;
     s.weight_ns = 0;
     s.kind = SAMPLE_ON_CPU;
-    capture(ctx, s);
+    capture(ctx, t.tgid, s);
     push_sample(t, tid, now, s);
     Some(0)
 }

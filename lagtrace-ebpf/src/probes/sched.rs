@@ -5,8 +5,12 @@
 //! sched_switch fires for every context switch on the host, so the first
 //! thing done is a lookup of the two tids in THREADS, which holds only loop
 //! threads of targets. Field offsets come from tracefs via `Config`.
+use core::mem::size_of;
+
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use lagtrace_common::{
     CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
@@ -14,7 +18,9 @@ use lagtrace_common::{
 };
 
 use crate::{
-    iteration::{close_phase, config, now_ns, push_sample, stream_after, thread, thread_samples},
+    iteration::{
+        close_phase, config, now_ns, push_sample, scratch, stream_after, thread, thread_samples,
+    },
     probes::stacks::capture,
 };
 
@@ -69,15 +75,24 @@ fn switch_out(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
     } else {
         SAMPLE_RUNQUEUE
     };
-    let Some(slots) = thread_samples(prev) else {
-        t.pending_kind = 0;
-        return Some(());
+    t.pending_kind = 0;
+    let slots = thread_samples(prev)?;
+    let s = scratch()?;
+    s.ts_ns = now;
+    s.weight_ns = 0;
+    s.kind = kind;
+    capture(ctx, t.tgid, s);
+    // SAFETY: both are whole `StackSample`s in map values.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            (&mut slots.pending as *mut StackSample).cast(),
+            size_of::<StackSample>() as u32,
+            (s as *const StackSample).cast(),
+        )
     };
-    let p = &mut slots.pending;
-    p.ts_ns = now;
-    p.weight_ns = 0;
-    p.kind = kind;
-    capture(ctx, p);
+    if copied != 0 {
+        return Some(());
+    }
     t.pending_kind = kind;
     t.pending_since_ns = now;
     Some(())

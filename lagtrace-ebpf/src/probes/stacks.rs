@@ -1,9 +1,11 @@
-//! Stack capture shared by the sampler and the scheduler probes: fills one
-//! [`StackSample`] in place (a per-CPU scratch sample or a thread's pending
-//! slot; the record is far larger than the 512-byte BPF stack).
+//! Stack capture shared by the sampler and the scheduler probes: fills this
+//! CPU's scratch [`StackSample`] (the record is far larger than the 512-byte
+//! BPF stack, and the unwinder's loop writes into it).
 //!
-//! Native user frames come from `bpf_get_stack(BPF_F_USER_STACK)`, a
-//! frame-pointer walk by the kernel; kernel frames from `bpf_get_stack(0)`.
+//! Native user frames come from the `.eh_frame` unwinder (`unwind.rs`) from
+//! the task's user registers; only a task without them (a kernel thread)
+//! gets `bpf_get_stack(BPF_F_USER_STACK)`, the kernel's frame-pointer walk.
+//! Kernel frames come from `bpf_get_stack(0)`.
 //! Python frames are filled by [`fill_python`]. Every failure is counted by
 //! kind, never guessed.
 use core::mem::size_of;
@@ -15,21 +17,33 @@ use lagtrace_common::{
     STACK_END_ROOT, StackSample,
 };
 
-use crate::iteration::bump;
+use crate::{
+    iteration::{bump, target},
+    unwind::unwind_user,
+};
 
-/// Fill `s`'s frames from the current task. The caller sets `ts_ns`,
-/// `weight_ns` and `kind`.
+/// Fill the scratch sample `s`'s frames from the current task of process
+/// `tgid`. The caller sets `ts_ns`, `weight_ns` and `kind`.
 #[inline(always)]
-pub fn capture<C: EbpfContext>(ctx: &C, s: &mut StackSample) {
+pub fn capture<C: EbpfContext>(ctx: &C, tgid: u32, s: &mut StackSample) {
     s.flags = 0;
-    capture_user(ctx, s);
+    let slot = target(tgid).map_or(0, |t| t.unwind_slot);
+    match unwind_user(slot) {
+        Some((frames, end, flags)) => {
+            s.user_len = frames;
+            s.flags |= flags;
+            end_user(s, end);
+        }
+        None => kernel_user_walk(ctx, s),
+    }
     capture_kernel(ctx, s);
     fill_python(ctx, s);
 }
 
-/// Native user frames, innermost first, and how the walk ended.
+/// Native user frames by the kernel's frame-pointer walk, for a task
+/// without user registers.
 #[inline(always)]
-fn capture_user<C: EbpfContext>(ctx: &C, s: &mut StackSample) {
+fn kernel_user_walk<C: EbpfContext>(ctx: &C, s: &mut StackSample) {
     const BYTES: u32 = (MAX_USER_FRAMES * size_of::<u64>()) as u32;
     // SAFETY: `s.user` is a map value of exactly BYTES bytes; the helper
     // writes at most `size` bytes.

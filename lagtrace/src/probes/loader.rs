@@ -124,7 +124,7 @@ impl Probes {
                 TargetConfig {
                     stream_after_ns,
                     model,
-                    _pad: 0,
+                    unwind_slot: 0,
                 },
                 0,
             )
@@ -241,6 +241,14 @@ impl Probes {
         let prog = self.ebpf.program_mut(name).expect("checked above");
         prog.try_into()
             .map_err(attach_err(format!("program {name}")))
+    }
+
+    pub(super) fn ebpf_map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
+
+    pub(super) fn ebpf_map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
     }
 
     /// The ring buffer of spans and samples; can be taken once.

@@ -7,5 +7,6 @@
 pub mod btf;
 pub mod loader;
 pub mod tracefs;
+pub mod unwind_maps;
 
 pub use loader::{Counters, ProbeOptions, Probes};

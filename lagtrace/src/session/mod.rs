@@ -29,6 +29,7 @@ use crate::{
     spans::Assembler,
     symbolize::StackSymbolizer,
     target::{ThreadNames, check_privileges},
+    unwind::UnwindTables,
 };
 
 /// How the session ended and what it found.
@@ -52,6 +53,26 @@ const TICK: Duration = Duration::from_millis(100);
 const DRAIN_TICK: Duration = Duration::from_millis(10);
 /// Thread snapshots (histograms) are read every this many ticks.
 const SNAPSHOT_TICKS: u32 = 10;
+
+/// What the unwind tables cost at attach (`-v`), and what did not fit.
+fn log_tables(tables: &UnwindTables, took: Duration) {
+    let s = &tables.stats;
+    log::info!(
+        "unwind tables: {} files, {} rows ({:.1} MiB of kernel maps), built in {:?}, loaded in {:?}, {:?} in all",
+        s.files_loaded,
+        s.rows,
+        (s.rows * 8) as f64 / (1 << 20) as f64,
+        s.build_time,
+        s.load_time,
+        took
+    );
+    if s.files_over_budget + s.mappings_dropped + s.procs_dropped > 0 {
+        eprintln!(
+            "lagtrace: warning: unwind tables full ({} files, {} mappings, {} processes left out): their native stacks fall back to frame pointers",
+            s.files_over_budget, s.mappings_dropped, s.procs_dropped
+        );
+    }
+}
 
 /// The weight of one on-CPU sample; off-CPU time is counted in these units.
 pub fn period_ns(frequency: u64) -> u64 {
@@ -89,6 +110,13 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     for (t, &model) in targets.iter().zip(&models) {
         notes.extend(targets.enroll(t, model, &mut probes, &mut symbolizer.python)?);
     }
+    // Unwind tables before attaching, so the first samples unwind fully.
+    let mut tables = UnwindTables::new();
+    let t0 = std::time::Instant::now();
+    for t in targets.iter() {
+        tables.add_process(t.pid, &mut probes)?;
+    }
+    log_tables(&tables, t0.elapsed());
     // Parse the targets' symbols now, not while the first span streams.
     for t in targets.iter() {
         symbolizer.warm_up(t.pid);
@@ -137,6 +165,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         recorders: Vec::new(),
         stuck: HashMap::new(),
         spans: 0,
+        unmapped_pcs: Default::default(),
     };
     std::mem::swap(&mut p.recorders, &mut recorders);
     let mut outcome = Outcome::default();
@@ -171,6 +200,18 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                 if args.children {
                     for note in p.targets.adopt_children(&mut probes, &mut p.symbolizer.python, args.model) {
                         eprintln!("lagtrace: {note}");
+                    }
+                    for t in p.targets.iter() {
+                        if !tables.knows(t.pid) {
+                            tables.add_process(t.pid, &mut probes)?;
+                        }
+                    }
+                }
+                // Samples with PCs outside every table: a library may have
+                // been loaded since.
+                for pid in std::mem::take(&mut p.unmapped_pcs) {
+                    if !tables.maybe_refresh(pid, &mut probes)? {
+                        p.unmapped_pcs.insert(pid);
                     }
                 }
                 let dead: Vec<u32> = p.targets.iter().filter(|t| !t.alive()).map(|t| t.pid).collect();

@@ -11,7 +11,7 @@ use crate::{
     aggregate::summary::SummaryBuilder,
     clock::WallClock,
     error::Result,
-    events::decode,
+    events::{Event, decode},
     output::{Recorders, live},
     probes::Probes,
     spans::{Assembler, RawSpan, Sample, Span, cause},
@@ -36,6 +36,9 @@ pub(super) struct Pipeline {
     /// Highest "still blocked" level printed per (tid, iteration).
     pub stuck: HashMap<u32, (u64, u32)>,
     pub spans: u64,
+    /// Processes whose samples had PCs in no unwind table (the session
+    /// reads their mappings again, rate-limited).
+    pub unmapped_pcs: std::collections::HashSet<u32>,
 }
 
 impl Pipeline {
@@ -52,6 +55,11 @@ impl Pipeline {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(event) => {
+                    if let Event::Sample(s) = &event
+                        && s.rec.flags & lagtrace_common::SAMPLE_F_FP_FALLBACK != 0
+                    {
+                        self.unmapped_pcs.insert(s.tgid);
+                    }
                     if let Some(raw) = self.assembler.push(event) {
                         let t0 = std::time::Instant::now();
                         let span = self.build(&raw, false);

@@ -25,6 +25,10 @@ pub struct Mapping {
     /// The file was replaced or removed on disk: what is there now is not
     /// what is mapped, so its symbols must not be used.
     pub deleted: bool,
+    /// Mapped executable (`x` in the permissions).
+    pub exec: bool,
+    /// Inode of the mapped file (0 for anonymous memory).
+    pub inode: u64,
 }
 
 impl Mapping {
@@ -65,7 +69,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
         *field = f;
         rest = r.trim_start();
     }
-    let [_perms, offset, _dev, _inode] = fields;
+    let [perms, offset, _dev, inode] = fields;
     let (path, deleted) = match rest.strip_suffix(" (deleted)") {
         Some(p) => (p, true),
         None => (rest, false),
@@ -76,6 +80,8 @@ fn parse_line(line: &str) -> Option<Mapping> {
         offset: u64::from_str_radix(offset, 16).ok()?,
         path: (!path.is_empty()).then(|| path.to_string()),
         deleted,
+        exec: perms.as_bytes().get(2) == Some(&b'x'),
+        inode: inode.parse().ok()?,
     })
 }
 

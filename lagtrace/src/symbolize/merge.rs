@@ -8,8 +8,9 @@
 //! replaced by its group, in place: C extensions and interpreter entry
 //! points keep their positions between Python frames.
 //!
-//! When the counts differ (CPython built without frame pointers, so the
-//! native unwind cannot see its eval frames, or a truncated Python stack),
+//! The kernel's `.eh_frame` unwinder sees the eval frames even in CPython
+//! built without frame pointers. When the counts differ (the native walk
+//! ended early: no table, a read error; or a truncated Python stack),
 //! the Python frames form the trunk and the native frames after the
 //! innermost eval frame are the leaves; with no eval frame at all, only
 //! the frames of the interrupted instruction itself are trusted as leaves.

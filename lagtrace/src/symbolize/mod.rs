@@ -3,7 +3,7 @@
 //!
 //! Names are cached per (pid, address) by the native symbolizer, so a stack
 //! seen again costs only look-ups.
-mod cache;
+pub(crate) mod cache;
 pub mod cpython;
 pub mod merge;
 pub mod native;

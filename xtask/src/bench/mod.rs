@@ -17,6 +17,7 @@ mod resolution;
 mod selfcost;
 mod stats;
 mod targets;
+mod unwind;
 mod wrk;
 
 use std::{
@@ -45,6 +46,11 @@ pub struct BenchArgs {
     /// to target/bench/RESULTS-partial.md, not bench/RESULTS.md.
     #[arg(long)]
     pub only: Option<String>,
+    /// Only the unwinder's costs (issue #11): kernel time per sample at
+    /// stack depths 16/64/128, attach time, table sizes; writes
+    /// bench/UNWIND.md instead of bench/RESULTS.md.
+    #[arg(long)]
+    pub unwind: bool,
 }
 
 /// How long and how often to measure.
@@ -144,6 +150,10 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
              Run: sudo -E cargo xtask bench   (or run it as root)\n\
              If sudo cannot find cargo: sudo -E env \"PATH=$PATH\" cargo xtask bench"
         );
+    }
+    if args.unwind {
+        proc::catch_signals();
+        return unwind::run_unwind_bench(args.quick);
     }
     let started = Instant::now();
     let mut command = String::from("cargo xtask bench");

@@ -283,8 +283,12 @@ fn spin_cpu(ms: u64) -> u64 {
 
 /// The off-CPU stall: a blocking sleep, as a synchronous client library makes.
 #[inline(never)]
-fn sleep_blocking(ms: u64) {
+fn blocking_sleep(ms: u64) -> Duration {
+    let start = Instant::now();
     std::thread::sleep(Duration::from_millis(ms));
+    // Used after the sleep returns, so the sleep is no tail call and this
+    // frame stays on the stack, as in a real client library.
+    start.elapsed()
 }
 
 /// Saturate mode's unit of work: a short spin, well under any threshold.
@@ -315,7 +319,9 @@ fn stall_now(block: Block, ms: u64, beats: &Beats) -> Stall {
         Block::Cpu => {
             std::hint::black_box(spin_cpu(ms));
         }
-        Block::Sleep => sleep_blocking(ms),
+        Block::Sleep => {
+            std::hint::black_box(blocking_sleep(ms));
+        }
     }
     let end_ns = realtime_ns();
     let (beats, beat_tids) = beats.since(before);
