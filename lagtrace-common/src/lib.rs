@@ -274,7 +274,7 @@ pub struct PyFrameRec {
     /// (`f_lasti` × 2 before 3.10's units, `prev_instr - co_code_adaptive` on
     /// 3.11+), for the line table.
     pub instr_offset: u32,
-    /// Reserved (e.g. a frame-kind marker); 0 today.
+    /// `PY_FRAME_*` bits.
     pub flags: u32,
 }
 
@@ -324,6 +324,83 @@ pub struct ThreadSamples {
     pub pending: StackSample,
     /// Samples of the open iteration, kept until it proves to be a span.
     pub slots: [StackSample; SAMPLE_SLOTS],
+}
+
+// ---------------------------------------------------------------------------
+// CPython layouts for the kernel's frame walk (#12). Userspace picks them per
+// target (a generated per-version table, or the target's own
+// `_Py_DebugOffsets` on 3.13+) and writes them to the `PY_TARGETS` map.
+// ---------------------------------------------------------------------------
+
+/// Most Python targets whose frames the kernel walks at once.
+pub const MAX_PY_TARGETS: u32 = 256;
+/// A field the version does not have.
+pub const PY_OFF_NONE: u16 = u16::MAX;
+
+/// `PyOffsets::instr_kind`: how a frame records where it is.
+/// `f_lasti`, an `int` in bytes (3.8, 3.9).
+pub const PY_INSTR_LASTI_BYTES: u8 = 1;
+/// `f_lasti`, an `int` in 2-byte code units (3.10).
+pub const PY_INSTR_LASTI_UNITS: u8 = 2;
+/// A pointer into the code's `co_code_adaptive` (3.11+: `prev_instr`, and
+/// `instr_ptr` from 3.13).
+pub const PY_INSTR_POINTER: u8 = 3;
+
+/// `PyFrameRec::flags`: the frame was entered from C, i.e. it is the first
+/// Python frame a `_PyEval_EvalFrameDefault` call ran (3.11+: `is_entry`, or
+/// the frame just above a C-stack shim frame on 3.12+; before 3.11 every
+/// frame has its own eval call).
+pub const PY_FRAME_ENTRY: u32 = 1;
+
+/// Field offsets (bytes) the kernel's frame walk needs, for one CPython
+/// version. "Frame" is `PyFrameObject` before 3.11 and `_PyInterpreterFrame`
+/// from 3.11 on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyOffsets {
+    /// `PyInterpreterState.tstate_head` (≤3.10) / `.threads.head` (3.11+).
+    pub interp_tstate_head: u16,
+    /// `PyThreadState.next`.
+    pub tstate_next: u16,
+    /// `PyThreadState.thread_id`: the thread's `pthread_self()`, which on
+    /// x86-64 is its fs base, so the kernel can match it on every version.
+    pub tstate_thread_id: u16,
+    /// `PyThreadState.frame` (≤3.10), `.cframe` (3.11, 3.12) or
+    /// `.current_frame` (3.13+).
+    pub tstate_frame: u16,
+    /// `_PyCFrame.current_frame` (3.11, 3.12), else `PY_OFF_NONE`.
+    pub cframe_current_frame: u16,
+    /// `f_back` / `previous`.
+    pub frame_back: u16,
+    /// `f_code` / `f_executable`.
+    pub frame_code: u16,
+    /// `f_lasti` / `prev_instr` / `instr_ptr`, read as `instr_kind` says.
+    pub frame_instr: u16,
+    /// `_PyInterpreterFrame.owner` (3.11+), else `PY_OFF_NONE`.
+    pub frame_owner: u16,
+    /// `_PyInterpreterFrame.is_entry` (3.11 only), else `PY_OFF_NONE`.
+    pub frame_is_entry: u16,
+    /// `PyCodeObject.co_code_adaptive` (3.11+), else `PY_OFF_NONE`.
+    pub code_adaptive: u16,
+    /// One of `PY_INSTR_*`.
+    pub instr_kind: u8,
+    /// The `owner` value of a C-stack shim frame (`FRAME_OWNED_BY_CSTACK`,
+    /// 3.12+), skipped by the walk; `u8::MAX` where there is none.
+    pub owner_cstack: u8,
+    pub _pad: [u8; 8],
+}
+
+/// A Python target: the value of the `PY_TARGETS` map (key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyTarget {
+    /// Address in the target of `_PyRuntime.interpreters.head` (a pointer to
+    /// the main interpreter's `PyInterpreterState`).
+    pub interp_head_addr: u64,
+    /// Offset of `thread.fsbase` in the kernel's `task_struct` (from BTF).
+    pub task_fsbase: u32,
+    pub _pad: u32,
+    pub offsets: PyOffsets,
 }
 
 // ---------------------------------------------------------------------------
@@ -407,6 +484,8 @@ mod pod {
     unsafe impl aya::Pod for super::StackSample {}
     unsafe impl aya::Pod for super::SampleEvent {}
     unsafe impl aya::Pod for super::ThreadSamples {}
+    unsafe impl aya::Pod for super::PyOffsets {}
+    unsafe impl aya::Pod for super::PyTarget {}
     unsafe impl aya::Pod for super::UnwindRow {}
     unsafe impl aya::Pod for super::UnwindMapping {}
     unsafe impl aya::Pod for super::ProcUnwind {}
@@ -449,6 +528,8 @@ mod tests {
             32 + 8 * MAX_USER_FRAMES + 8 * MAX_KERNEL_FRAMES + 16 * MAX_PY_FRAMES
         );
         assert_eq!(size_of::<SampleEvent>(), 16 + 8 + size_of::<StackSample>());
+        assert_eq!(size_of::<PyOffsets>(), 32);
+        assert_eq!(size_of::<PyTarget>(), 16 + size_of::<PyOffsets>());
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<UnwindMapping>(), 32);
         assert_eq!(size_of::<ProcUnwind>(), 8 + 32 * UNWIND_MAX_MAPPINGS);

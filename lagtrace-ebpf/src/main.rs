@@ -17,6 +17,7 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod probes;
 #[cfg(target_arch = "bpf")]
+mod python;
 mod unwind;
 
 #[cfg(target_arch = "bpf")]

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use lagtrace_common::{
-    Config, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind, StackSample, TargetConfig,
-    ThreadSamples, ThreadState, UNWIND_MAX_PROCS, UNWIND_MAX_ROWS, UnwindRow,
+    Config, MAX_PY_TARGETS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind, PyTarget,
+    StackSample, TargetConfig, ThreadSamples, ThreadState, UNWIND_MAX_PROCS, UNWIND_MAX_ROWS,
+    UnwindRow,
 };
 
 /// Index 0 holds the run-time [`Config`].
@@ -52,6 +53,10 @@ pub static SCRATCH: PerCpuArray<StackSample> = PerCpuArray::with_max_entries(1, 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTERS, 0);
 
+/// Python targets by tgid: where the interpreter is and its layout, written
+/// by userspace at attach (see `python.rs`).
+#[map]
+pub static PY_TARGETS: HashMap<u32, PyTarget> = HashMap::with_max_entries(MAX_PY_TARGETS, 0);
 /// Compact unwind rows of every file with a table, each file's rows sorted
 /// by address in one range (`UnwindMapping::row_start`, `row_count`).
 #[map]

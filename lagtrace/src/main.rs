@@ -78,7 +78,7 @@ fn remedy(e: &Error) -> String {
 fn init_logging(verbose: u8) {
     let filter = match verbose {
         0 => "warn",
-        1 => "info,lagtrace=debug,lagtrace_ebpf=debug,aya=warn,py_spy=warn",
+        1 => "info,lagtrace=debug,lagtrace_ebpf=debug,aya=warn",
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))

@@ -1,6 +1,6 @@
-//! Issue 4's bar with real CPythons: Python frames (function, file:line) in
-//! the stacks of blocking spans, merged with native frames, read without
-//! stopping the target, and never read for a healthy loop.
+//! Issues 4 and 12 with real CPythons: Python frames (function, file:line)
+//! in the stacks of blocking spans, read by the kernel at each sample,
+//! merged with native frames, and nothing read from a healthy loop.
 mod common;
 
 use std::{path::PathBuf, time::Duration};
@@ -9,9 +9,8 @@ use common::*;
 use serde_json::Value;
 
 const VERSIONS: [&str; 3] = ["3.11", "3.12", "3.13"];
-/// Before 3.11 the interpreter does not record OS thread ids, and lagtrace
-/// names a thread's Python frames only in single-threaded interpreters,
-/// which these CPU tests are.
+/// Before 3.11 the interpreter records no OS thread id; the kernel tells
+/// threads apart by their pthread (fs base) on every version.
 const OLDER: [&str; 3] = ["3.8", "3.9", "3.10"];
 
 fn python_or_skip(test: &str, version: &str) -> Option<PathBuf> {
@@ -22,20 +21,14 @@ fn python_or_skip(test: &str, version: &str) -> Option<PathBuf> {
     p
 }
 
-/// Lines of `def name` up to the next top-level statement.
-fn function_lines(script: &std::path::Path, name: &str) -> std::ops::RangeInclusive<u64> {
+/// Lines from the first line containing `from` to the first after it
+/// containing `to`.
+fn lines_between(script: &std::path::Path, from: &str, to: &str) -> std::ops::RangeInclusive<u64> {
     let text = std::fs::read_to_string(script).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.starts_with(&format!("def {name}(")))
-        .expect("def")
-        + 1;
-    let len = lines[start..]
-        .iter()
-        .position(|l| !l.is_empty() && !l.starts_with(' '))
-        .unwrap_or(lines.len() - start);
-    start as u64..=(start + len) as u64
+    let a = lines.iter().position(|l| l.contains(from)).expect("from") + 1;
+    let b = a + lines[a..].iter().position(|l| l.contains(to)).expect("to") + 1;
+    a as u64..=b as u64
 }
 
 /// On-CPU samples of a span, and those whose stack has a frame `name (file:line)`
@@ -79,7 +72,12 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
         return;
     }
     let script = targets_dir().join("asyncio_stalls.py");
-    let lines = function_lines(&script, "burn_cpu");
+    // The spinning loop itself, not just the function.
+    let lines = lines_between(
+        &script,
+        "while time.perf_counter() < deadline",
+        "x = (x * 31",
+    );
     for v in OLDER.iter().chain(VERSIONS.iter()) {
         let Some(py) = python_or_skip("cpu_bound_python_function_is_named_with_file_and_line", v)
         else {
@@ -108,7 +106,7 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
                 share * 100.0
             );
             assert!(
-                share >= 0.9,
+                share >= 0.97,
                 "python {v} {}: {hit}/{total} under burn_cpu ({:?}): {}",
                 t.label,
                 fin.stderr.iter().find(|l| l.contains("python:")),
@@ -137,7 +135,7 @@ fn seed_story_json_decode_shows_python_and_native_frames() {
         return;
     }
     let script = targets_dir().join("seed_story.py");
-    for v in VERSIONS {
+    for v in OLDER.iter().chain(VERSIONS.iter()) {
         let Some(py) = python_or_skip("seed_story_json_decode_shows_python_and_native_frames", v)
         else {
             continue;
@@ -240,8 +238,8 @@ fn healthy_python_loop_gets_no_python_reads() {
     assert!(
         fin.stderr
             .iter()
-            .any(|l| l.contains("python: 0 stack reads")),
-        "a healthy loop must cost no Python reads: {:?}",
+            .any(|l| l.contains("python:") && l.contains(" 0 code objects read")),
+        "a healthy loop must cost no reads of the target: {:?}",
         fin.stderr
     );
     assert!(fin.spans.is_empty());

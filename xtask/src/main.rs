@@ -2,6 +2,7 @@
 //! program, so CI and developers run exactly the same steps.
 mod bench;
 mod demo;
+mod pyoffsets;
 mod setup;
 mod test;
 mod util;
@@ -39,6 +40,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Run the integration tests on Debian's 5.10, 6.1 and 6.12 kernels in qemu.
     Vmtest(vmtest::VmtestArgs),
+    /// Regenerate lagtrace's CPython offset table from the pyenv installs'
+    /// headers (3.8-3.13).
+    GenPyoffsets,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo::run_demo(),
         Cmd::Bench(args) => bench::run_bench(&args),
         Cmd::Vmtest(args) => vmtest::run_vmtest(&args),
+        Cmd::GenPyoffsets => pyoffsets::run_gen(),
     };
     // Print the error chain ourselves: no backtrace noise when RUST_BACKTRACE is set.
     if let Err(e) = result {

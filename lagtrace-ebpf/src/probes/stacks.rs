@@ -13,8 +13,8 @@ use core::mem::size_of;
 use aya_ebpf::{EbpfContext, bindings::BPF_F_USER_STACK, helpers::generated::bpf_get_stack};
 use lagtrace_common::{
     CTR_KERNEL_STACK_ERRORS, CTR_USER_END, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
-    SAMPLE_F_KERNEL_FP_WALK, STACK_END_DEPTH, STACK_END_KINDS, STACK_END_NONE,
-    STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
+    SAMPLE_F_KERNEL_FP_WALK, STACK_END_DEPTH, STACK_END_KINDS, STACK_END_READ_ERROR,
+    STACK_END_ROOT, StackSample,
 };
 
 use crate::{
@@ -96,11 +96,8 @@ fn capture_kernel<C: EbpfContext>(ctx: &C, s: &mut StackSample) {
     s.kernel_len = ((n as usize / size_of::<u64>()).min(MAX_KERNEL_FRAMES)) as u16;
 }
 
-/// The Python walk of issue #12 goes here: fill `s.py`, `s.py_len` and
-/// `s.py_end` for a Python target. Until then no Python frames are read in
-/// the kernel.
+/// Python frames, read in the kernel at this instant (`python.rs`).
 #[inline(always)]
 fn fill_python<C: EbpfContext>(_ctx: &C, s: &mut StackSample) {
-    s.py_len = 0;
-    s.py_end = STACK_END_NONE;
+    crate::python::walk(s);
 }

@@ -14,7 +14,7 @@ use aya::{
 use lagtrace_common::{
     CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
     CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL,
-    CTR_USER_END, Config, STACK_END_KINDS, TargetConfig, ThreadSamples, ThreadState,
+    CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples, ThreadState,
 };
 
 use super::tracefs;
@@ -131,6 +131,16 @@ impl Probes {
             .map_err(map_err("TARGETS"))
     }
 
+    /// Walk this Python process's frames in the kernel at each sample.
+    pub fn set_python_target(&mut self, tgid: u32, target: PyTarget) -> Result<()> {
+        let map = self.ebpf.map_mut("PY_TARGETS").expect("PY_TARGETS map");
+        let mut targets: HashMap<_, u32, PyTarget> =
+            HashMap::try_from(map).map_err(map_err("PY_TARGETS"))?;
+        targets
+            .insert(tgid, target, 0)
+            .map_err(map_err("PY_TARGETS"))
+    }
+
     /// The kernel's state of one loop thread.
     pub fn thread(&self, tid: u32) -> Option<ThreadState> {
         let threads: HashMap<_, u32, ThreadState> =
@@ -206,6 +216,11 @@ impl Probes {
     pub fn remove_target(&mut self, tgid: u32) {
         if let Some(map) = self.ebpf.map_mut("TARGETS")
             && let Ok(mut t) = HashMap::<_, u32, TargetConfig>::try_from(map)
+        {
+            let _ = t.remove(&tgid);
+        }
+        if let Some(map) = self.ebpf.map_mut("PY_TARGETS")
+            && let Ok(mut t) = HashMap::<_, u32, PyTarget>::try_from(map)
         {
             let _ = t.remove(&tgid);
         }

@@ -4,6 +4,7 @@
 //! Every attachment is held by an fd-backed link, so the kernel detaches all
 //! of it when lagtrace exits, however it exits (SIGKILL included): nothing
 //! is pinned.
+pub mod btf;
 pub mod loader;
 pub mod tracefs;
 pub mod unwind_maps;

@@ -27,7 +27,7 @@ use crate::{
     output::{self, TraceInfo},
     probes::{Counters, ProbeOptions, Probes},
     spans::Assembler,
-    symbolize::{StackSymbolizer, python_live::LivePython},
+    symbolize::StackSymbolizer,
     target::{ThreadNames, check_privileges},
     unwind::UnwindTables,
 };
@@ -82,7 +82,7 @@ pub fn period_ns(frequency: u64) -> u64 {
 pub async fn run(args: &Args) -> Result<Outcome> {
     check_privileges()?;
     let threshold_ns = args.threshold.as_nanos() as u64;
-    let targets = Targets::open(&args.pids, threshold_ns)?;
+    let targets = Targets::open(&args.pids)?;
     let models: Vec<u32> = targets
         .iter()
         .map(|t| model_for(t.pid, args.model))
@@ -105,10 +105,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     } else {
         None
     };
-    let mut python = LivePython::default();
+    let mut symbolizer = StackSymbolizer::new();
     let mut notes = Vec::new();
     for (t, &model) in targets.iter().zip(&models) {
-        notes.extend(targets.enroll(t, model, &mut probes, &mut python)?);
+        notes.extend(targets.enroll(t, model, &mut probes, &mut symbolizer.python)?);
     }
     // Unwind tables before attaching, so the first samples unwind fully.
     let mut tables = UnwindTables::new();
@@ -118,7 +118,6 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     }
     log_tables(&tables, t0.elapsed());
     // Parse the targets' symbols now, not while the first span streams.
-    let mut symbolizer = StackSymbolizer::new();
     for t in targets.iter() {
         symbolizer.warm_up(t.pid);
     }
@@ -161,7 +160,6 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         sched: !args.no_sched,
         assembler: Assembler::new(),
         symbolizer,
-        python,
         names: ThreadNames::default(),
         summary: SummaryBuilder::default(),
         recorders: Vec::new(),
@@ -179,19 +177,14 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let mut ticks = 0u32;
     let mut drain_tick = interval(DRAIN_TICK);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let has_python = p.python.any();
     loop {
         tokio::select! {
             _ = drain_tick.tick() => {
-                p.drain(events.get_mut(), &probes)?;
-                if has_python {
-                    let threads = probes.threads()?;
-                    p.python.poll(&threads, &|tid| probes.thread(tid));
-                }
+                p.drain(events.get_mut())?;
             }
             guard = events.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::io("polling the ring buffer", e))?;
-                p.drain(guard.get_inner_mut(), &probes)?;
+                p.drain(guard.get_inner_mut())?;
                 guard.clear_ready();
             }
             _ = tick.tick() => {
@@ -205,7 +198,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     snapshot(&mut p, &mut probes, &threads);
                 }
                 if args.children {
-                    for note in p.targets.adopt_children(&mut probes, &mut p.python, args.model) {
+                    for note in p.targets.adopt_children(&mut probes, &mut p.symbolizer.python, args.model) {
                         eprintln!("lagtrace: {note}");
                     }
                     for t in p.targets.iter() {
@@ -238,7 +231,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         }
     }
     let wall_ns = started.elapsed().as_nanos() as u64;
-    p.drain(events.get_mut(), &probes)?;
+    p.drain(events.get_mut())?;
     let threads = probes.threads()?;
     snapshot(&mut p, &mut probes, &threads);
     p.flush_open(&threads, &probes)?;
@@ -276,19 +269,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         }
     }
     report_health(&outcome.counters);
-    let py = p.python.reader.stats;
-    if py.reads > 0 {
+    let (codes, stale) = p.symbolizer.python.reads();
+    if p.symbolizer.python.any() {
         eprintln!(
-            "lagtrace: python: {} stack reads ({} of the GIL holder, {} missed it), {:.1} µs each on average, {} failed, {} torn (dropped)",
-            py.reads,
-            py.gil_reads,
-            py.gil_misses,
-            py.read_ns as f64 / py.reads as f64 / 1e3,
-            py.failed,
-            py.torn
+            "lagtrace: python: frames read in the kernel at each sample; {codes} code objects read from the targets, {stale} found stale"
         );
-    } else if p.python.any() {
-        eprintln!("lagtrace: python: 0 stack reads (no iteration was long enough to need one)");
     }
     // The default flamegraph is only worth a file when there was a span.
     if default_svg.is_some() && p.spans == 0 {

@@ -15,7 +15,7 @@ use crate::{
     output::{Recorders, live},
     probes::Probes,
     spans::{Assembler, RawSpan, Sample, Span, cause},
-    symbolize::{StackSymbolizer, python::task_of, python_live::LivePython},
+    symbolize::StackSymbolizer,
     target::{Target, ThreadNames},
 };
 
@@ -30,7 +30,6 @@ pub(super) struct Pipeline {
     pub sched: bool,
     pub assembler: Assembler,
     pub symbolizer: StackSymbolizer,
-    pub python: LivePython,
     pub names: ThreadNames,
     pub summary: SummaryBuilder,
     pub recorders: Recorders,
@@ -52,7 +51,7 @@ impl Pipeline {
     }
 
     /// Drain the ring buffer: decode, assemble, and finish spans.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>, probes: &Probes) -> Result<()> {
+    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(event) => {
@@ -61,21 +60,7 @@ impl Pipeline {
                     {
                         self.unmapped_pcs.insert(s.tgid);
                     }
-                    let python = match &event {
-                        Event::Sample(s) => Some((
-                            s.tid,
-                            s.iteration,
-                            s.rec.ts_ns,
-                            self.python.on_sample(s, &|tid| probes.thread(tid)),
-                        )),
-                        Event::Span(_) => None,
-                    };
-                    if let Some((tid, iteration, ts, stack)) = python {
-                        self.assembler.push(event);
-                        if let Some(stack) = stack {
-                            self.assembler.attach_python(tid, iteration, ts, stack);
-                        }
-                    } else if let Some(raw) = self.assembler.push(event) {
+                    if let Some(raw) = self.assembler.push(event) {
                         let t0 = std::time::Instant::now();
                         let span = self.build(&raw, false);
                         log::debug!(
@@ -115,7 +100,7 @@ impl Pipeline {
             samples_dropped: u64::from(ev.samples_dropped) + raw.samples_capped,
             unfinished,
             cause: None,
-            task: busiest_task(&raw.samples),
+            task: self.symbolizer.busiest_task(pid, &raw.samples),
             stacks,
             start_mono_ns: ev.start_ns,
         }
@@ -138,8 +123,8 @@ impl Pipeline {
     /// samples received, and the wait it is in (its stack was captured when
     /// it left the CPU; for a deadlocked loop it is the whole story).
     /// `recent`: keep only the newest samples, for a cheap "what is it doing
-    /// now" (symbolizing every sample of a long span takes long enough to
-    /// starve the live Python reads of the span itself).
+    /// now" (symbolizing every sample of a long span on every tick would
+    /// cost more than the answer is worth).
     fn open_span(
         &self,
         tid: u32,
@@ -178,8 +163,7 @@ impl Pipeline {
             && rec.ts_ns == t.pending_since_ns
         {
             rec.weight_ns = now.saturating_sub(t.pending_since_ns);
-            let python = self.python.waiting_stack(tid, t.pending_since_ns);
-            samples.push(Sample { rec, python });
+            samples.push(Sample { rec });
         }
         RawSpan {
             event: ev,
@@ -248,20 +232,6 @@ impl Pipeline {
         }
         Ok(())
     }
-}
-
-/// The asyncio task that most samples with Python frames ran in.
-fn busiest_task(samples: &[crate::spans::Sample]) -> Option<String> {
-    let mut counts: HashMap<String, u32> = HashMap::new();
-    for py in samples.iter().filter_map(|s| s.python.as_ref()) {
-        if let Some(task) = task_of(py) {
-            *counts.entry(task).or_default() += 1;
-        }
-    }
-    counts
-        .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
-        .map(|(t, _)| t)
 }
 
 /// Keep each thread's latest histogram, and let the kernel forget threads

@@ -1,21 +1,21 @@
 //! The traced processes: those named with `--pid` and, with `--children`,
-//! those they fork. Enrolling one decides its loop model and whether its
-//! Python frames can be read, and tells the kernel.
+//! those they fork. Enrolling one decides its loop model and whether the
+//! kernel can walk its Python frames, and tells the kernel.
 use std::ops::Deref;
 
-use lagtrace_common::{MODEL_EPOLL, MODEL_WORKER};
+use lagtrace_common::{MODEL_EPOLL, MODEL_WORKER, PyTarget};
 
 use crate::{
     cli::Model,
     error::Result,
     probes::Probes,
-    symbolize::{python::is_python, python_live::LivePython},
+    probes::btf::task_fsbase_offset,
+    symbolize::{cpython::PyFrames, python::is_python},
     target::{Target, exe_name, is_process, looks_like_tokio},
 };
 
 pub(super) struct Targets {
     list: Vec<Target>,
-    threshold_ns: u64,
 }
 
 impl Deref for Targets {
@@ -41,13 +41,34 @@ pub fn model_for(pid: u32, flag: Model) -> u32 {
     }
 }
 
+/// Find a CPython target's interpreter and tell the kernel how to walk its
+/// frames. Returns its version.
+fn enroll_python(pid: u32, probes: &mut Probes, python: &mut PyFrames) -> Result<String, String> {
+    let it = crate::symbolize::cpython::interp::find(pid).map_err(|e| e.to_string())?;
+    let task_fsbase = task_fsbase_offset().map_err(|e| e.to_string())?;
+    probes
+        .set_python_target(
+            pid,
+            PyTarget {
+                interp_head_addr: it.interp_head_addr(),
+                task_fsbase,
+                _pad: 0,
+                offsets: it.layout.kernel,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+    let version = it.version_string();
+    python.add(it);
+    Ok(version)
+}
+
 impl Targets {
-    pub fn open(pids: &[u32], threshold_ns: u64) -> Result<Self> {
+    pub fn open(pids: &[u32]) -> Result<Self> {
         let list = pids
             .iter()
             .map(|&p| Target::open(p))
             .collect::<Result<_>>()?;
-        Ok(Self { list, threshold_ns })
+        Ok(Self { list })
     }
 
     /// Tell the kernel about a target and set up its Python reader.
@@ -57,9 +78,8 @@ impl Targets {
         t: &Target,
         model: u32,
         probes: &mut Probes,
-        python: &mut LivePython,
+        python: &mut PyFrames,
     ) -> Result<Option<String>> {
-        let mut stream_after = 0;
         let mut note = (model == MODEL_WORKER).then(|| {
             format!(
                 "pid {}: worker model (spans end at epoll and futex waits)",
@@ -67,26 +87,15 @@ impl Targets {
             )
         });
         if is_python(t.pid) {
-            match python.reader.attach(t.pid) {
-                Ok(version) => {
-                    // Read Python frames from an eighth of the threshold on,
-                    // so a span's early part has them too.
-                    stream_after = self.threshold_ns / 8;
-                    python.add_target(t.pid, stream_after);
-                    note = Some(format!(
-                        "pid {} is Python {version}: Python frames on",
-                        t.pid
-                    ));
-                }
-                Err(e) => {
-                    note = Some(format!(
-                        "pid {} looks like Python but its interpreter cannot be read ({e}): native frames only",
-                        t.pid
-                    ))
-                }
-            }
+            note = Some(match enroll_python(t.pid, probes, python) {
+                Ok(version) => format!("pid {} is Python {version}: Python frames on", t.pid),
+                Err(e) => format!(
+                    "pid {} looks like Python but its frames cannot be read ({e}): native frames only",
+                    t.pid
+                ),
+            });
         }
-        probes.add_target(t.pid, stream_after, model)?;
+        probes.add_target(t.pid, 0, model)?;
         Ok(note)
     }
 
@@ -95,7 +104,7 @@ impl Targets {
     pub fn adopt_children(
         &mut self,
         probes: &mut Probes,
-        python: &mut LivePython,
+        python: &mut PyFrames,
         flag: Model,
     ) -> Vec<String> {
         let mut notes = Vec::new();

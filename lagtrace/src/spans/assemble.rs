@@ -9,18 +9,17 @@ use std::collections::HashMap;
 
 use lagtrace_common::SpanEvent;
 
-use super::model::PyStack;
 use crate::events::{Event, SampleRec};
 
 /// Most samples kept for one open span; a loop stuck for hours at a high
 /// frequency must not grow lagtrace without bound.
 pub const MAX_SAMPLES_PER_SPAN: usize = 200_000;
 
-/// One kernel sample and, for Python targets, the Python frames read for it.
+/// One kernel sample, with its native and (for Python targets) Python
+/// frames as the kernel read them at the instant of the sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     pub rec: SampleRec,
-    pub python: Option<PyStack>,
 }
 
 /// A finished span with its samples, before symbolization.
@@ -66,10 +65,7 @@ impl Assembler {
                 if p.samples.len() >= MAX_SAMPLES_PER_SPAN {
                     p.capped += 1;
                 } else {
-                    p.samples.push(Sample {
-                        rec: s.rec,
-                        python: None,
-                    });
+                    p.samples.push(Sample { rec: s.rec });
                 }
                 None
             }
@@ -87,25 +83,6 @@ impl Assembler {
                     samples_capped,
                 })
             }
-        }
-    }
-
-    /// Give the sample of (`tid`, `iteration`) taken at `ts_ns` its Python
-    /// frames; false if no such sample is pending.
-    pub fn attach_python(&mut self, tid: u32, iteration: u64, ts_ns: u64, stack: PyStack) -> bool {
-        let Some(p) = self
-            .pending
-            .get_mut(&tid)
-            .filter(|p| p.iteration == iteration)
-        else {
-            return false;
-        };
-        match p.samples.iter_mut().rev().find(|s| s.rec.ts_ns == ts_ns) {
-            Some(s) => {
-                s.python = Some(stack);
-                true
-            }
-            None => false,
         }
     }
 
@@ -153,22 +130,6 @@ mod tests {
         );
         let other = a.push(Event::Span(span(2, 9, 0, 40))).unwrap();
         assert_eq!(other.samples.len(), 1);
-    }
-
-    #[test]
-    fn python_frames_join_their_sample() {
-        let mut a = Assembler::new();
-        batch(&mut a, 1, 5, &[10, 20]);
-        let py: PyStack = vec!["f (a.py:1)".to_string()].into();
-        assert!(a.attach_python(1, 5, 20, py.clone()));
-        assert!(
-            !a.attach_python(1, 5, 99, py.clone()),
-            "no sample at that time"
-        );
-        assert!(!a.attach_python(1, 4, 20, py.clone()), "another iteration");
-        let s = a.push(Event::Span(span(1, 5, 0, 40))).unwrap();
-        assert_eq!(s.samples[1].python.as_deref(), Some(&py[..]));
-        assert!(s.samples[0].python.is_none());
     }
 
     #[test]

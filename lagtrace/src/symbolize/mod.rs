@@ -4,15 +4,17 @@
 //! Names are cached per (pid, address) by the native symbolizer, so a stack
 //! seen again costs only look-ups.
 pub(crate) mod cache;
+pub mod cpython;
 pub mod merge;
 pub mod native;
 pub mod python;
-pub mod python_live;
 
 use std::collections::HashMap;
 
+use lagtrace_common::PY_FRAME_ENTRY;
+
 use crate::{
-    events::SampleRec,
+    events::{SampleRec, StackEnd},
     spans::{Sample, StackCount, StackKind},
 };
 
@@ -31,6 +33,8 @@ struct NativeFrames {
 /// Turns samples into counted stacks of frame names.
 pub struct StackSymbolizer {
     native: NativeSymbolizer,
+    /// Python targets and their code objects.
+    pub python: cpython::PyFrames,
 }
 
 impl Default for StackSymbolizer {
@@ -43,6 +47,7 @@ impl StackSymbolizer {
     pub fn new() -> Self {
         Self {
             native: NativeSymbolizer::new(),
+            python: cpython::PyFrames::default(),
         }
     }
 
@@ -56,18 +61,54 @@ impl StackSymbolizer {
         }
     }
 
+    /// A sample's Python frames, outermost first, each with whether it was
+    /// entered from C; `None` when the kernel found none (not a Python
+    /// thread, or not a Python target). A stack cut at the kernel's depth
+    /// limit starts with `[python: outer frames cut]`.
+    pub fn python_frames(&mut self, pid: u32, rec: &SampleRec) -> Option<Vec<(String, bool)>> {
+        if rec.py.is_empty() {
+            return None;
+        }
+        let mut out: Vec<(String, bool)> = Vec::with_capacity(rec.py.len() + 1);
+        if rec.py_end == StackEnd::Depth {
+            out.push(("[python: outer frames cut]".into(), false));
+        }
+        for f in rec.py.iter().rev() {
+            out.push((self.python.frame(pid, f), f.flags & PY_FRAME_ENTRY != 0));
+        }
+        Some(out)
+    }
+
     /// Frames (outermost first) of one sample: native frames from its
     /// addresses, merged with its Python frames when it has them.
     pub fn frames(&mut self, pid: u32, sample: &Sample) -> Vec<String> {
         let n = self.native_frames(pid, &sample.rec);
-        let mut frames = match &sample.python {
-            Some(py) => merge::merge(py, &n.user, &n.leaf, &n.kernel),
+        let mut frames = match self.python_frames(pid, &sample.rec) {
+            Some(py) => merge::merge(&py, &n.user, &n.leaf, &n.kernel),
             None => n.user.into_iter().chain(n.kernel).collect(),
         };
         if frames.is_empty() {
             frames.push("[no stack]".into());
         }
         frames
+    }
+
+    /// The asyncio task that most of the samples with Python frames ran in.
+    pub fn busiest_task(&mut self, pid: u32, samples: &[Sample]) -> Option<String> {
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        for s in samples {
+            let Some(py) = self.python_frames(pid, &s.rec) else {
+                continue;
+            };
+            let names: Vec<String> = py.into_iter().map(|(n, _)| n).collect();
+            if let Some(task) = python::task_of(&names) {
+                *counts.entry(task).or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+            .map(|(t, _)| t)
     }
 
     /// Group a span's samples by kind and frames.

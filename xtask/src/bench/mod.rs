@@ -11,6 +11,7 @@ mod lagtrace;
 mod overhead;
 mod proc;
 mod procfs;
+mod pyframes;
 mod report;
 mod resolution;
 mod selfcost;
@@ -40,6 +41,11 @@ pub struct BenchArgs {
     /// itself; its numbers are noisier.
     #[arg(long)]
     pub quick: bool,
+    /// Run only the sections whose key contains this (keys: overhead,
+    /// alternatives, kernel, self, resolution, python). The report then goes
+    /// to target/bench/RESULTS-partial.md, not bench/RESULTS.md.
+    #[arg(long)]
+    pub only: Option<String>,
     /// Only the unwinder's costs (issue #11): kernel time per sample at
     /// stack depths 16/64/128, attach time, table sizes; writes
     /// bench/UNWIND.md instead of bench/RESULTS.md.
@@ -107,17 +113,32 @@ pub struct Section {
 
 type SectionFn = fn(&Ctx) -> Result<Section>;
 
-const SECTIONS: &[(&str, SectionFn)] = &[
-    ("1. Overhead on the target", overhead::section_overhead),
+const SECTIONS: &[(&str, &str, SectionFn)] = &[
     (
+        "overhead",
+        "1. Overhead on the target",
+        overhead::section_overhead,
+    ),
+    (
+        "alternatives",
         "2. Alternatives on the same asyncio server",
         overhead::section_alternatives,
     ),
-    ("3. Kernel-side cost", kernel::section_kernel),
-    ("4. lagtrace's own cost", selfcost::section_self_cost),
+    ("kernel", "3. Kernel-side cost", kernel::section_kernel),
     (
+        "self",
+        "4. lagtrace's own cost",
+        selfcost::section_self_cost,
+    ),
+    (
+        "resolution",
         "5. Resolution vs an in-process lag monitor",
         resolution::section_resolution,
+    ),
+    (
+        "python",
+        "6. Python frames in the kernel",
+        pyframes::section_pyframes,
     ),
 ];
 
@@ -135,11 +156,19 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         return unwind::run_unwind_bench(args.quick);
     }
     let started = Instant::now();
-    let command = if args.quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
-    };
+    let mut command = String::from("cargo xtask bench");
+    if args.quick {
+        command.push_str(" --quick");
+    }
+    if let Some(only) = &args.only {
+        command.push_str(&format!(" --only {only}"));
+        if !SECTIONS
+            .iter()
+            .any(|(key, _, _)| key.contains(only.as_str()))
+        {
+            bail!("no bench section matches --only {only}");
+        }
+    }
     setup::run_setup(&SetupArgs::default()).context("setup failed")?;
     deps::debian_packages().context("installing the bench's Debian packages")?;
     run(cargo().args(["build", "--release", "--package", "lagtrace"])).context("build failed")?;
@@ -166,7 +195,14 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let load_before = report::loadavg();
     let mut sections = Vec::new();
     let mut failed = Vec::new();
-    for (title, f) in SECTIONS {
+    for (key, title, f) in SECTIONS {
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|o| !key.contains(o.as_str()))
+        {
+            continue;
+        }
         eprintln!("\n==== bench: {title} ====");
         let t0 = Instant::now();
         let result = f(&ctx);
@@ -221,7 +257,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         ),
     ];
     let mut md = String::from("# lagtrace benchmark results\n\n");
-    md.push_str(&report::machine(command, &tools, &load_before));
+    md.push_str(&report::machine(&command, &tools, &load_before));
     md.push_str(
         "\nNumbers come from one machine, shared with whatever else ran on it (see the load \
          average): compare ratios within a round rather than absolute numbers across runs.\n",
@@ -237,7 +273,11 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     }
 
     println!("\n{md}");
-    let results = util::in_repo("bench/RESULTS.md");
+    let results = if args.only.is_some() {
+        ctx.out.join("RESULTS-partial.md")
+    } else {
+        util::in_repo("bench/RESULTS.md")
+    };
     fs::write(&results, &md).with_context(|| format!("writing {}", results.display()))?;
     eprintln!(
         "bench: report written to {} ({})",

@@ -1,0 +1,216 @@
+//! CPython frames read at the instant of a sample: the current thread's
+//! `PyThreadState`, then its frame chain, pushing (code object address,
+//! instruction offset) per frame into the sample. Userspace resolves each
+//! code object once (`lagtrace/src/symbolize/cpython/`).
+//!
+//! Every offset comes from the target's `PyTarget` entry (`PY_TARGETS`), so
+//! the code here has no per-version branches beyond what the offsets say:
+//! the version differences are decided in userspace
+//! (`symbolize/cpython/layout.rs`), and `symbolize/cpython/walk.rs` is the
+//! same walk in userspace, tested on 3.8–3.13.
+//!
+//! The thread is found by its `pthread_self()` value, which CPython stores
+//! as `PyThreadState.thread_id` on every version and which on x86-64 is the
+//! thread's fs base (`task->thread.fsbase`): no tid matching, so threads of
+//! 3.8–3.10 and of containers are told apart as well.
+//!
+//! It must not trust the target: every loop is bounded, a failed read ends
+//! the walk with `STACK_END_READ_ERROR`, a frame that points to itself with
+//! `STACK_END_BAD_FRAME`.
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_loop,
+    },
+};
+use lagtrace_common::{
+    MAX_PY_FRAMES, PY_FRAME_ENTRY, PY_INSTR_LASTI_BYTES, PY_INSTR_LASTI_UNITS, PY_OFF_NONE,
+    PyFrameRec, PyOffsets, PyTarget, STACK_END_BAD_FRAME, STACK_END_DEPTH, STACK_END_NONE,
+    STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
+};
+
+use crate::maps::PY_TARGETS;
+
+/// Thread states looked at when searching the interpreter's list.
+const MAX_THREADS_WALKED: u32 = 32;
+
+/// A `T` at `addr` in the current task's memory.
+#[inline(always)]
+fn user<T>(addr: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user copies from any user address and fails
+    // cleanly (no fault) where nothing is mapped.
+    unsafe { bpf_probe_read_user(addr as *const T) }.ok()
+}
+
+/// The current task's fs base: its `pthread_self()` on x86-64.
+#[inline(always)]
+fn fsbase(t: &PyTarget) -> Option<u64> {
+    // SAFETY: the current task pointer is valid while the program runs;
+    // `task_fsbase` comes from the kernel's own BTF and the read is checked.
+    unsafe {
+        let task = bpf_get_current_task();
+        bpf_probe_read_kernel((task + u64::from(t.task_fsbase)) as *const u64).ok()
+    }
+}
+
+/// The current thread's `PyThreadState`, or `None` (not a Python thread).
+#[inline(always)]
+fn thread_state(t: &PyTarget) -> Option<u64> {
+    let o = &t.offsets;
+    let me = fsbase(t)?;
+    let interp: u64 = user(t.interp_head_addr)?;
+    let mut ts: u64 = user(interp + u64::from(o.interp_tstate_head))?;
+    for _ in 0..MAX_THREADS_WALKED {
+        if ts == 0 {
+            return None;
+        }
+        if user::<u64>(ts + u64::from(o.tstate_thread_id))? == me {
+            return Some(ts);
+        }
+        ts = user(ts + u64::from(o.tstate_next))?;
+    }
+    None
+}
+
+/// The innermost frame of a thread state (0 when it runs no Python code).
+#[inline(always)]
+fn top_frame(o: &PyOffsets, ts: u64) -> Option<u64> {
+    let f: u64 = user(ts + u64::from(o.tstate_frame))?;
+    if o.cframe_current_frame != PY_OFF_NONE && f != 0 {
+        return user(f + u64::from(o.cframe_current_frame));
+    }
+    Some(f)
+}
+
+/// One frame: `None` for a read error, `Some((None, back))` for a C-stack
+/// shim frame, else its record and the next (outer) frame.
+#[inline(always)]
+fn read_frame(o: &PyOffsets, frame: u64) -> Option<(Option<PyFrameRec>, u64)> {
+    let back: u64 = user(frame + u64::from(o.frame_back))?;
+    if o.frame_owner != PY_OFF_NONE && o.owner_cstack != u8::MAX {
+        let owner: u8 = user(frame + u64::from(o.frame_owner))?;
+        if owner == o.owner_cstack {
+            return Some((None, back));
+        }
+    }
+    let code: u64 = user(frame + u64::from(o.frame_code))?;
+    let at = frame + u64::from(o.frame_instr);
+    let instr_offset = if o.instr_kind == PY_INSTR_LASTI_BYTES {
+        user::<i32>(at)?.max(0) as u32
+    } else if o.instr_kind == PY_INSTR_LASTI_UNITS {
+        (user::<i32>(at)?.max(0) as u32).wrapping_mul(2)
+    } else {
+        let p: u64 = user(at)?;
+        p.saturating_sub(code + u64::from(o.code_adaptive)) as u32
+    };
+    let entry = if o.frame_is_entry != PY_OFF_NONE {
+        user::<u8>(frame + u64::from(o.frame_is_entry))? != 0
+    } else {
+        // Before 3.11 every Python frame has its own eval call.
+        o.frame_owner == PY_OFF_NONE
+    };
+    Some((
+        Some(PyFrameRec {
+            code,
+            instr_offset,
+            flags: if entry { PY_FRAME_ENTRY } else { 0 },
+        }),
+        back,
+    ))
+}
+
+/// State of the frame loop, shared with its `bpf_loop` callback.
+#[repr(C)]
+struct Walk {
+    o: PyOffsets,
+    s: *mut StackSample,
+    frame: u64,
+    len: u32,
+    end: u8,
+}
+
+/// One turn of the frame loop: 0 goes on, 1 stops (`bpf_loop`'s contract).
+/// The verifier checks a `bpf_loop` callback once, not once per turn.
+extern "C" fn step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` that `walk` passed to bpf_loop, on its
+    // stack for the whole loop; `w.s` is the sample it was given.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    let s = unsafe { &mut *w.s };
+    let frame = w.frame;
+    if frame == 0 {
+        w.end = STACK_END_ROOT;
+        return 1;
+    }
+    let len = w.len as usize;
+    if len >= MAX_PY_FRAMES {
+        w.end = STACK_END_DEPTH;
+        return 1;
+    }
+    let Some((rec, back)) = read_frame(&w.o, frame) else {
+        w.end = STACK_END_READ_ERROR;
+        return 1;
+    };
+    match rec {
+        Some(r) => {
+            if let Some(slot) = s.py.get_mut(len) {
+                *slot = r;
+            }
+            w.len += 1;
+        }
+        // A C-stack shim: the frame inside it was entered from C.
+        None => {
+            if let Some(last) = len.checked_sub(1).and_then(|i| s.py.get_mut(i)) {
+                last.flags |= PY_FRAME_ENTRY;
+            }
+        }
+    }
+    if back == frame {
+        w.end = STACK_END_BAD_FRAME;
+        return 1;
+    }
+    w.frame = back;
+    0
+}
+
+/// Fill `s.py`, `s.py_len` and `s.py_end` for the current task.
+#[inline(always)]
+pub fn walk(s: &mut StackSample) {
+    s.py_len = 0;
+    s.py_end = STACK_END_NONE;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a map value, read-only here; userspace writes it only before
+    // it starts tracing the target.
+    let Some(t) = (unsafe { PY_TARGETS.get(tgid) }) else {
+        return;
+    };
+    let Some(ts) = thread_state(t) else {
+        s.py_end = STACK_END_READ_ERROR;
+        return;
+    };
+    let Some(frame) = top_frame(&t.offsets, ts) else {
+        s.py_end = STACK_END_READ_ERROR;
+        return;
+    };
+    let mut w = Walk {
+        o: t.offsets,
+        s: s as *mut StackSample,
+        frame,
+        len: 0,
+        // Still walking after the last turn: shim frames took the turns.
+        end: STACK_END_BAD_FRAME,
+    };
+    // Shim frames take a turn but no slot: twice the slots bounds the loop.
+    // SAFETY: `step` matches bpf_loop's callback type and `w` outlives the
+    // call.
+    unsafe {
+        bpf_loop(
+            2 * MAX_PY_FRAMES as u32,
+            step as *mut c_void,
+            &mut w as *mut Walk as *mut c_void,
+            0,
+        )
+    };
+    s.py_len = w.len.min(MAX_PY_FRAMES as u32) as u16;
+    s.py_end = w.end;
+}

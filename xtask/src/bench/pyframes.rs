@@ -1,0 +1,257 @@
+//! Section 6: Python frames read in the kernel at each sample (issue 12).
+//! What the frame walk costs in the kernel per sample with a 30- and a
+//! 60-frame Python stack, and what lagtrace itself costs during a storm of
+//! ~50 stalls/s, with the on-CPU samples that lack Python frames counted.
+//! Runs alone with `cargo xtask bench --only python`.
+use std::{fs, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result};
+use serde_json::Value;
+
+use super::{
+    Ctx, Section,
+    bpfstats::{self, StatsEnabled},
+    lagtrace::Lagtrace,
+    overhead,
+    proc::{self, Proc, Stream},
+    report::Table,
+    stats::{mib, pct},
+    targets,
+};
+use crate::util;
+
+/// Python frames below the recursion in `python_frames.py --scenario deep`
+/// (`<module>`, `main`, asyncio's run loop, the task, the lambda, the leaf
+/// and `burn_cpu`).
+const BASE_FRAMES: u32 = 10;
+/// The one stall each depth is measured over.
+const STALL_MS: u32 = 3000;
+
+fn spans(path: &std::path::Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// On-CPU samples of all spans, and those without a Python frame.
+fn on_cpu_python(spans: &[Value]) -> (u64, u64) {
+    let (mut total, mut without) = (0, 0);
+    for s in spans {
+        for st in s["stacks"].as_array().into_iter().flatten() {
+            if st["kind"] != "on-cpu" {
+                continue;
+            }
+            let n = st["samples"].as_u64().unwrap_or(0);
+            total += n;
+            let py = st["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|f| f.as_str().is_some_and(|f| f.contains(".py:")));
+            if !py {
+                without += n;
+            }
+        }
+    }
+    (total, without)
+}
+
+/// The deepest Python stack of the spans' on-CPU samples.
+fn python_depth(spans: &[Value]) -> usize {
+    spans
+        .iter()
+        .flat_map(|s| s["stacks"].as_array().into_iter().flatten())
+        .filter(|st| st["kind"] == "on-cpu")
+        .map(|st| {
+            st["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f.as_str().is_some_and(|f| f.contains(".py:")))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+struct Depth {
+    frames: usize,
+    samples: u64,
+    sample_ns: u64,
+    sample_events: u64,
+    switch_ns: u64,
+    switch_events: u64,
+}
+
+/// One long stall at a recursion depth, with the BPF counters around it.
+fn measure_depth(ctx: &Ctx, depth: u32) -> Result<Depth> {
+    let script = util::in_repo("lagtrace/tests/targets/python_frames.py");
+    let truth = ctx.out.join(format!("pyframes-truth-{depth}.jsonl"));
+    let spans_file = ctx.out.join(format!("pyframes-spans-{depth}.jsonl"));
+    let _ = fs::remove_file(&spans_file);
+    let mut cmd = Command::new(&ctx.python.path);
+    cmd.arg(&script)
+        .args(["--scenario", "deep", "--depth", &depth.to_string()])
+        .args(["--stalls-ms", &STALL_MS.to_string()])
+        .arg("--truth")
+        .arg(&truth);
+    let mut target = Proc::spawn(
+        "python_frames",
+        &mut cmd,
+        libc::SIGTERM,
+        Duration::from_secs(5),
+        false,
+    )?;
+    let ready = target.wait_line("`READY <pid>`", Duration::from_secs(30), |s, l| {
+        s == Stream::Stdout && l.starts_with("READY ")
+    })?;
+    let pid: u32 = ready
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .context("READY <pid>")?;
+    overhead::settle(ctx)?;
+    let args = vec!["--spans".to_owned(), spans_file.display().to_string()];
+    let lt = Lagtrace::start(&ctx.lagtrace, pid, &args)?;
+    let ids = bpfstats::prog_ids_of(lt.pid());
+    let a = bpfstats::snapshot(&ids)?;
+    proc::signal(pid, libc::SIGUSR1)?;
+    target.wait_line("`DONE`", Duration::from_secs(60), |s, l| {
+        s == Stream::Stdout && l == "DONE"
+    })?;
+    proc::sleep(Duration::from_millis(200))?;
+    let b = bpfstats::snapshot(&ids)?;
+    lt.stop(None)?;
+    drop(target);
+    let costs = bpfstats::delta(&a, &b);
+    let cost = |name: &str| {
+        costs
+            .iter()
+            .find(|c| c.name == name)
+            .map_or((0, 0), |c| (c.run_time_ns, c.events))
+    };
+    let spans = spans(&spans_file);
+    let samples: u64 = spans.iter().filter_map(|s| s["samples"].as_u64()).sum();
+    let (sample_ns, sample_events) = cost("on_cpu_sample");
+    let (switch_ns, switch_events) = cost("sched_switch");
+    Ok(Depth {
+        frames: python_depth(&spans),
+        samples,
+        sample_ns,
+        sample_events,
+        switch_ns,
+        switch_events,
+    })
+}
+
+pub fn section_pyframes(ctx: &Ctx) -> Result<Section> {
+    let mut headline = Vec::new();
+    let mut body = format!(
+        "CPython {} (`{}`). **Kernel cost per sample**: `python_frames.py --scenario deep` \
+         recurses to the given depth and burns the CPU for {STALL_MS} ms inside one loop \
+         iteration; lagtrace samples it at 499 Hz, and every sample walks the Python frames. \
+         With `kernel.bpf_stats_enabled=1` (restored afterwards), *µs per target sample* is \
+         the `on_cpu_sample` program's whole run time over the stall ÷ the span's samples: \
+         an upper bound, since it also carries the program's runs on the other CPU, which \
+         only filter. *ns/event* is the plain per-run average.\n\n",
+        ctx.python.version,
+        ctx.python.path.display()
+    );
+    let mut t = Table::new(&[
+        "Python frames in the stack",
+        "target samples",
+        "`on_cpu_sample` runs",
+        "µs per target sample (upper bound)",
+        "`on_cpu_sample` ns/event",
+        "`sched_switch` ns/event",
+    ]);
+    {
+        let _stats = StatsEnabled::enable().context("could not enable BPF stats")?;
+        for total in [BASE_FRAMES, 30, 60] {
+            let depth = total.saturating_sub(BASE_FRAMES).max(1);
+            eprintln!("-- python frames: kernel cost with {total} frames");
+            let d = measure_depth(ctx, depth)?;
+            let per_sample = d.sample_ns as f64 / 1e3 / d.samples.max(1) as f64;
+            t.row(vec![
+                d.frames.to_string(),
+                d.samples.to_string(),
+                d.sample_events.to_string(),
+                format!("{per_sample:.1}"),
+                format!("{:.0}", d.sample_ns as f64 / d.sample_events.max(1) as f64),
+                format!("{:.0}", d.switch_ns as f64 / d.switch_events.max(1) as f64),
+            ]);
+            if total == 60 {
+                headline.push(format!(
+                    "kernel Python walk: ≤ {per_sample:.1} µs per sample with a {}-frame Python stack",
+                    d.frames
+                ));
+            }
+        }
+    }
+    body.push_str(&t.render());
+
+    let storm = targets::stall_storm(&ctx.python)?;
+    let spans_file = ctx.out.join("pyframes-storm-spans.jsonl");
+    let _ = fs::remove_file(&spans_file);
+    let args: Vec<String> = vec![
+        "--threshold".into(),
+        "10ms".into(),
+        "--spans".into(),
+        spans_file.display().to_string(),
+    ];
+    eprintln!("-- python frames: stall storm");
+    overhead::settle(ctx)?;
+    let lt = Lagtrace::start(&ctx.lagtrace, storm.pid, &args)?;
+    let mark = lt.mark()?;
+    proc::sleep(Duration::from_secs(ctx.plan.window_secs))?;
+    let run = lt.stop(Some(mark))?;
+    drop(storm);
+    let spans = spans(&spans_file);
+    let per_s = spans.len() as f64 / run.window_s;
+    let (total, without) = on_cpu_python(&spans);
+    let reads = run
+        .stderr
+        .iter()
+        .find(|l| l.contains("code objects read"))
+        .cloned()
+        .unwrap_or_default();
+    let mut t = Table::new(&[
+        "scenario",
+        "window",
+        "CPU, stat",
+        "CPU, schedstat",
+        "peak RSS",
+        "spans",
+        "on-CPU samples",
+        "without Python frames",
+    ]);
+    t.row(vec![
+        "stall storm, --threshold 10ms --spans".into(),
+        format!("{:.1} s", run.window_s),
+        pct(run.cpu_share),
+        pct(run.cpu_share_sched),
+        mib(run.peak_rss_kib),
+        format!("{} ({per_s:.0}/s)", spans.len()),
+        total.to_string(),
+        without.to_string(),
+    ]);
+    headline.push(format!(
+        "lagtrace during a {per_s:.0} stalls/s storm, Python frames from the kernel: CPU {} / {}; {without} of {total} on-CPU samples without Python frames",
+        pct(run.cpu_share),
+        pct(run.cpu_share_sched),
+    ));
+    body.push_str(&format!(
+        "\n**lagtrace's own cost during the storm** (as in section 4, same target and flags), \
+         and the on-CPU samples whose stack has no Python frame (a torn or missing walk). \
+         No memory of the target is read per sample; lagtrace said: `{}`\n\n",
+        reads.trim_start_matches("lagtrace: ")
+    ));
+    body.push_str(&t.render());
+    Ok(Section {
+        title: "6. Python frames in the kernel".into(),
+        body,
+        headline,
+    })
+}
