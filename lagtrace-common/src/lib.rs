@@ -27,6 +27,9 @@ pub const MAX_STACK_DEPTH: usize = 127;
 /// Ring-buffer record kinds.
 pub const EVENT_SPAN: u32 = 1;
 pub const EVENT_SAMPLES: u32 = 2;
+/// A [`SpanEvent`] closed by the thread's exit (or its whole process's,
+/// `kill -9`, `os._exit`) inside the span: it is reported as unfinished.
+pub const EVENT_SPAN_EXIT: u32 = 4;
 
 /// Sample kinds.
 pub const SAMPLE_ON_CPU: u32 = 1;
@@ -34,6 +37,9 @@ pub const SAMPLE_ON_CPU: u32 = 1;
 pub const SAMPLE_OFF_CPU: u32 = 2;
 /// The thread was preempted and waited, runnable, for a CPU.
 pub const SAMPLE_RUNQUEUE: u32 = 3;
+/// The thread was stopped (SIGSTOP, a job-control stop, a debugger): its
+/// time counts as off-CPU, its cause is the stop, not the code.
+pub const SAMPLE_STOPPED: u32 = 4;
 
 /// `ThreadState::flags` bits.
 pub const THREAD_IN_ITER: u32 = 1;
@@ -52,6 +58,8 @@ pub const CTR_SAMPLES_DROPPED: u32 = 2;
 pub const CTR_THREADS_FULL: u32 = 3;
 pub const CTR_SAMPLES: u32 = 4;
 pub const CTR_ITERATIONS: u32 = 5;
+/// Forked processes not followed: the `TARGETS` map was full.
+pub const CTR_TARGETS_FULL: u32 = 6;
 pub const NUM_COUNTERS: u32 = 8;
 
 /// `Config::flags` bits.

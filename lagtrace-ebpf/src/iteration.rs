@@ -13,9 +13,9 @@ use aya_ebpf::{
 };
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL, Config,
-    EVENT_SAMPLES, EVENT_SPAN, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
-    SAMPLE_BUF, SAMPLE_ON_CPU, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER, THREAD_OVER,
-    TargetConfig, ThreadState, hist_bucket,
+    EVENT_SAMPLES, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU,
+    PHASE_RUNQUEUE, SAMPLE_BUF, SAMPLE_ON_CPU, SampleRec, SamplesEvent, SpanEvent, THREAD_IN_ITER,
+    THREAD_OVER, TargetConfig, ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -135,9 +135,31 @@ pub fn end(t: &mut ThreadState, tid: u32, now: u64) {
     bump(CTR_ITERATIONS);
     if dur >= cfg.threshold_ns {
         flush(t, tid);
-        emit_span(t, tid, now);
+        emit_span(t, tid, now, EVENT_SPAN);
     }
     t.nbuf = 0;
+}
+
+/// The thread exits inside an iteration (`kill -9`, `os._exit`,
+/// `pthread_exit`): a span is reported as unfinished, with what it has. It
+/// is not an iteration of the loop, so the histogram does not count it.
+#[inline(always)]
+pub fn end_at_exit(t: &mut ThreadState, tid: u32, now: u64) {
+    let Some(cfg) = config() else { return };
+    if t.flags & THREAD_IN_ITER == 0 {
+        return;
+    }
+    close_phase(t, now);
+    if now.saturating_sub(t.iter_start_ns) >= cfg.threshold_ns {
+        // The wait it was in when killed is its last sample.
+        if t.pending_kind != 0 && t.phase != PHASE_ON_CPU {
+            let rec = t.pending_sample(now);
+            t.pending_kind = 0;
+            push_sample(t, tid, now, rec);
+        }
+        flush(t, tid);
+        emit_span(t, tid, now, EVENT_SPAN_EXIT);
+    }
 }
 
 /// Add the time since the last scheduler transition to the current phase.
@@ -152,14 +174,14 @@ pub fn close_phase(t: &mut ThreadState, now: u64) {
     t.phase_since_ns = now;
 }
 
-fn emit_span(t: &ThreadState, tid: u32, now: u64) {
+fn emit_span(t: &ThreadState, tid: u32, now: u64, kind: u32) {
     let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
         bump(CTR_RINGBUF_LOST);
         return;
     };
     entry.write(SpanEvent {
         header: EventHeader {
-            kind: EVENT_SPAN,
+            kind,
             size: core::mem::size_of::<SpanEvent>() as u32,
             tgid: t.tgid,
             tid,

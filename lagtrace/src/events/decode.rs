@@ -3,7 +3,9 @@
 //! field is read; nothing is transmuted from unchecked bytes.
 use std::mem::{offset_of, size_of};
 
-use lagtrace_common::{EVENT_SAMPLES, EVENT_SPAN, EventHeader, SampleRec, SamplesEvent, SpanEvent};
+use lagtrace_common::{
+    EVENT_SAMPLES, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, SampleRec, SamplesEvent, SpanEvent,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -56,7 +58,8 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         });
     }
     match header.kind {
-        EVENT_SPAN => {
+        // A span closed by the thread's exit has the same layout.
+        EVENT_SPAN | EVENT_SPAN_EXIT => {
             if (header.size as usize) < size_of::<SpanEvent>() {
                 return Err(DecodeError::Size {
                     kind: header.kind,

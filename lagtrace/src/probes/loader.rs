@@ -13,7 +13,8 @@ use aya::{
 };
 use lagtrace_common::{
     CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_RINGBUF_LOST, CTR_SAMPLES,
-    CTR_SAMPLES_DROPPED, CTR_STACK_ERRORS, CTR_THREADS_FULL, Config, TargetConfig, ThreadState,
+    CTR_SAMPLES_DROPPED, CTR_STACK_ERRORS, CTR_TARGETS_FULL, CTR_THREADS_FULL, Config,
+    TargetConfig, ThreadState,
 };
 
 use super::tracefs;
@@ -40,6 +41,8 @@ pub struct Counters {
     pub stack_errors: u64,
     pub samples_dropped: u64,
     pub threads_full: u64,
+    /// Forked children not followed (the kernel's target table was full).
+    pub targets_full: u64,
     pub samples: u64,
     pub iterations: u64,
 }
@@ -252,6 +255,7 @@ impl Probes {
             stack_errors: sum(CTR_STACK_ERRORS),
             samples_dropped: sum(CTR_SAMPLES_DROPPED),
             threads_full: sum(CTR_THREADS_FULL),
+            targets_full: sum(CTR_TARGETS_FULL),
             samples: sum(CTR_SAMPLES),
             iterations: sum(CTR_ITERATIONS),
         })

@@ -1,7 +1,11 @@
 //! The traced processes: those named with `--pid` and, with `--children`,
 //! those they fork. Enrolling one decides its loop model and whether its
 //! Python frames can be read, and tells the kernel.
-use std::ops::Deref;
+use std::{
+    collections::HashMap,
+    ops::Deref,
+    time::{Duration, Instant},
+};
 
 use lagtrace_common::{MODEL_EPOLL, MODEL_WORKER};
 
@@ -10,12 +14,20 @@ use crate::{
     error::Result,
     probes::Probes,
     symbolize::{python::is_python, python_live::LivePython},
-    target::{Target, exe_name, is_process, looks_like_tokio},
+    target::{Target, exe_id, exe_name, has_live_thread, looks_like_tokio, tgid_of},
 };
+
+/// Longest one turn of the session loop spends adopting children (a Python
+/// reader takes tens of ms to set up); the rest wait for the next turn.
+const ADOPT_SLICE: Duration = Duration::from_millis(50);
 
 pub(super) struct Targets {
     list: Vec<Target>,
     threshold_ns: u64,
+    /// Processes named on the command line (the first `named` of `list`).
+    named: usize,
+    /// The executable each target runs (device, inode): an exec changes it.
+    exes: HashMap<u32, (u64, u64)>,
 }
 
 impl Deref for Targets {
@@ -42,12 +54,40 @@ pub fn model_for(pid: u32, flag: Model) -> u32 {
 }
 
 impl Targets {
-    pub fn open(pids: &[u32], threshold_ns: u64) -> Result<Self> {
-        let list = pids
+    /// Open the processes named on the command line. A thread id stands
+    /// for its process (with a note); a process named twice is traced once.
+    pub fn open(pids: &[u32], threshold_ns: u64) -> Result<(Self, Vec<String>)> {
+        let mut list: Vec<Target> = Vec::new();
+        let mut notes = Vec::new();
+        for &id in pids {
+            let pid = match tgid_of(id) {
+                Some(tgid) if tgid != id => {
+                    notes.push(format!(
+                        "{id} is a thread of process {tgid}: tracing process {tgid}"
+                    ));
+                    tgid
+                }
+                _ => id,
+            };
+            if list.iter().any(|t| t.pid == pid) {
+                continue;
+            }
+            list.push(Target::open(pid)?);
+        }
+        let exes = list
             .iter()
-            .map(|&p| Target::open(p))
-            .collect::<Result<_>>()?;
-        Ok(Self { list, threshold_ns })
+            .filter_map(|t| Some((t.pid, exe_id(t.pid)?)))
+            .collect();
+        let named = list.len();
+        Ok((
+            Self {
+                list,
+                threshold_ns,
+                named,
+                exes,
+            },
+            notes,
+        ))
     }
 
     /// Tell the kernel about a target and set up its Python reader.
@@ -91,21 +131,54 @@ impl Targets {
     }
 
     /// Adopt processes the kernel added on fork (`--children`); drop the
-    /// thread ids that fork also reports. Returns notes for the user.
+    /// thread ids that fork also reports. `seen`: processes whose loop
+    /// threads or spans the kernel reported, with their command; a child
+    /// that exited before it could be adopted is still adopted from them,
+    /// so its spans get a summary. Returns notes for the user.
     pub fn adopt_children(
         &mut self,
         probes: &mut Probes,
         python: &mut LivePython,
         flag: Model,
+        seen: &[(u32, String)],
     ) -> Vec<String> {
+        let started = Instant::now();
         let mut notes = Vec::new();
-        for pid in probes.target_pids() {
+        let mut candidates: Vec<u32> = probes.target_pids();
+        candidates.extend(seen.iter().map(|(p, _)| *p));
+        candidates.sort_unstable();
+        candidates.dedup();
+        for pid in candidates {
             if self.list.iter().any(|t| t.pid == pid) {
                 continue;
             }
-            if !is_process(pid) {
-                probes.remove_target(pid);
-                continue;
+            if started.elapsed() > ADOPT_SLICE {
+                break;
+            }
+            let comm_seen = seen.iter().find(|(p, _)| *p == pid).map(|(_, c)| c);
+            match tgid_of(pid) {
+                // A new thread of a traced process, not a process.
+                Some(tgid) if tgid != pid => {
+                    probes.remove_target(pid);
+                    continue;
+                }
+                Some(_) if has_live_thread(pid) => {}
+                // Gone before it could be read. The kernel saw its loop,
+                // so it was a process: adopt it as exited.
+                _ => {
+                    probes.remove_target(pid);
+                    if let Some(comm) = comm_seen {
+                        notes.push(format!(
+                            "following child pid {pid} ({comm}), which exited before it could be read: its spans are kept, without Python frames"
+                        ));
+                        self.list.push(Target {
+                            pid,
+                            comm: comm.clone(),
+                            ns_pid: None,
+                        });
+                    }
+                    continue;
+                }
             }
             let Ok(t) = Target::open(pid) else { continue };
             let model = model_for(pid, flag);
@@ -118,7 +191,61 @@ impl Targets {
                 )),
                 Err(e) => log::warn!("cannot follow child pid {pid}: {e}"),
             }
+            if let Some(id) = exe_id(pid) {
+                self.exes.insert(pid, id);
+            }
             self.list.push(t);
+        }
+        notes
+    }
+
+    /// A child that exited leaves the kernel's table, which has room for
+    /// [`lagtrace_common::MAX_TARGETS`] processes.
+    pub fn release(&self, pid: u32, probes: &mut Probes) {
+        if self.list.iter().position(|t| t.pid == pid) >= Some(self.named) {
+            probes.remove_target(pid);
+        }
+    }
+
+    /// Notice a target that exec'd another program: its Python reader is
+    /// set up again for the new interpreter, or Python frames stop, with
+    /// one note either way.
+    pub fn check_exec(&mut self, python: &mut LivePython) -> Vec<String> {
+        let mut notes = Vec::new();
+        for t in &self.list {
+            let Some(now) = exe_id(t.pid) else { continue };
+            let Some(before) = self.exes.insert(t.pid, now) else {
+                continue;
+            };
+            if before == now {
+                continue;
+            }
+            let exe = exe_name(t.pid).unwrap_or_else(|| "?".into());
+            if !is_python(t.pid) {
+                if python.remove_target(t.pid) {
+                    notes.push(format!(
+                        "pid {} exec'd {exe}, which is not Python: Python frames stop",
+                        t.pid
+                    ));
+                }
+                continue;
+            }
+            match python.reader.attach(t.pid) {
+                Ok(version) => {
+                    python.add_target(t.pid, self.threshold_ns / 8);
+                    notes.push(format!(
+                        "pid {} exec'd {exe}: Python {version}, Python frames read again",
+                        t.pid
+                    ));
+                }
+                Err(e) => {
+                    python.remove_target(t.pid);
+                    notes.push(format!(
+                        "pid {} exec'd {exe}, whose interpreter cannot be read ({e}): Python frames stop",
+                        t.pid
+                    ));
+                }
+            }
         }
         notes
     }

@@ -12,7 +12,7 @@ pub mod python_live;
 
 use std::collections::HashMap;
 
-use lagtrace_common::{SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SampleRec};
+use lagtrace_common::{SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SAMPLE_STOPPED, SampleRec};
 
 use crate::spans::{Sample, StackCount, StackKind};
 
@@ -115,6 +115,7 @@ pub fn kind_of(rec: &SampleRec) -> StackKind {
     match rec.kind {
         SAMPLE_OFF_CPU => StackKind::OffCpu,
         SAMPLE_RUNQUEUE => StackKind::Runqueue,
+        SAMPLE_STOPPED => StackKind::Stopped,
         _ => StackKind::OnCpu,
     }
 }

@@ -41,6 +41,12 @@ impl LivePython {
         self.targets.insert(pid, stream_after_ns);
     }
 
+    /// Stop reading a target's Python frames (it exec'd something else).
+    /// Returns whether it was read.
+    pub fn remove_target(&mut self, pid: u32) -> bool {
+        self.targets.remove(&pid).is_some()
+    }
+
     pub fn any(&self) -> bool {
         !self.targets.is_empty()
     }
