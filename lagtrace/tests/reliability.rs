@@ -463,3 +463,60 @@ fn a_stopped_target_is_stopped_not_blocked() {
         long[0]
     );
 }
+
+/// A target that execs another Python version mid-trace: the Python reader
+/// is set up again, so spans after the exec still have Python frames.
+#[test]
+fn python_frames_survive_an_exec_into_another_python() {
+    let test = "python_frames_survive_an_exec_into_another_python";
+    if !root_or_skip(test) {
+        return;
+    }
+    let (Some(first), Some(second)) = (pyenv_python("3.11"), pyenv_python("3.12")) else {
+        eprintln!("SKIP {test}: needs pyenv Pythons 3.11 and 3.12");
+        return;
+    };
+    let script = targets_dir().join("exec_python.py");
+    let target = Target::start(
+        &first,
+        &[script.to_str().unwrap(), "--next", second.to_str().unwrap()],
+    );
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    signal(target.pid, libc::SIGUSR1);
+    // Wait for a few of the new program's stalls (the first ones may come
+    // before its interpreter is readable).
+    let mut n = 0;
+    while n < 6 {
+        if lt
+            .wait_stdout(|l| l.contains("blocked"), Duration::from_secs(20))
+            .is_none()
+        {
+            break;
+        }
+        n += 1;
+    }
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let named = fin
+        .spans
+        .iter()
+        .filter(|s| {
+            s["stacks"].as_array().is_some_and(|st| {
+                st.iter().any(|x| {
+                    x["frames"].as_array().is_some_and(|f| {
+                        f.iter().any(|f| {
+                            f.as_str()
+                                .is_some_and(|f| f.starts_with("after_exec_burn ("))
+                        })
+                    })
+                })
+            })
+        })
+        .count();
+    eprintln!(
+        "EXEC: {named} of {} spans after the exec name after_exec_burn with its file:line",
+        fin.spans.len()
+    );
+    assert!(named >= 3, "spans: {}", fin.spans.len());
+}

@@ -17,6 +17,10 @@ use crate::{
     target::{Target, exe_id, exe_name, has_live_thread, looks_like_tokio, tgid_of},
 };
 
+/// How long after an exec the new interpreter gets to become readable
+/// (it is still starting when the exec is first seen).
+const REATTACH_WINDOW: Duration = Duration::from_secs(3);
+
 /// Longest one turn of the session loop spends adopting children (a Python
 /// reader takes tens of ms to set up); the rest wait for the next turn.
 const ADOPT_SLICE: Duration = Duration::from_millis(50);
@@ -28,6 +32,8 @@ pub(super) struct Targets {
     named: usize,
     /// The executable each target runs (device, inode): an exec changes it.
     exes: HashMap<u32, (u64, u64)>,
+    /// Targets that exec'd a Python not yet readable, since when.
+    reattach: HashMap<u32, Instant>,
 }
 
 impl Deref for Targets {
@@ -85,6 +91,7 @@ impl Targets {
                 threshold_ns,
                 named,
                 exes,
+                reattach: HashMap::new(),
             },
             notes,
         ))
@@ -208,8 +215,8 @@ impl Targets {
     }
 
     /// Notice a target that exec'd another program: its Python reader is
-    /// set up again for the new interpreter, or Python frames stop, with
-    /// one note either way.
+    /// set up again for the new interpreter (retried while it starts), or
+    /// Python frames stop, with one note either way.
     pub fn check_exec(&mut self, python: &mut LivePython) -> Vec<String> {
         let mut notes = Vec::new();
         for t in &self.list {
@@ -217,34 +224,38 @@ impl Targets {
             let Some(before) = self.exes.insert(t.pid, now) else {
                 continue;
             };
-            if before == now {
-                continue;
-            }
-            let exe = exe_name(t.pid).unwrap_or_else(|| "?".into());
-            if !is_python(t.pid) {
-                if python.remove_target(t.pid) {
+            if before != now {
+                // Reads against the old interpreter's layout stop at once.
+                let was_read = python.remove_target(t.pid);
+                if is_python(t.pid) {
+                    self.reattach.insert(t.pid, Instant::now());
+                } else if was_read {
+                    let exe = exe_name(t.pid).unwrap_or_else(|| "?".into());
                     notes.push(format!(
                         "pid {} exec'd {exe}, which is not Python: Python frames stop",
                         t.pid
                     ));
                 }
-                continue;
             }
-            match python.reader.attach(t.pid) {
+        }
+        let pending: Vec<(u32, Instant)> = self.reattach.iter().map(|(p, t)| (*p, *t)).collect();
+        for (pid, since) in pending {
+            let exe = exe_name(pid).unwrap_or_else(|| "?".into());
+            match python.reader.attach(pid) {
                 Ok(version) => {
-                    python.add_target(t.pid, self.threshold_ns / 8);
+                    self.reattach.remove(&pid);
+                    python.add_target(pid, self.threshold_ns / 8);
                     notes.push(format!(
-                        "pid {} exec'd {exe}: Python {version}, Python frames read again",
-                        t.pid
+                        "pid {pid} exec'd {exe}: Python {version}, Python frames read again"
                     ));
                 }
-                Err(e) => {
-                    python.remove_target(t.pid);
+                Err(e) if since.elapsed() > REATTACH_WINDOW || !has_live_thread(pid) => {
+                    self.reattach.remove(&pid);
                     notes.push(format!(
-                        "pid {} exec'd {exe}, whose interpreter cannot be read ({e}): Python frames stop",
-                        t.pid
+                        "pid {pid} exec'd {exe}, whose interpreter cannot be read ({e}): Python frames stop"
                     ));
                 }
+                Err(_) => {}
             }
         }
         notes

@@ -29,6 +29,12 @@ struct NativeFrames {
     kernel: Vec<String>,
 }
 
+/// Most stack-id pairs whose frames are kept; past it the cache starts
+/// over. A spinning loop gives a new kernel stack id for nearly every leaf
+/// address, and each entry holds a whole stack of names (kilobytes): without
+/// a bound, memory grows for as long as lagtrace stays attached.
+const MAX_BY_IDS: usize = 8192;
+
 /// Turns samples into counted stacks of frame names.
 pub struct StackSymbolizer {
     native: NativeSymbolizer,
@@ -66,6 +72,9 @@ impl StackSymbolizer {
                     .frames(pid, &user_ips[..user_ips.len().min(1)], &[]),
                 kernel: self.native.frames(pid, &[], &kernel_ips),
             };
+            if self.by_ids.len() >= MAX_BY_IDS {
+                self.by_ids.clear();
+            }
             self.by_ids.insert(key, frames);
         }
         &self.by_ids[&key]

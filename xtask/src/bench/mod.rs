@@ -14,6 +14,7 @@ mod procfs;
 mod report;
 mod resolution;
 mod selfcost;
+mod soak;
 mod stats;
 mod targets;
 mod wrk;
@@ -39,6 +40,13 @@ pub struct BenchArgs {
     /// itself; its numbers are noisier.
     #[arg(long)]
     pub quick: bool,
+    /// Run only the soak (section 6): lagtrace attached with every output
+    /// to 20 stalls/s, its RSS read over time. Writes bench/SOAK.md.
+    #[arg(long)]
+    pub soak: bool,
+    /// Length of the soak in seconds (default 300; 30 with --quick).
+    #[arg(long, value_name = "SECS")]
+    pub soak_seconds: Option<u64>,
 }
 
 /// How long and how often to measure.
@@ -53,6 +61,8 @@ pub struct Plan {
     pub spin_secs: u64,
     /// The idle and storm windows of section 4.
     pub window_secs: u64,
+    /// The soak's length (section 6).
+    pub soak_secs: u64,
 }
 
 impl Plan {
@@ -64,6 +74,7 @@ impl Plan {
                 load_secs: 2,
                 spin_secs: 2,
                 window_secs: 3,
+                soak_secs: 30,
             }
         } else {
             Self {
@@ -72,6 +83,7 @@ impl Plan {
                 load_secs: 5,
                 spin_secs: 5,
                 window_secs: 5,
+                soak_secs: 300,
             }
         }
     }
@@ -113,6 +125,7 @@ const SECTIONS: &[(&str, SectionFn)] = &[
         "5. Resolution vs an in-process lag monitor",
         resolution::section_resolution,
     ),
+    ("6. Soak: memory over a long attach", soak::section_soak),
 ];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
@@ -125,10 +138,10 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
         );
     }
     let started = Instant::now();
-    let command = if args.quick {
-        "cargo xtask bench --quick"
-    } else {
-        "cargo xtask bench"
+    let command = match (args.soak, args.quick) {
+        (true, _) => "cargo xtask bench --soak",
+        (false, true) => "cargo xtask bench --quick",
+        (false, false) => "cargo xtask bench",
     };
     setup::run_setup(&SetupArgs::default()).context("setup failed")?;
     deps::debian_packages().context("installing the bench's Debian packages")?;
@@ -144,8 +157,12 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
 
     let python = deps::python()?;
     let node = deps::node()?;
+    let mut plan = Plan::new(args.quick);
+    if let Some(s) = args.soak_seconds {
+        plan.soak_secs = s.max(10);
+    }
     let ctx = Ctx {
-        plan: Plan::new(args.quick),
+        plan,
         lagtrace,
         python,
         node,
@@ -156,7 +173,11 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let load_before = report::loadavg();
     let mut sections = Vec::new();
     let mut failed = Vec::new();
-    for (title, f) in SECTIONS {
+    let sections_run: Vec<&(&str, SectionFn)> = SECTIONS
+        .iter()
+        .filter(|(title, _)| !args.soak || title.starts_with("6."))
+        .collect();
+    for (title, f) in sections_run {
         eprintln!("\n==== bench: {title} ====");
         let t0 = Instant::now();
         let result = f(&ctx);
@@ -227,7 +248,12 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     }
 
     println!("\n{md}");
-    let results = util::in_repo("bench/RESULTS.md");
+    // The soak alone does not replace the full report.
+    let results = util::in_repo(if args.soak {
+        "bench/SOAK.md"
+    } else {
+        "bench/RESULTS.md"
+    });
     fs::write(&results, &md).with_context(|| format!("writing {}", results.display()))?;
     eprintln!(
         "bench: report written to {} ({})",
