@@ -135,14 +135,22 @@ pub fn exe_id(pid: u32) -> Option<(u64, u64)> {
     Some((m.dev(), m.ino()))
 }
 
-/// Thread names, looked up once per thread and remembered after it exits.
+/// Thread names, looked up once per thread and remembered after it exits
+/// (up to [`MAX_NAMES`] threads; past that the memory starts over).
 #[derive(Default)]
 pub struct ThreadNames {
     names: HashMap<u32, String>,
 }
 
+/// Most thread names remembered: a process that churns threads for days
+/// must not grow lagtrace.
+const MAX_NAMES: usize = 65_536;
+
 impl ThreadNames {
     pub fn get(&mut self, pid: u32, tid: u32, kernel_comm: &[u8]) -> String {
+        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&tid) {
+            self.names.clear();
+        }
         self.names
             .entry(tid)
             .or_insert_with(|| {

@@ -252,6 +252,10 @@ impl Pipeline {
     /// thresholds, with what it is doing right now.
     pub fn check_stuck(&mut self, threads: &[(u32, ThreadState)], probes: &Probes) {
         let now = WallClock::now_mono_ns();
+        // Forget threads the kernel no longer tracks: a long attach to a
+        // process that churns threads must not grow this.
+        self.stuck
+            .retain(|tid, _| threads.iter().any(|(t, _)| t == tid));
         for (tid, t) in threads {
             if t.flags & THREAD_IN_ITER == 0 {
                 continue;
