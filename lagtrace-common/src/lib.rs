@@ -20,6 +20,9 @@ pub const HIST_SUB_BITS: u32 = 2;
 pub const HIST_BUCKETS: usize = 64 << HIST_SUB_BITS;
 /// Ring-buffer record kinds.
 pub const EVENT_SPAN: u32 = 1;
+/// A [`SpanEvent`] closed by the thread's exit (or its whole process's,
+/// `kill -9`, `os._exit`) inside the span: it is reported as unfinished.
+pub const EVENT_SPAN_EXIT: u32 = 4;
 
 /// Sample kinds.
 pub const SAMPLE_ON_CPU: u32 = 1;
@@ -27,6 +30,9 @@ pub const SAMPLE_ON_CPU: u32 = 1;
 pub const SAMPLE_OFF_CPU: u32 = 2;
 /// The thread was preempted and waited, runnable, for a CPU.
 pub const SAMPLE_RUNQUEUE: u32 = 3;
+/// The thread was stopped (SIGSTOP, a job-control stop, a debugger): its
+/// time counts as off-CPU, its cause is the stop, not the code.
+pub const SAMPLE_STOPPED: u32 = 4;
 
 /// `ThreadState::flags` bits.
 pub const THREAD_IN_ITER: u32 = 1;
@@ -48,6 +54,8 @@ pub const CTR_SAMPLES: u32 = 4;
 pub const CTR_ITERATIONS: u32 = 5;
 /// The per-CPU scratch sample or a thread's sample slots were missing.
 pub const CTR_NO_SAMPLE_ROOM: u32 = 6;
+/// Forked processes not followed: the `TARGETS` map was full.
+pub const CTR_TARGETS_FULL: u32 = 7;
 /// `CTR_USER_END + k`: user walks that ended with `STACK_END_*` kind `k`.
 pub const CTR_USER_END: u32 = 8;
 pub const NUM_COUNTERS: u32 = CTR_USER_END + STACK_END_KINDS as u32 + 2;

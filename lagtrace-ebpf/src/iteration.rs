@@ -16,10 +16,10 @@ use aya_ebpf::{
 };
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
-    CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU,
-    PHASE_RUNQUEUE, SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS, SampleEvent, SpanEvent,
-    StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState,
-    hist_bucket,
+    CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader,
+    PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS,
+    SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig,
+    ThreadSamples, ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -170,9 +170,35 @@ pub fn end(t: &mut ThreadState, tid: u32, now: u64) {
     bump(CTR_ITERATIONS);
     if dur >= cfg.threshold_ns {
         flush(t, tid);
-        emit_span(t, tid, now);
+        emit_span(t, tid, now, EVENT_SPAN);
     }
     t.nbuf = 0;
+}
+
+/// The thread exits inside an iteration (`kill -9`, `os._exit`,
+/// `pthread_exit`): a span is reported as unfinished, with what it has. It
+/// is not an iteration of the loop, so the histogram does not count it.
+#[inline(always)]
+pub fn end_at_exit(t: &mut ThreadState, tid: u32, now: u64) {
+    let Some(cfg) = config() else { return };
+    if t.flags & THREAD_IN_ITER == 0 {
+        return;
+    }
+    close_phase(t, now);
+    if now.saturating_sub(t.iter_start_ns) >= cfg.threshold_ns {
+        // The wait it was in when killed is its last sample.
+        if t.pending_kind != 0
+            && t.phase != PHASE_ON_CPU
+            && let Some(slots) = thread_samples(tid)
+        {
+            t.pending_kind = 0;
+            slots.pending.weight_ns = now.saturating_sub(slots.pending.ts_ns);
+            let p: *const StackSample = &slots.pending;
+            push_sample(t, tid, now, p);
+        }
+        flush(t, tid);
+        emit_span(t, tid, now, EVENT_SPAN_EXIT);
+    }
 }
 
 /// Add the time since the last scheduler transition to the current phase.
@@ -187,14 +213,14 @@ pub fn close_phase(t: &mut ThreadState, now: u64) {
     t.phase_since_ns = now;
 }
 
-fn emit_span(t: &ThreadState, tid: u32, now: u64) {
+fn emit_span(t: &ThreadState, tid: u32, now: u64, kind: u32) {
     let Some(mut entry) = EVENTS.reserve::<SpanEvent>(0) else {
         bump(CTR_RINGBUF_LOST);
         return;
     };
     entry.write(SpanEvent {
         header: EventHeader {
-            kind: EVENT_SPAN,
+            kind,
             size: core::mem::size_of::<SpanEvent>() as u32,
             tgid: t.tgid,
             tid,

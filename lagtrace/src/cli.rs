@@ -22,6 +22,10 @@ pub const DEFAULT_THRESHOLD: &str = "50ms";
 pub const DEFAULT_FREQUENCY: u64 = 499;
 /// The highest sampling frequency accepted.
 pub const MAX_FREQUENCY: u64 = 4999;
+/// The shortest threshold accepted. Below it nearly every loop iteration is
+/// a "span" (an `epoll_wait` returning with work costs tens of µs), which
+/// only floods the outputs: a stall is a pause someone would notice.
+pub const MIN_THRESHOLD: Duration = Duration::from_micros(100);
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -36,7 +40,7 @@ pub struct Args {
     pub pids: Vec<u32>,
 
     /// An event-loop iteration at least this long is a blocking span (e.g. 50ms, 0.2s, 500us).
-    #[arg(short = 't', long, default_value = DEFAULT_THRESHOLD, value_parser = parse_duration)]
+    #[arg(short = 't', long, default_value = DEFAULT_THRESHOLD, value_parser = parse_threshold)]
     pub threshold: Duration,
 
     /// Stop after this long (e.g. 30s, 5m). Without it: until Ctrl-C, SIGTERM or the target exits.
@@ -110,7 +114,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if secs > 365.0 * 86400.0 {
         return Err(format!("`{s}` is longer than a year"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    // A positive value below a nanosecond would otherwise round to 0.
+    if d.is_zero() {
+        return Err(format!("`{s}` is shorter than 1 ns, the finest unit"));
+    }
+    Ok(d)
+}
+
+/// `--threshold`: a duration of at least [`MIN_THRESHOLD`].
+pub fn parse_threshold(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < MIN_THRESHOLD {
+        return Err(format!(
+            "a threshold of `{s}` is below the minimum of {} µs: shorter iterations are the loop working, not stalls",
+            MIN_THRESHOLD.as_micros()
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_pid(s: &str) -> Result<u32, String> {
@@ -149,8 +170,28 @@ mod tests {
 
     #[test]
     fn durations_refused() {
-        for bad in ["50", "", "ms", "-5ms", "0ms", "5 parsecs", "1e999s", "abc"] {
+        for bad in [
+            "50",
+            "",
+            "ms",
+            "-5ms",
+            "0ms",
+            "5 parsecs",
+            "1e999s",
+            "abc",
+            "0.0001ns",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn thresholds_have_a_minimum() {
+        assert_eq!(parse_threshold("100us"), Ok(MIN_THRESHOLD));
+        assert_eq!(parse_threshold("1ms"), Ok(Duration::from_millis(1)));
+        for bad in ["1ns", "99us", "0.0001ns"] {
+            let e = parse_threshold(bad).unwrap_err();
+            assert!(e.contains("1 ns") || e.contains("100 µs"), "{bad}: {e}");
         }
     }
 

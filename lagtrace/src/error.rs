@@ -7,6 +7,9 @@ pub enum Error {
     #[error("no process with pid {pid}")]
     NoSuchProcess { pid: u32 },
 
+    #[error("pid {pid} has exited (a zombie: its parent has not reaped it yet)")]
+    Exited { pid: u32 },
+
     #[error("pid {pid} is a kernel thread, which runs no event loop")]
     KernelThread { pid: u32 },
 
@@ -39,6 +42,19 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+
+    /// An output file that cannot be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// An output path that is wrong before anything is written (a folder,
+    /// a missing folder, the same file as another output).
+    #[error("{what}")]
+    OutputPath { what: String },
 
     #[error("{context}: {source}")]
     Io {

@@ -1,8 +1,9 @@
 //! The `lagtrace` command. It parses flags, runs a session, and turns every
 //! error into one line that names the remedy.
 //!
-//! Exit codes: 0 done; 1 error; 2 bad flag (clap); 3 no event-loop activity
-//! was seen in a target.
+//! Exit codes: 0 done; 1 error (or an output that could not be written,
+//! the others and the summary being complete); 2 bad flag (clap); 3 no
+//! event-loop activity was seen in a target.
 use std::{io, process::ExitCode};
 
 use clap::Parser;
@@ -46,6 +47,9 @@ fn remedy(e: &Error) -> String {
                 "no process with pid {pid}; check it with `ps -p {pid}` or find the loop with `pgrep -a python`"
             )
         }
+        Error::Exited { pid } => format!(
+            "pid {pid} has exited: it is a zombie waiting for its parent to reap it, with no thread left to trace; pass the pid of a running process"
+        ),
         Error::KernelThread { pid } => {
             format!(
                 "pid {pid} is a kernel thread, which runs no event loop; pass the pid of a user process"
@@ -103,6 +107,19 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             for path in &outcome.files {
                 eprintln!("lagtrace: wrote {}", path.display());
+            }
+            if !outcome.failed_outputs.is_empty() {
+                // Each was warned about as it failed; the rest was written.
+                eprintln!(
+                    "lagtrace: error: {} could not be written ({}); free space or choose another path",
+                    if outcome.failed_outputs.len() == 1 {
+                        "one output".to_string()
+                    } else {
+                        format!("{} outputs", outcome.failed_outputs.len())
+                    },
+                    outcome.failed_outputs.join("; ")
+                );
+                return ExitCode::from(1);
             }
             if !outcome.idle.is_empty() {
                 let pids: Vec<String> = outcome.idle.iter().map(u32::to_string).collect();

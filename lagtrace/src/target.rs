@@ -17,17 +17,19 @@ pub struct Target {
 }
 
 impl Target {
-    /// Check that `pid` is a live user process and describe it.
+    /// Check that `pid` is a live user process and describe it. A process
+    /// whose main thread has exited (`pthread_exit`) while others run is
+    /// live: its leader is a zombie, its other threads are not.
     pub fn open(pid: u32) -> Result<Self> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
             .map_err(|_| Error::NoSuchProcess { pid })?;
         let fields = stat_fields(&stat).ok_or(Error::NoSuchProcess { pid })?;
-        if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-            return Err(Error::NoSuchProcess { pid });
-        }
         let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
         if flags & PF_KTHREAD != 0 {
             return Err(Error::KernelThread { pid });
+        }
+        if !has_live_thread(pid) {
+            return Err(Error::Exited { pid });
         }
         Ok(Self {
             pid,
@@ -44,16 +46,49 @@ impl Target {
         }
     }
 
-    /// True while the process exists and is not a zombie.
+    /// True while the process exists with a thread that is not a zombie.
     pub fn alive(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => !matches!(
-                stat_fields(&stat).and_then(|f| f.first().copied()),
-                Some("Z" | "X") | None
-            ),
-            Err(_) => false,
-        }
+        has_live_thread(self.pid)
     }
+}
+
+/// The state letter of a task (`R`, `S`, `Z`…), from its stat file.
+fn state_of(stat_path: &str) -> Option<char> {
+    let stat = fs::read_to_string(stat_path).ok()?;
+    stat_fields(&stat)?.first()?.chars().next()
+}
+
+fn live_state(state: Option<char>) -> bool {
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// True if process `pid` has a thread that is not a zombie. The leader
+/// first (the common case, one read); when it is a zombie, the others.
+pub fn has_live_thread(pid: u32) -> bool {
+    if live_state(state_of(&format!("/proc/{pid}/stat"))) {
+        return true;
+    }
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(|e| e.ok()).any(|e| {
+        let tid = e.file_name();
+        live_state(state_of(&format!(
+            "/proc/{pid}/task/{}/stat",
+            tid.to_string_lossy()
+        )))
+    })
+}
+
+/// The process a task id belongs to: `id` itself for a process, its thread
+/// group's leader for a thread id (which /proc resolves though it does not
+/// list it).
+pub fn tgid_of(id: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{id}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Fields of /proc/PID/stat after the `(comm)`, which may hold spaces.
@@ -92,14 +127,30 @@ pub fn exe_name(pid: u32) -> Option<String> {
     Some(exe.file_name()?.to_string_lossy().into_owned())
 }
 
-/// Thread names, looked up once per thread and remembered after it exits.
+/// The executable a process runs, as (device, inode): an exec changes it
+/// even when the new program has the same name.
+pub fn exe_id(pid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// Thread names, looked up once per thread and remembered after it exits
+/// (up to [`MAX_NAMES`] threads; past that the memory starts over).
 #[derive(Default)]
 pub struct ThreadNames {
     names: HashMap<u32, String>,
 }
 
+/// Most thread names remembered: a process that churns threads for days
+/// must not grow lagtrace.
+const MAX_NAMES: usize = 65_536;
+
 impl ThreadNames {
     pub fn get(&mut self, pid: u32, tid: u32, kernel_comm: &[u8]) -> String {
+        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&tid) {
+            self.names.clear();
+        }
         self.names
             .entry(tid)
             .or_insert_with(|| {
@@ -141,14 +192,7 @@ fn exe_mentions(pid: u32, needle: &[u8]) -> bool {
 
 /// True for a process (as opposed to a thread id) that is alive.
 pub fn is_process(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .map(|v| v.trim() == pid.to_string())
-        })
-        .unwrap_or(false)
+    tgid_of(pid) == Some(pid)
 }
 
 /// Refuse early, with the capability names, when this process cannot load
@@ -201,6 +245,22 @@ mod tests {
             Target::open(u32::MAX - 1),
             Err(Error::NoSuchProcess { .. })
         ));
+    }
+
+    #[test]
+    fn a_thread_id_resolves_to_its_process() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tx.send(unsafe { libc::gettid() } as u32).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_eq!(tgid_of(tid), Some(std::process::id()));
+        assert!(!is_process(tid));
+        stop_tx.send(()).unwrap();
+        h.join().unwrap();
     }
 
     #[test]

@@ -74,6 +74,67 @@ fn no_such_pid() {
 }
 
 #[test]
+fn a_zombie_is_said_to_have_exited() {
+    if !root_or_skip("a_zombie_is_said_to_have_exited") {
+        return;
+    }
+    // A child that exits and is not reaped yet is a zombie.
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+    }) {
+        assert!(Instant::now() < deadline, "no zombie");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (code, _, err) = run_lagtrace(&["--pid", &pid.to_string(), "--duration", "1s"]);
+    let _ = child.wait();
+    assert_eq!(code, Some(1), "{err}");
+    let line = one_line_error(&err);
+    assert!(line.contains("zombie") && line.contains("exited"), "{line}");
+}
+
+#[test]
+fn outputs_that_are_one_file_or_a_folder_are_refused_before_tracing() {
+    if !root_or_skip("outputs_that_are_one_file_or_a_folder_are_refused_before_tracing") {
+        return;
+    }
+    let dir = tempdir::Dir::new("paths");
+    let a = dir.path("a.out");
+    let link = dir.path("link.out");
+    std::os::unix::fs::symlink(&a, &link).unwrap();
+    std::fs::write(&a, "keep").unwrap();
+    let me = std::process::id().to_string();
+    let (a_s, link_s, dir_s) = (
+        a.to_str().unwrap(),
+        link.to_str().unwrap(),
+        dir.0.to_str().unwrap(),
+    );
+    for (args, needle) in [
+        (vec!["--spans", a_s, "--folded", a_s], "same file"),
+        (vec!["--folded", a_s, "--flamegraph", link_s], "same file"),
+        (vec!["--flamegraph", dir_s], "folder"),
+    ] {
+        let mut all = vec!["--pid", me.as_str(), "--duration", "1s"];
+        all.extend(args.iter());
+        let t0 = Instant::now();
+        let (code, _, err) = run_lagtrace(&all);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(one_line_error(&err).contains(needle), "{args:?}: {err}");
+        assert!(
+            !err.contains("tracing pid"),
+            "refused before tracing: {err}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), "keep", "untouched");
+    let left = std::fs::read_dir(&dir.0).unwrap().count();
+    assert_eq!(left, 2, "no temporary file is left");
+}
+
+#[test]
 fn kernel_thread_is_refused() {
     if !std::fs::read_to_string("/proc/2/comm").is_ok_and(|c| c.trim() == "kthreadd") {
         eprintln!("SKIP kernel_thread_is_refused: pid 2 is not kthreadd here");
@@ -90,6 +151,14 @@ fn bad_flags_exit_2_with_the_reason() {
         (vec!["--pid", "1", "--threshold", "50"], "needs a unit"),
         (vec!["--pid", "1", "--threshold", "fast"], "not a duration"),
         (vec!["--pid", "1", "--duration", "0s"], "greater than zero"),
+        (
+            vec!["--pid", "1", "--threshold", "1ns"],
+            "minimum of 100 µs",
+        ),
+        (
+            vec!["--pid", "1", "--threshold", "0.0001ns"],
+            "shorter than 1 ns",
+        ),
         (vec!["--pid", "abc"], "not a process id"),
         (vec!["--pid", "1", "--frequency", "1000000"], "maximum"),
         (vec!["--pid", "1", "--no-such-flag"], "unexpected argument"),

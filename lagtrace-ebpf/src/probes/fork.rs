@@ -6,10 +6,10 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use lagtrace_common::CFG_CHILDREN;
+use lagtrace_common::{CFG_CHILDREN, CTR_TARGETS_FULL};
 
 use crate::{
-    iteration::{config, target},
+    iteration::{bump, config, target},
     maps::TARGETS,
 };
 
@@ -26,6 +26,9 @@ fn try_process_fork(ctx: &TracePointContext) -> Option<u32> {
     // The forking task is the current one.
     let parent = *target((bpf_get_current_pid_tgid() >> 32) as u32)?;
     let child: i32 = unsafe { ctx.read_at(cfg.fork_child_off as usize) }.ok()?;
-    let _ = TARGETS.insert(child as u32, parent, 0);
+    if TARGETS.insert(child as u32, parent, 0).is_err() {
+        // Counted, and reported: a fork storm past the table's size.
+        bump(CTR_TARGETS_FULL);
+    }
     Some(0)
 }

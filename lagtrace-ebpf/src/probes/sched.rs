@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use lagtrace_common::{
     CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
-    SAMPLE_RUNQUEUE, StackSample, THREAD_IN_ITER,
+    SAMPLE_RUNQUEUE, SAMPLE_STOPPED, StackSample, THREAD_IN_ITER,
 };
 
 use crate::{
@@ -27,6 +27,10 @@ use crate::{
 /// Bits of `prev_state` that mean the task went to sleep; preemption (R+)
 /// reports only bit 0x100, a runnable task 0.
 const SLEEP_STATE_MASK: i64 = 0xff;
+/// `__TASK_STOPPED` and `__TASK_TRACED` as sched_switch reports them
+/// (`1 << (task_state_index - 1)`, see `__trace_sched_switch_state` in
+/// include/trace/events/sched.h): a SIGSTOP or a debugger, not the code.
+const STOPPED_STATE_MASK: i64 = 0x04 | 0x08;
 
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
@@ -70,7 +74,9 @@ fn switch_out(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
         return Some(());
     }
     // The current task is still `prev`, so this is the stack it waits in.
-    let kind = if sleeping {
+    let kind = if state & STOPPED_STATE_MASK != 0 {
+        SAMPLE_STOPPED
+    } else if sleeping {
         SAMPLE_OFF_CPU
     } else {
         SAMPLE_RUNQUEUE

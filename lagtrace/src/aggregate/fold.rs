@@ -1,14 +1,31 @@
 //! Folding the stacks of many spans into FlameGraph's folded lines
 //! (`root;frame;frame weight`). Shared by the folded file and the SVG, so
 //! both always show the same thing.
+//!
+//! Its size must not grow with the number of spans over a long attach: it
+//! keeps one entry per distinct stack, up to [`MAX_STACKS`] entries and
+//! [`MAX_KEY_BYTES`] of text; stacks past that are added to one
+//! `[other stacks]` entry under their thread, and counted.
 use std::collections::BTreeMap;
 
 use crate::spans::{Span, StackKind};
+
+/// Most distinct stacks kept (a flame graph with more is unreadable anyway).
+pub const MAX_STACKS: usize = 20_000;
+/// Most bytes of stack text kept (deep Python stacks are kilobytes each).
+pub const MAX_KEY_BYTES: usize = 32 << 20;
+/// The frame that stands for every stack past the limits.
+pub const OTHER: &str = "[other stacks]";
 
 /// Folded stacks: the `;`-joined path and its weight in samples.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Folded {
     pub stacks: BTreeMap<String, u64>,
+    /// Bytes of the keys of `stacks`.
+    bytes: usize,
+    /// Stacks (one per stack of a span) past the limits, and their weight.
+    pub overflow_stacks: u64,
+    pub overflow_weight: u64,
 }
 
 impl Folded {
@@ -39,8 +56,39 @@ impl Folded {
                 path.push(';');
                 path.push_str(&sanitize(f));
             }
-            *self.stacks.entry(path).or_default() += weight;
+            self.insert(path, &root, weight);
         }
+    }
+
+    /// Add `weight` to `path`, or to its thread's `[other stacks]` entry when
+    /// a new path would pass the limits.
+    fn insert(&mut self, path: String, root: &str, weight: u64) {
+        if let Some(w) = self.stacks.get_mut(&path) {
+            *w += weight;
+            return;
+        }
+        if self.stacks.len() < MAX_STACKS && self.bytes + path.len() <= MAX_KEY_BYTES {
+            self.bytes += path.len();
+            self.stacks.insert(path, weight);
+            return;
+        }
+        self.overflow_stacks += 1;
+        self.overflow_weight += weight;
+        let other = format!("{};{OTHER}", sanitize(root));
+        if let Some(w) = self.stacks.get_mut(&other) {
+            *w += weight;
+        } else if self.stacks.len() < MAX_STACKS + MAX_STACKS / 10 {
+            // Room for one entry per thread past the limit, itself bounded.
+            self.bytes += other.len();
+            self.stacks.insert(other, weight);
+        } else {
+            *self.stacks.entry(OTHER.to_string()).or_default() += weight;
+        }
+    }
+
+    /// Entries kept, `[other stacks]` ones included.
+    pub fn len(&self) -> usize {
+        self.stacks.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,5 +174,39 @@ pub(crate) mod tests {
             assert!(n > 0 && frames[0] == "MainThread");
         }
         assert_eq!(f.total(), 16);
+    }
+
+    #[test]
+    fn distinct_stacks_past_the_cap_are_counted_under_other() {
+        let mut f = Folded::default();
+        let n = 100_000;
+        for i in 0..n {
+            let name = format!("handler_{i}");
+            let s = span_with(vec![stack(&["main", &name], 1, StackKind::OnCpu, 0)]);
+            f.add(&s, 2_000_000, false);
+        }
+        assert!(f.len() <= MAX_STACKS + 1, "{} entries", f.len());
+        assert_eq!(f.overflow_stacks, (n - MAX_STACKS) as u64);
+        assert_eq!(f.total(), n as u64, "no weight is lost");
+        assert_eq!(
+            f.stacks.get(&format!("MainThread;{OTHER}")).copied(),
+            Some((n - MAX_STACKS) as u64)
+        );
+        // A stack seen before the cap still adds up.
+        let s = span_with(vec![stack(&["main", "handler_0"], 5, StackKind::OnCpu, 0)]);
+        f.add(&s, 2_000_000, false);
+        assert_eq!(f.stacks.get("MainThread;main;handler_0").copied(), Some(6));
+    }
+
+    #[test]
+    fn many_threads_past_the_cap_share_one_entry() {
+        let mut f = Folded::default();
+        for i in 0..(MAX_STACKS * 2) {
+            let mut s = span_with(vec![stack(&["x"], 1, StackKind::OnCpu, 0)]);
+            s.thread = format!("t{i}");
+            f.add(&s, 1, false);
+        }
+        assert!(f.len() <= MAX_STACKS + MAX_STACKS / 10 + 1, "{}", f.len());
+        assert_eq!(f.total(), (MAX_STACKS * 2) as u64);
     }
 }

@@ -62,6 +62,15 @@ impl SummaryBuilder {
         self.names.insert(span.tid, span.thread.clone());
     }
 
+    /// A span that was not symbolized (a flood): its time counts, its cause
+    /// is not known.
+    pub fn counted_only(&mut self, tid: u32, duration_ns: u64) {
+        let e = self.spans.entry(tid).or_default();
+        e.0 += 1;
+        e.1 += duration_ns;
+        e.2 = e.2.max(duration_ns);
+    }
+
     pub fn name(&mut self, tid: u32, name: String) {
         self.names.entry(tid).or_insert(name);
     }

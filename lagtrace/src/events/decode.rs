@@ -4,8 +4,8 @@
 use std::mem::{offset_of, size_of};
 
 use lagtrace_common::{
-    EVENT_SAMPLE, EVENT_SPAN, EventHeader, MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES,
-    PyFrameRec, SAMPLE_F_BUFFERED, SAMPLE_OFF_CPU, SAMPLE_ON_CPU, SAMPLE_RUNQUEUE,
+    EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES,
+    PyFrameRec, SAMPLE_F_BUFFERED, SAMPLE_OFF_CPU, SAMPLE_ON_CPU, SAMPLE_RUNQUEUE, SAMPLE_STOPPED,
     STACK_END_BAD_FRAME, STACK_END_DEPTH, STACK_END_NO_TABLE, STACK_END_NONE, STACK_END_READ_ERROR,
     STACK_END_ROOT, SampleEvent, SpanEvent, StackSample,
 };
@@ -78,6 +78,7 @@ impl SampleRec {
             SAMPLE_ON_CPU => StackKind::OnCpu,
             SAMPLE_OFF_CPU => StackKind::OffCpu,
             SAMPLE_RUNQUEUE => StackKind::Runqueue,
+            SAMPLE_STOPPED => StackKind::Stopped,
             kind => return Err(DecodeError::SampleKind { kind }),
         };
         let len = |what, n: u16, max: usize| {
@@ -155,7 +156,8 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     }
     let header: EventHeader = read(buf, 0);
     let need = match header.kind {
-        EVENT_SPAN => size_of::<SpanEvent>(),
+        // A span closed by the thread's exit has the same layout.
+        EVENT_SPAN | EVENT_SPAN_EXIT => size_of::<SpanEvent>(),
         EVENT_SAMPLE => size_of::<SampleEvent>(),
         kind => return Err(DecodeError::Kind { kind }),
     };
@@ -167,7 +169,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         });
     }
     match header.kind {
-        EVENT_SPAN => Ok(Event::Span(read(buf, 0))),
+        EVENT_SPAN | EVENT_SPAN_EXIT => Ok(Event::Span(read(buf, 0))),
         _ => {
             let iteration: u64 = read(buf, offset_of!(SampleEvent, iteration));
             let sample: StackSample = read(buf, offset_of!(SampleEvent, sample));

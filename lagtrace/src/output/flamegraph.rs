@@ -2,22 +2,18 @@
 //! SVG flame graph, rendered with inferno from the same folded lines as
 //! `--folded`. It must not fail the trace for lack of data: with no spans it
 //! still writes a valid SVG that says so.
-use std::{fs, io, path::PathBuf};
+use std::{io, path::PathBuf};
 
 use inferno::flamegraph::{
     self,
     color::{MultiPalette, Palette},
 };
 
-use super::{Recorder, TraceInfo, fmt_ns};
-use crate::{
-    aggregate::fold::Folded,
-    error::{Error, Result},
-    spans::Span,
-};
+use super::{Recorder, TraceInfo, file::AtomicFile, fmt_ns};
+use crate::{aggregate::fold::Folded, error::Result, spans::Span};
 
 pub struct FlameGraphFile {
-    path: PathBuf,
+    file: Option<AtomicFile>,
     folded: Folded,
     period_ns: u64,
     with_pid: bool,
@@ -26,15 +22,17 @@ pub struct FlameGraphFile {
 }
 
 impl FlameGraphFile {
-    pub fn new(path: PathBuf, period_ns: u64, with_pid: bool) -> Self {
-        Self {
-            path,
+    /// Creates the file's temporary copy now, so a path that cannot be
+    /// written fails before the trace.
+    pub fn new(path: PathBuf, period_ns: u64, with_pid: bool) -> Result<Self> {
+        Ok(Self {
+            file: Some(AtomicFile::create(&path)?),
             folded: Folded::default(),
             period_ns,
             with_pid,
             spans: 0,
             lag_ns: 0,
-        }
+        })
     }
 
     fn title(&self, info: &TraceInfo) -> String {
@@ -81,6 +79,10 @@ impl Recorder for FlameGraphFile {
         Ok(())
     }
 
+    fn folded(&self) -> Option<&Folded> {
+        Some(&self.folded)
+    }
+
     fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>> {
         let title = self.title(info);
         let svg = if self.folded.is_empty() {
@@ -99,9 +101,11 @@ impl Recorder for FlameGraphFile {
                 }
             }
         };
-        fs::write(&self.path, svg)
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
-        Ok(Some(self.path.clone()))
+        let Some(mut file) = self.file.take() else {
+            return Ok(None);
+        };
+        file.write_all(&svg)?;
+        Ok(Some(file.commit()?))
     }
 }
 
@@ -152,6 +156,8 @@ mod tests {
         }
     }
 
+    use std::fs;
+
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("lagtrace-{}-{name}.svg", std::process::id()))
     }
@@ -159,7 +165,7 @@ mod tests {
     #[test]
     fn renders_spans_with_title_and_kernel_frames() {
         let path = temp_path("flame");
-        let mut rec = FlameGraphFile::new(path.clone(), 10_000_000, false);
+        let mut rec = FlameGraphFile::new(path.clone(), 10_000_000, false).unwrap();
         let a = span_with(vec![stack(
             &["main", "busy_loop (src/app.c:12)"],
             5,
@@ -214,7 +220,7 @@ mod tests {
     #[test]
     fn no_spans_still_writes_a_valid_svg() {
         let path = temp_path("empty");
-        let mut rec = FlameGraphFile::new(path.clone(), 10_000_000, true);
+        let mut rec = FlameGraphFile::new(path.clone(), 10_000_000, true).unwrap();
         let mut i = info();
         i.comms = vec!["a<b>&c".into()];
         assert_eq!(rec.finish(&i).unwrap(), Some(path.clone()));

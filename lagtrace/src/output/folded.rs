@@ -1,29 +1,26 @@
 //! `--folded FILE`: the stacks of all blocking spans in FlameGraph's folded
 //! format, for flamegraph.pl, speedscope or inferno.
-use std::{fs, path::PathBuf};
+use std::path::PathBuf;
 
-use super::{Recorder, TraceInfo};
-use crate::{
-    aggregate::fold::Folded,
-    error::{Error, Result},
-    spans::Span,
-};
+use super::{Recorder, TraceInfo, file::AtomicFile};
+use crate::{aggregate::fold::Folded, error::Result, spans::Span};
 
 pub struct FoldedFile {
-    path: PathBuf,
+    file: Option<AtomicFile>,
     folded: Folded,
     period_ns: u64,
     with_pid: bool,
 }
 
 impl FoldedFile {
-    pub fn new(path: PathBuf, period_ns: u64, with_pid: bool) -> Self {
-        Self {
-            path,
+    /// Creates the file's temporary copy now (see [`AtomicFile`]).
+    pub fn new(path: PathBuf, period_ns: u64, with_pid: bool) -> Result<Self> {
+        Ok(Self {
+            file: Some(AtomicFile::create(&path)?),
             folded: Folded::default(),
             period_ns,
             with_pid,
-        }
+        })
     }
 }
 
@@ -33,13 +30,19 @@ impl Recorder for FoldedFile {
         Ok(())
     }
 
+    fn folded(&self) -> Option<&Folded> {
+        Some(&self.folded)
+    }
+
     fn finish(&mut self, _info: &TraceInfo) -> Result<Option<PathBuf>> {
         let mut text: String = self.folded.lines().collect::<Vec<_>>().join("\n");
         if !text.is_empty() {
             text.push('\n');
         }
-        fs::write(&self.path, text)
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
-        Ok(Some(self.path.clone()))
+        let Some(mut file) = self.file.take() else {
+            return Ok(None);
+        };
+        file.write_all(text.as_bytes())?;
+        Ok(Some(file.commit()?))
     }
 }

@@ -1,29 +1,20 @@
 //! `--spans FILE`: one JSON object per blocking span, written and flushed as
-//! each span ends, so the file is useful even if lagtrace is killed.
-use std::{
-    fs::File,
-    io::{BufWriter, Write},
-    path::PathBuf,
-};
+//! each span ends to a temporary file beside FILE (`.FILE.lagtrace-PID.tmp`,
+//! whole lines, so it is useful even if lagtrace is killed), and renamed to
+//! FILE at the end.
+use std::path::PathBuf;
 
-use super::{Recorder, TraceInfo};
-use crate::{
-    error::{Error, Result},
-    spans::Span,
-};
+use super::{Recorder, TraceInfo, file::AtomicFile};
+use crate::{error::Result, spans::Span};
 
 pub struct JsonLines {
-    path: PathBuf,
-    out: BufWriter<File>,
+    file: Option<AtomicFile>,
 }
 
 impl JsonLines {
     pub fn create(path: PathBuf) -> Result<Self> {
-        let file = File::create(&path)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         Ok(Self {
-            path,
-            out: BufWriter::new(file),
+            file: Some(AtomicFile::create(&path)?),
         })
     }
 }
@@ -34,16 +25,20 @@ pub fn to_line(span: &Span) -> String {
 
 impl Recorder for JsonLines {
     fn record(&mut self, span: &Span) -> Result<()> {
-        let ctx = || format!("writing {}", self.path.display());
-        writeln!(self.out, "{}", to_line(span)).map_err(|e| Error::io(ctx(), e))?;
-        self.out.flush().map_err(|e| Error::io(ctx(), e))
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let mut line = to_line(span);
+        line.push('\n');
+        file.write_all(line.as_bytes())?;
+        file.flush()
     }
 
     fn finish(&mut self, _info: &TraceInfo) -> Result<Option<PathBuf>> {
-        self.out
-            .flush()
-            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))?;
-        Ok(Some(self.path.clone()))
+        match self.file.take() {
+            Some(file) => Ok(Some(file.commit()?)),
+            None => Ok(None),
+        }
     }
 }
 

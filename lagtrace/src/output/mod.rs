@@ -1,14 +1,22 @@
 //! Outputs. Every file format implements [`Recorder`]: it sees each finished
 //! span, then `finish` once. Adding a format is one new file here.
+//!
+//! [`Outputs`] keeps them independent: every path is checked before the
+//! trace starts, each file is written beside its path and renamed into place,
+//! and one that fails (a full disk) is dropped with a warning while the
+//! others and the summary go on.
+pub mod console;
+pub mod file;
 pub mod flamegraph;
 pub mod folded;
 pub mod jsonl;
 pub mod live;
+pub mod paths;
 pub mod summary;
 
 use std::path::PathBuf;
 
-use crate::{cli::Args, error::Result, spans::Span};
+use crate::{aggregate::fold::Folded, cli::Args, error::Result, spans::Span};
 
 /// What a recorder needs to know when the trace ends.
 pub struct TraceInfo {
@@ -18,48 +26,120 @@ pub struct TraceInfo {
     pub period_ns: u64,
 }
 
-/// The outputs of one trace.
-pub type Recorders = Vec<Box<dyn Recorder>>;
-
 pub trait Recorder {
     fn record(&mut self, span: &Span) -> Result<()>;
-    /// Write what is left; returns the file written, if any.
+    /// Write what is left and put the file in place; returns its path.
     fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>>;
+    /// The folded stacks it aggregates, if it does (for the health report).
+    fn folded(&self) -> Option<&Folded> {
+        None
+    }
 }
 
-/// The recorders the flags ask for. With no output flag, a flamegraph goes
-/// to `lagtrace-PID-YYYYmmdd-HHMMSS.svg` in the current folder; its path is
-/// returned too, since it is written only if the trace captured spans (it
-/// is then the last recorder).
-pub fn recorders(args: &Args, period_ns: u64) -> Result<(Recorders, Option<PathBuf>)> {
-    let mut out: Vec<Box<dyn Recorder>> = Vec::new();
-    let multi = args.pids.len() > 1;
-    if let Some(p) = &args.spans {
-        out.push(Box::new(jsonl::JsonLines::create(p.clone())?));
+struct Slot {
+    flag: &'static str,
+    rec: Box<dyn Recorder>,
+}
+
+/// The outputs of one trace.
+pub struct Outputs {
+    slots: Vec<Slot>,
+    /// The default flamegraph is the last slot, kept only if a span came.
+    default_svg: bool,
+    spans: u64,
+    /// One warning per output that failed, already printed.
+    pub failed: Vec<String>,
+}
+
+impl Outputs {
+    /// The recorders the flags ask for, their paths checked and their
+    /// temporary files created. With no output flag, a flamegraph goes to
+    /// `lagtrace-PID-YYYYmmdd-HHMMSS.svg` in the current folder, written
+    /// only if the trace captured spans.
+    pub fn open(args: &Args, first_pid: u32, period_ns: u64, multi: bool) -> Result<Self> {
+        let mut wanted: Vec<(&'static str, PathBuf)> = Vec::new();
+        for (flag, path) in [
+            ("--spans", &args.spans),
+            ("--folded", &args.folded),
+            ("--flamegraph", &args.flamegraph),
+        ] {
+            if let Some(p) = path {
+                wanted.push((flag, p.clone()));
+            }
+        }
+        let default_svg = wanted.is_empty();
+        if default_svg {
+            wanted.push(("the default flamegraph", default_svg_path(first_pid)));
+        }
+        let resolved = paths::plan(&wanted)?;
+        let mut slots = Vec::new();
+        for ((flag, _), path) in wanted.into_iter().zip(resolved) {
+            let rec: Box<dyn Recorder> = match flag {
+                "--spans" => Box::new(jsonl::JsonLines::create(path)?),
+                "--folded" => Box::new(folded::FoldedFile::new(path, period_ns, multi)?),
+                _ => Box::new(flamegraph::FlameGraphFile::new(path, period_ns, multi)?),
+            };
+            slots.push(Slot { flag, rec });
+        }
+        Ok(Self {
+            slots,
+            default_svg,
+            spans: 0,
+            failed: Vec::new(),
+        })
     }
-    if let Some(p) = &args.folded {
-        out.push(Box::new(folded::FoldedFile::new(
-            p.clone(),
-            period_ns,
-            multi,
-        )));
+
+    fn fail(&mut self, i: usize, e: &crate::error::Error) {
+        let flag = self.slots[i].flag;
+        let msg = format!("{flag}: {e}");
+        eprintln!(
+            "lagtrace: warning: {msg}; that output is dropped (no partial file is left), the others go on"
+        );
+        self.failed.push(msg);
+        // Dropping the recorder removes its temporary file.
+        self.slots.remove(i);
     }
-    if let Some(p) = &args.flamegraph {
-        out.push(Box::new(flamegraph::FlameGraphFile::new(
-            p.clone(),
-            period_ns,
-            multi,
-        )));
+
+    /// Give a finished span to every output; one that fails is dropped.
+    pub fn record(&mut self, span: &Span) {
+        self.spans += 1;
+        let mut i = 0;
+        while i < self.slots.len() {
+            match self.slots[i].rec.record(span) {
+                Ok(()) => i += 1,
+                Err(e) => self.fail(i, &e),
+            }
+        }
     }
-    let default_svg = out.is_empty().then(|| default_svg_path(args.pids[0]));
-    if let Some(p) = &default_svg {
-        out.push(Box::new(flamegraph::FlameGraphFile::new(
-            p.clone(),
-            period_ns,
-            multi,
-        )));
+
+    /// Stacks folded into `[other stacks]` past the aggregation limits.
+    pub fn overflow(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter_map(|s| s.rec.folded())
+            .map(|f| f.overflow_stacks)
+            .max()
+            .unwrap_or(0)
     }
-    Ok((out, default_svg))
+
+    /// Write every output; returns the files written. Failures are warned
+    /// about and kept in `failed`.
+    pub fn finish(&mut self, info: &TraceInfo) -> Vec<PathBuf> {
+        if self.default_svg && self.spans == 0 {
+            self.slots.pop();
+        }
+        let mut written = Vec::new();
+        while !self.slots.is_empty() {
+            match self.slots[0].rec.finish(info) {
+                Ok(path) => {
+                    written.extend(path);
+                    self.slots.remove(0);
+                }
+                Err(e) => self.fail(0, &e),
+            }
+        }
+        written
+    }
 }
 
 fn default_svg_path(pid: u32) -> PathBuf {

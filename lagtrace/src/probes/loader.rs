@@ -13,8 +13,9 @@ use aya::{
 };
 use lagtrace_common::{
     CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
-    CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_THREADS_FULL,
-    CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples, ThreadState,
+    CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_TARGETS_FULL,
+    CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig,
+    ThreadSamples, ThreadState,
 };
 
 use super::tracefs;
@@ -49,6 +50,8 @@ pub struct Counters {
     pub user_ends: [u64; STACK_END_KINDS],
     pub samples_dropped: u64,
     pub threads_full: u64,
+    /// Forked children not followed (the kernel's target table was full).
+    pub targets_full: u64,
     pub samples: u64,
     pub iterations: u64,
 }
@@ -213,17 +216,22 @@ impl Probes {
         }
     }
 
+    /// Stop walking a process's Python frames (it exec'd another program).
+    pub fn remove_python_target(&mut self, tgid: u32) {
+        if let Some(map) = self.ebpf.map_mut("PY_TARGETS")
+            && let Ok(mut t) = HashMap::<_, u32, PyTarget>::try_from(map)
+        {
+            let _ = t.remove(&tgid);
+        }
+    }
+
     pub fn remove_target(&mut self, tgid: u32) {
         if let Some(map) = self.ebpf.map_mut("TARGETS")
             && let Ok(mut t) = HashMap::<_, u32, TargetConfig>::try_from(map)
         {
             let _ = t.remove(&tgid);
         }
-        if let Some(map) = self.ebpf.map_mut("PY_TARGETS")
-            && let Ok(mut t) = HashMap::<_, u32, PyTarget>::try_from(map)
-        {
-            let _ = t.remove(&tgid);
-        }
+        self.remove_python_target(tgid);
     }
 
     fn program<T>(&mut self, name: &str) -> Result<&mut T>
@@ -293,6 +301,7 @@ impl Probes {
             user_ends: std::array::from_fn(|k| sum(CTR_USER_END + k as u32)),
             samples_dropped: sum(CTR_SAMPLES_DROPPED),
             threads_full: sum(CTR_THREADS_FULL),
+            targets_full: sum(CTR_TARGETS_FULL),
             samples: sum(CTR_SAMPLES),
             iterations: sum(CTR_ITERATIONS),
         })

@@ -4,6 +4,7 @@
 //! aggregation → outputs. Everything here runs on one tokio task, so no
 //! state is shared between threads. `pipeline.rs` holds the steps,
 //! `targets.rs` the traced processes.
+pub mod flood;
 mod pipeline;
 mod targets;
 
@@ -16,6 +17,7 @@ use tokio::{
 };
 
 use self::{
+    flood::{DRAIN_SLICE, FINAL_DISCARD, FINAL_DRAIN, SpanBudget},
     pipeline::{Pipeline, snapshot},
     targets::{Targets, model_for},
 };
@@ -24,7 +26,7 @@ use crate::{
     cli::Args,
     clock::WallClock,
     error::{Error, Result},
-    output::{self, TraceInfo},
+    output::{self, Outputs, TraceInfo, console::Console},
     probes::{Counters, ProbeOptions, Probes},
     spans::Assembler,
     symbolize::StackSymbolizer,
@@ -41,6 +43,8 @@ pub struct Outcome {
     /// Targets in which no thread ever returned from an epoll wait.
     pub idle: Vec<u32>,
     pub files: Vec<PathBuf>,
+    /// Outputs that could not be written, with why (already warned about).
+    pub failed_outputs: Vec<String>,
     pub counters: Counters,
     /// Processes traced, children included.
     pub traced: usize,
@@ -82,7 +86,7 @@ pub fn period_ns(frequency: u64) -> u64 {
 pub async fn run(args: &Args) -> Result<Outcome> {
     check_privileges()?;
     let threshold_ns = args.threshold.as_nanos() as u64;
-    let targets = Targets::open(&args.pids)?;
+    let (targets, mut notes) = Targets::open(&args.pids)?;
     let models: Vec<u32> = targets
         .iter()
         .map(|t| model_for(t.pid, args.model))
@@ -95,7 +99,12 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         // Children may be tokio binaries too: attach the futex points then.
         workers: args.children || models.contains(&lagtrace_common::MODEL_WORKER),
     };
-    let (mut recorders, default_svg) = output::recorders(args, period_ns(args.frequency))?;
+    let outputs = Outputs::open(
+        args,
+        targets[0].pid,
+        period_ns(args.frequency),
+        targets.len() > 1,
+    )?;
     let mut probes = Probes::load(&opts)?;
     if probes.mounted_tracefs {
         log::info!("mounted tracefs at {}", crate::probes::tracefs::TRACEFS);
@@ -106,7 +115,6 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         None
     };
     let mut symbolizer = StackSymbolizer::new();
-    let mut notes = Vec::new();
     for (t, &model) in targets.iter().zip(&models) {
         notes.extend(targets.enroll(t, model, &mut probes, &mut symbolizer.python)?);
     }
@@ -134,6 +142,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         .iter()
         .map(|t| format!("pid {} ({})", t.pid, t.describe()))
         .collect();
+    let mut console = Console::default();
     eprintln!(
         "lagtrace: tracing {}: threshold {}, sampling {}, {}. Ctrl-C to stop.",
         who.join(", "),
@@ -162,12 +171,15 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         symbolizer,
         names: ThreadNames::default(),
         summary: SummaryBuilder::default(),
-        recorders: Vec::new(),
+        outputs,
+        console: std::mem::take(&mut console),
+        budget: SpanBudget::default(),
         stuck: HashMap::new(),
         spans: 0,
         unmapped_pcs: Default::default(),
+        unread_at_exit: 0,
+        unknown_pids: Vec::new(),
     };
-    std::mem::swap(&mut p.recorders, &mut recorders);
     let mut outcome = Outcome::default();
     let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
     let (mut sigint, mut sigterm) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?);
@@ -177,16 +189,16 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let mut ticks = 0u32;
     let mut drain_tick = interval(DRAIN_TICK);
     drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // `biased`: signals and the deadline are looked at first on every turn,
+    // and no branch holds the loop for longer than a drain slice, so a flood
+    // of spans cannot delay the end of the trace.
+    let mut more = false;
     loop {
         tokio::select! {
-            _ = drain_tick.tick() => {
-                p.drain(events.get_mut())?;
-            }
-            guard = events.readable_mut() => {
-                let mut guard = guard.map_err(|e| Error::io("polling the ring buffer", e))?;
-                p.drain(guard.get_inner_mut())?;
-                guard.clear_ready();
-            }
+            biased;
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = async { sleep_until(deadline.unwrap_or(started)).await }, if deadline.is_some() => break,
             _ = tick.tick() => {
                 ticks += 1;
                 if let Some(l) = logger.as_mut() {
@@ -198,7 +210,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     snapshot(&mut p, &mut probes, &threads);
                 }
                 if args.children {
-                    for note in p.targets.adopt_children(&mut probes, &mut p.symbolizer.python, args.model) {
+                    let seen = p.seen_pids(&threads);
+                    let adopted = p.targets.adopt_children(&mut probes, &mut p.symbolizer.python, args.model, &seen);
+                    for note in adopted {
                         eprintln!("lagtrace: {note}");
                     }
                     for t in p.targets.iter() {
@@ -214,25 +228,51 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                         p.unmapped_pcs.insert(pid);
                     }
                 }
+                for note in p.targets.check_exec(&mut probes, &mut p.symbolizer.python) {
+                    eprintln!("lagtrace: {note}");
+                }
                 let dead: Vec<u32> = p.targets.iter().filter(|t| !t.alive()).map(|t| t.pid).collect();
                 for pid in &dead {
                     if !outcome.exited.contains(pid) {
                         eprintln!("lagtrace: pid {pid} exited");
                         outcome.exited.push(*pid);
+                        p.targets.release(*pid, &mut probes);
                     }
                 }
                 if outcome.exited.len() == p.targets.len() {
                     break;
                 }
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = async { sleep_until(deadline.unwrap_or(started)).await }, if deadline.is_some() => break,
+            _ = drain_tick.tick() => {
+                more = p.drain(events.get_mut(), DRAIN_SLICE)?;
+            }
+            guard = events.readable_mut(), if !more => {
+                let mut guard = guard.map_err(|e| Error::io("polling the ring buffer", e))?;
+                more = p.drain(guard.get_inner_mut(), DRAIN_SLICE)?;
+                if !more {
+                    guard.clear_ready();
+                }
+            }
+            _ = std::future::ready(()), if more => {
+                more = p.drain(events.get_mut(), DRAIN_SLICE)?;
+            }
         }
     }
     let wall_ns = started.elapsed().as_nanos() as u64;
-    p.drain(events.get_mut())?;
+    // Bounded: a target that floods must not hold the exit.
+    if p.drain(events.get_mut(), FINAL_DRAIN)? {
+        p.discard(events.get_mut(), FINAL_DISCARD);
+    }
     let threads = probes.threads()?;
+    if args.children {
+        let seen = p.seen_pids(&threads);
+        for note in p
+            .targets
+            .adopt_children(&mut probes, &mut p.symbolizer.python, args.model, &seen)
+        {
+            eprintln!("lagtrace: {note}");
+        }
+    }
     snapshot(&mut p, &mut probes, &threads);
     p.flush_open(&threads, &probes)?;
     outcome.counters = probes.counters()?;
@@ -250,43 +290,58 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     for t in p.targets.iter() {
         let rows = p.summary.build(t.pid, wall_ns);
         if p.summary.has_activity(t.pid) {
-            print!(
-                "{}",
-                output::summary::render(
-                    t.pid,
-                    &t.describe(),
-                    wall_ns,
-                    &rows,
-                    outcome.exited.contains(&t.pid)
-                )
-            );
-            print!(
-                "{}",
-                output::summary::render_causes(&p.summary.top_causes(t.pid, 5))
-            );
+            p.console.print(&output::summary::render(
+                t.pid,
+                &t.describe(),
+                wall_ns,
+                &rows,
+                outcome.exited.contains(&t.pid),
+            ));
+            p.console.print(&output::summary::render_causes(
+                &p.summary.top_causes(t.pid, 5),
+            ));
         } else {
             outcome.idle.push(t.pid);
         }
     }
     report_health(&outcome.counters);
+    report_flood(&p);
     let (codes, stale) = p.symbolizer.python.reads();
     if p.symbolizer.python.any() {
         eprintln!(
             "lagtrace: python: frames read in the kernel at each sample; {codes} code objects read from the targets, {stale} found stale"
         );
     }
-    // The default flamegraph is only worth a file when there was a span.
-    if default_svg.is_some() && p.spans == 0 {
-        p.recorders.pop();
-    }
-    for r in &mut p.recorders {
-        if let Some(path) = r.finish(&info)? {
-            outcome.files.push(path);
-        }
-    }
+    outcome.files = p.outputs.finish(&info);
+    outcome.failed_outputs = std::mem::take(&mut p.outputs.failed);
     outcome.spans = p.spans;
     outcome.traced = p.targets.len();
     Ok(outcome)
+}
+
+/// Warnings about spans and stacks that were counted but not kept whole.
+fn report_flood(p: &Pipeline) {
+    if p.budget.refused > 0 {
+        eprintln!(
+            "lagtrace: warning: {} spans came faster than {} per second: they count in the summary but were not printed, symbolized or written; raise --threshold",
+            p.budget.refused,
+            flood::SPANS_PER_SEC
+        );
+    }
+    if p.unread_at_exit > 0 {
+        eprintln!(
+            "lagtrace: warning: {} spans still arriving at exit were dropped unread",
+            p.unread_at_exit
+        );
+    }
+    let overflow = p.outputs.overflow();
+    if overflow > 0 {
+        eprintln!(
+            "lagtrace: warning: {overflow} stacks past the limit of {} distinct stacks were added to \"{}\" in the folded file and flame graph",
+            crate::aggregate::fold::MAX_STACKS,
+            crate::aggregate::fold::OTHER
+        );
+    }
 }
 
 fn report_health(c: &Counters) {
@@ -306,6 +361,13 @@ fn report_health(c: &Counters) {
         eprintln!(
             "lagtrace: warning: {} loop threads not tracked (table full)",
             c.threads_full
+        );
+    }
+    if c.targets_full > 0 {
+        eprintln!(
+            "lagtrace: warning: {} forked children were not followed: the table of {} traced processes was full",
+            c.targets_full,
+            lagtrace_common::MAX_TARGETS
         );
     }
     if c.kernel_stack_errors > 0 || c.no_sample_room > 0 {

@@ -1,18 +1,21 @@
 //! The pipeline's state and its steps: ring-buffer records in, finished
 //! spans out to every recorder, plus the live "still blocked" lines and the
 //! spans still open at exit.
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
-use lagtrace_common::{PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, THREAD_IN_ITER, ThreadState};
+use lagtrace_common::{
+    EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
+    THREAD_IN_ITER, ThreadState,
+};
 
-use super::targets::Targets;
+use super::{flood::SpanBudget, targets::Targets};
 use crate::{
     aggregate::summary::SummaryBuilder,
     clock::WallClock,
     error::Result,
     events::{Event, decode},
-    output::{Recorders, live},
+    output::{Outputs, console::Console, live},
     probes::Probes,
     spans::{Assembler, RawSpan, Sample, Span, cause},
     symbolize::StackSymbolizer,
@@ -32,13 +35,20 @@ pub(super) struct Pipeline {
     pub symbolizer: StackSymbolizer,
     pub names: ThreadNames,
     pub summary: SummaryBuilder,
-    pub recorders: Recorders,
+    pub outputs: Outputs,
+    pub console: Console,
+    /// Spans fully processed per second; the rest are only counted.
+    pub budget: SpanBudget,
     /// Highest "still blocked" level printed per (tid, iteration).
     pub stuck: HashMap<u32, (u64, u32)>,
     pub spans: u64,
     /// Processes whose samples had PCs in no unwind table (the session
     /// reads their mappings again, rate-limited).
     pub unmapped_pcs: std::collections::HashSet<u32>,
+    /// Span records read but not processed at exit (the flood went on).
+    pub unread_at_exit: u64,
+    /// Processes whose spans arrived before they were adopted (`--children`).
+    pub unknown_pids: Vec<(u32, [u8; 16])>,
 }
 
 impl Pipeline {
@@ -50,31 +60,99 @@ impl Pipeline {
         self.targets.iter().find(|t| t.pid == pid)
     }
 
-    /// Drain the ring buffer: decode, assemble, and finish spans.
-    pub fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+    /// Drain the ring buffer: decode, assemble, and finish spans, for at
+    /// most `slice` (checked every few records). Returns true when records
+    /// were left for the next turn.
+    pub fn drain(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        slice: std::time::Duration,
+    ) -> Result<bool> {
+        let until = Instant::now() + slice;
+        let mut n = 0u32;
         while let Some(item) = ring.next() {
             match decode(&item) {
                 Ok(event) => {
-                    if let Event::Sample(s) = &event
-                        && s.rec.flags & lagtrace_common::SAMPLE_F_FP_FALLBACK != 0
-                    {
-                        self.unmapped_pcs.insert(s.tgid);
-                    }
-                    if let Some(raw) = self.assembler.push(event) {
-                        let t0 = std::time::Instant::now();
-                        let span = self.build(&raw, false);
-                        log::debug!(
-                            "span of {} samples built in {:?}",
-                            raw.samples.len(),
-                            t0.elapsed()
-                        );
-                        self.finish_span(span)?;
-                    }
+                    drop(item);
+                    self.on_event(event)?;
                 }
                 Err(e) => log::warn!("dropped a malformed kernel record: {e}"),
             }
+            n += 1;
+            if n.is_multiple_of(16) && Instant::now() >= until {
+                return Ok(true);
+            }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// At exit, after the last drain: count what the kernel still sent, for
+    /// at most `slice`, without processing it.
+    pub fn discard(&mut self, ring: &mut RingBuf<MapData>, slice: std::time::Duration) {
+        let until = Instant::now() + slice;
+        let mut n = 0u32;
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<EventHeader>() {
+                // The kind is the first u32 of every record.
+                let kind = u32::from_ne_bytes([item[0], item[1], item[2], item[3]]);
+                if kind == EVENT_SPAN || kind == EVENT_SPAN_EXIT {
+                    self.unread_at_exit += 1;
+                }
+            }
+            n += 1;
+            if n.is_multiple_of(64) && Instant::now() >= until {
+                break;
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<()> {
+        if let Event::Sample(s) = &event
+            && s.rec.flags & lagtrace_common::SAMPLE_F_FP_FALLBACK != 0
+        {
+            self.unmapped_pcs.insert(s.tgid);
+        }
+        let Some(raw) = self.assembler.push(event) else {
+            return Ok(());
+        };
+        let ev = &raw.event;
+        if self.target(ev.header.tgid).is_none()
+            && !self.unknown_pids.iter().any(|(p, _)| *p == ev.header.tgid)
+        {
+            self.unknown_pids.push((ev.header.tgid, ev.comm));
+        }
+        if !self.budget.take(Instant::now()) {
+            // Over the rate: the summary still counts it, nothing else.
+            self.summary
+                .counted_only(ev.header.tid, ev.end_ns.saturating_sub(ev.start_ns));
+            return Ok(());
+        }
+        let t0 = Instant::now();
+        // The thread (or the whole process) exited inside the span.
+        let unfinished = ev.header.kind == EVENT_SPAN_EXIT;
+        let span = self.build(&raw, unfinished);
+        log::debug!(
+            "span of {} samples built in {:?}",
+            raw.samples.len(),
+            t0.elapsed()
+        );
+        self.finish_span(span)
+    }
+
+    /// Processes the kernel reported (loop threads, spans) that are not
+    /// targets yet, with their command: children to adopt.
+    pub fn seen_pids(&mut self, threads: &[(u32, ThreadState)]) -> Vec<(u32, String)> {
+        let mut out: Vec<(u32, String)> = std::mem::take(&mut self.unknown_pids)
+            .into_iter()
+            .map(|(pid, comm)| (pid, comm_str(&comm)))
+            .collect();
+        for (_, t) in threads {
+            if self.target(t.tgid).is_none() && !out.iter().any(|(p, _)| *p == t.tgid) {
+                let comm = crate::target::read_comm(t.tgid, None).unwrap_or_else(|| "?".into());
+                out.push((t.tgid, comm));
+            }
+        }
+        out
     }
 
     fn build(&mut self, raw: &RawSpan, unfinished: bool) -> Span {
@@ -110,11 +188,9 @@ impl Pipeline {
         if self.sched {
             span.cause = Some(cause::classify(&span));
         }
-        println!("{}", live::span_line(&span, self.multi()));
+        self.console.line(&live::span_line(&span, self.multi()));
         self.summary.span(&span);
-        for r in &mut self.recorders {
-            r.record(&span)?;
-        }
+        self.outputs.record(&span);
         self.spans += 1;
         Ok(())
     }
@@ -176,6 +252,10 @@ impl Pipeline {
     /// thresholds, with what it is doing right now.
     pub fn check_stuck(&mut self, threads: &[(u32, ThreadState)], probes: &Probes) {
         let now = WallClock::now_mono_ns();
+        // Forget threads the kernel no longer tracks: a long attach to a
+        // process that churns threads must not grow this.
+        self.stuck
+            .retain(|tid, _| threads.iter().any(|(t, _)| t == tid));
         for (tid, t) in threads {
             if t.flags & THREAD_IN_ITER == 0 {
                 continue;
@@ -212,7 +292,7 @@ impl Pipeline {
             if let Some(d) = doing {
                 line.push_str(&format!("  {d}"));
             }
-            println!("{line}");
+            self.console.line(&line);
         }
     }
 
@@ -234,6 +314,11 @@ impl Pipeline {
     }
 }
 
+/// A kernel `comm` (NUL-padded) as text.
+fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
 /// Keep each thread's latest histogram, and let the kernel forget threads
 /// that have exited (their last snapshot stays in the summary).
 pub(super) fn snapshot(p: &mut Pipeline, probes: &mut Probes, threads: &[(u32, ThreadState)]) {

@@ -5,6 +5,8 @@ use super::model::{Span, StackCount, StackKind};
 
 /// A share at or above this makes one kind the whole story.
 const DOMINANT: f64 = 0.8;
+/// The cause of time a thread spent stopped.
+pub const STOPPED: &str = "stopped (SIGSTOP or a debugger)";
 
 /// The syscall a kernel stack is in: `__x64_sys_recvfrom_[k]` → `recvfrom`.
 fn syscall_of(frames: &[String]) -> Option<String> {
@@ -56,8 +58,20 @@ fn heaviest(span: &Span, kind: StackKind) -> Option<&StackCount> {
         .max_by_key(|s| (s.weight_ns, s.samples))
 }
 
-/// `blocked in recvfrom ← fetch_blocking (app/client.py:12)`
+/// `blocked in recvfrom ← fetch_blocking (app/client.py:12)`, or `stopped`
+/// when most of the time off the CPU was a stop (SIGSTOP, a debugger).
 fn blocked_detail(span: &Span) -> String {
+    let weight = |k| {
+        span.stacks
+            .iter()
+            .filter(|s| s.kind == k)
+            .map(|s| s.weight_ns)
+            .sum::<u64>()
+    };
+    let stopped = weight(StackKind::Stopped);
+    if stopped > 0 && stopped >= weight(StackKind::OffCpu) {
+        return STOPPED.into();
+    }
     let Some(stack) = heaviest(span, StackKind::OffCpu) else {
         return "blocked".into();
     };
@@ -148,6 +162,32 @@ mod tests {
         s.runqueue_ns = 0;
         assert_eq!(classify(&s), "cpu");
         assert_eq!(cause_key(&s, Some("burn ← main")), "cpu in burn ← main");
+    }
+
+    #[test]
+    fn a_stop_is_stopped_not_blocked() {
+        let mut s = span_with(vec![
+            stack(
+                &[
+                    "main (app.py:3)",
+                    "EpollSelector.select (selectors.py:468)",
+                    "do_signal_stop_[k]",
+                ],
+                1,
+                StackKind::Stopped,
+                2_000_000_000,
+            ),
+            stack(
+                &["main (app.py:3)", "sleep"],
+                1,
+                StackKind::OffCpu,
+                1_000_000,
+            ),
+        ]);
+        s.off_cpu_ns = 2_001_000_000;
+        s.on_cpu_ns = 1_000;
+        assert_eq!(classify(&s), STOPPED);
+        assert_eq!(cause_key(&s, None), STOPPED);
     }
 
     #[test]

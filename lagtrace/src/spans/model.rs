@@ -15,6 +15,8 @@ pub enum StackKind {
     OnCpu,
     OffCpu,
     Runqueue,
+    /// Stopped by a signal or a debugger (weighted like off-CPU time).
+    Stopped,
 }
 
 impl StackKind {
@@ -25,6 +27,7 @@ impl StackKind {
             Self::OnCpu => None,
             Self::OffCpu => Some("[off-cpu]"),
             Self::Runqueue => Some("[runqueue]"),
+            Self::Stopped => Some("[stopped]"),
         }
     }
 }

@@ -291,12 +291,19 @@ impl Lagtrace {
     /// Start lagtrace with `--spans` into a temp folder and wait until it has
     /// attached.
     pub fn attach(args: &[&str]) -> Lagtrace {
+        Self::attach_with(args, true)
+    }
+
+    /// As [`Lagtrace::attach`]; `spans`: add `--spans` into the temp folder
+    /// (a test that names its own outputs passes false).
+    pub fn attach_with(args: &[&str], spans: bool) -> Lagtrace {
         let dir = tempdir::Dir::new("lagtrace");
         let mut cmd = Command::new(LAGTRACE);
-        cmd.args(args)
-            .arg("--spans")
-            .arg(dir.path("spans.jsonl"))
-            .stdin(Stdio::null())
+        cmd.args(args);
+        if spans {
+            cmd.arg("--spans").arg(dir.path("spans.jsonl"));
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting lagtrace");
@@ -387,6 +394,21 @@ pub fn trace_scenario(target: &mut Target, extra: &[&str]) -> Finished {
     let fin = lt.stop();
     assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
     fin
+}
+
+/// Build a C target of `tests/targets` into `dir` with gcc (frame pointers,
+/// -pthread), or print why the test skips.
+pub fn build_c_target(test: &str, source: &str, dir: &tempdir::Dir) -> Option<PathBuf> {
+    let gcc = tool_or_skip(test, &["gcc", "cc"])?;
+    let out = dir.path(source.trim_end_matches(".c"));
+    let status = Command::new(gcc)
+        .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+        .arg(&out)
+        .arg(targets_dir().join(source))
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "gcc failed on {source}");
+    Some(out)
 }
 
 /// Run lagtrace to completion with the given args (for error cases).

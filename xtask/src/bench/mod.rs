@@ -15,6 +15,7 @@ mod pyframes;
 mod report;
 mod resolution;
 mod selfcost;
+mod soak;
 mod stats;
 mod targets;
 mod unwind;
@@ -51,6 +52,13 @@ pub struct BenchArgs {
     /// bench/UNWIND.md instead of bench/RESULTS.md.
     #[arg(long)]
     pub unwind: bool,
+    /// Run only the soak (section 7): lagtrace attached with every output
+    /// to 20 stalls/s, its RSS read over time. Writes bench/SOAK.md.
+    #[arg(long)]
+    pub soak: bool,
+    /// Length of the soak in seconds (default 300; 30 with --quick).
+    #[arg(long, value_name = "SECS")]
+    pub soak_seconds: Option<u64>,
 }
 
 /// How long and how often to measure.
@@ -65,6 +73,8 @@ pub struct Plan {
     pub spin_secs: u64,
     /// The idle and storm windows of section 4.
     pub window_secs: u64,
+    /// The soak's length (section 6).
+    pub soak_secs: u64,
 }
 
 impl Plan {
@@ -76,6 +86,7 @@ impl Plan {
                 load_secs: 2,
                 spin_secs: 2,
                 window_secs: 3,
+                soak_secs: 30,
             }
         } else {
             Self {
@@ -84,6 +95,7 @@ impl Plan {
                 load_secs: 5,
                 spin_secs: 5,
                 window_secs: 5,
+                soak_secs: 300,
             }
         }
     }
@@ -140,6 +152,11 @@ const SECTIONS: &[(&str, &str, SectionFn)] = &[
         "6. Python frames in the kernel",
         pyframes::section_pyframes,
     ),
+    (
+        "soak",
+        "7. Soak: memory over a long attach",
+        soak::section_soak,
+    ),
 ];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
@@ -159,6 +176,9 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let mut command = String::from("cargo xtask bench");
     if args.quick {
         command.push_str(" --quick");
+    }
+    if args.soak {
+        command.push_str(" --soak");
     }
     if let Some(only) = &args.only {
         command.push_str(&format!(" --only {only}"));
@@ -183,8 +203,12 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
 
     let python = deps::python()?;
     let node = deps::node()?;
+    let mut plan = Plan::new(args.quick);
+    if let Some(s) = args.soak_seconds {
+        plan.soak_secs = s.max(10);
+    }
     let ctx = Ctx {
-        plan: Plan::new(args.quick),
+        plan,
         lagtrace,
         python,
         node,
@@ -196,11 +220,11 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let mut sections = Vec::new();
     let mut failed = Vec::new();
     for (key, title, f) in SECTIONS {
-        if args
+        let skip_only = args
             .only
             .as_ref()
-            .is_some_and(|o| !key.contains(o.as_str()))
-        {
+            .is_some_and(|o| !key.contains(o.as_str()));
+        if skip_only || (args.soak && *key != "soak") {
             continue;
         }
         eprintln!("\n==== bench: {title} ====");
@@ -273,7 +297,10 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     }
 
     println!("\n{md}");
-    let results = if args.only.is_some() {
+    // The soak alone, or a subset, does not replace the full report.
+    let results = if args.soak {
+        util::in_repo("bench/SOAK.md")
+    } else if args.only.is_some() {
         ctx.out.join("RESULTS-partial.md")
     } else {
         util::in_repo("bench/RESULTS.md")

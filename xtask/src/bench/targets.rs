@@ -81,8 +81,13 @@ pub fn node_http() -> Result<Target> {
 
 /// bench/targets/stall_storm.py (with `-X perf` where supported).
 pub fn stall_storm(py: &Python) -> Result<Target> {
+    stall_storm_with(py, &[])
+}
+
+/// bench/targets/stall_storm.py with its `BLOCK_MS [YIELD_MS]` arguments.
+pub fn stall_storm_with(py: &Python, args: &[&str]) -> Result<Target> {
     let mut cmd = python_cmd(py, true);
-    cmd.arg(script("stall_storm.py")?);
+    cmd.arg(script("stall_storm.py")?).args(args);
     start("stall_storm", &mut cmd, false)
 }
 

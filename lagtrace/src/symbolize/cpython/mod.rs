@@ -47,6 +47,11 @@ impl PyFrames {
         self.procs.insert(it.pid, (it, cache));
     }
 
+    /// Forget a target (it exec'd another program); true if it was one.
+    pub fn remove(&mut self, pid: u32) -> bool {
+        self.procs.remove(&pid).is_some()
+    }
+
     pub fn has(&self, pid: u32) -> bool {
         self.procs.contains_key(&pid)
     }
