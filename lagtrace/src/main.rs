@@ -6,7 +6,7 @@
 use std::{io, process::ExitCode};
 
 use clap::Parser;
-use lagtrace::{cli::Args, error::Error, session};
+use lagtrace::{cli::Args, error::Error, output::sanitize, session};
 
 const PRIVS: &str = "run as root (sudo lagtrace …), or grant CAP_BPF and CAP_PERFMON \
                      (plus CAP_SYS_PTRACE for other users' processes)";
@@ -81,8 +81,21 @@ fn init_logging(verbose: u8) {
         1 => "info,lagtrace=debug,lagtrace_ebpf=debug,aya=warn,py_spy=warn",
         _ => "debug",
     };
+    // Log messages may quote target strings (paths, symbols, py-spy's
+    // errors): they leave through the sanitiser too.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
-        .format_timestamp_millis()
+        .format(|buf, record| {
+            use std::io::Write;
+            let ts = buf.timestamp_millis();
+            let msg = record.args().to_string();
+            writeln!(
+                buf,
+                "[{ts} {} {}] {}",
+                record.level(),
+                record.target(),
+                sanitize::line(&msg)
+            )
+        })
         .init();
 }
 
@@ -102,7 +115,10 @@ fn main() -> ExitCode {
     match rt.block_on(session::run(&args)) {
         Ok(outcome) => {
             for path in &outcome.files {
-                eprintln!("lagtrace: wrote {}", path.display());
+                eprintln!(
+                    "lagtrace: wrote {}",
+                    sanitize::line(&path.display().to_string())
+                );
             }
             if !outcome.idle.is_empty() {
                 let pids: Vec<String> = outcome.idle.iter().map(u32::to_string).collect();
@@ -120,7 +136,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("lagtrace: error: {}", remedy(&e));
+            eprintln!("lagtrace: error: {}", sanitize::line(&remedy(&e)));
             ExitCode::from(1)
         }
     }

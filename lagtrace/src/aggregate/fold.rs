@@ -3,7 +3,10 @@
 //! both always show the same thing.
 use std::collections::BTreeMap;
 
-use crate::spans::{Span, StackKind};
+use crate::{
+    output::sanitize,
+    spans::{Span, StackKind},
+};
 
 /// Folded stacks: the `;`-joined path and its weight in samples.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,14 +33,14 @@ impl Folded {
             if weight == 0 {
                 continue;
             }
-            let mut path = sanitize(&root);
+            let mut path = sanitize::folded(&root).into_owned();
             if let Some(marker) = stack.kind.marker() {
                 path.push(';');
                 path.push_str(marker);
             }
             for f in &stack.frames {
                 path.push(';');
-                path.push_str(&sanitize(f));
+                path.push_str(&sanitize::folded(f));
             }
             *self.stacks.entry(path).or_default() += weight;
         }
@@ -54,11 +57,6 @@ impl Folded {
     pub fn total(&self) -> u64 {
         self.stacks.values().sum()
     }
-}
-
-/// Frames may not contain the separators of the folded format.
-fn sanitize(frame: &str) -> String {
-    frame.replace(';', ":").replace('\n', " ")
 }
 
 /// Parse folded lines back (for tests and for tools that post-process).

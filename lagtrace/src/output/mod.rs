@@ -4,6 +4,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod jsonl;
 pub mod live;
+pub mod sanitize;
 pub mod summary;
 
 use std::path::PathBuf;

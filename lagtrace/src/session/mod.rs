@@ -24,7 +24,7 @@ use crate::{
     cli::Args,
     clock::WallClock,
     error::{Error, Result},
-    output::{self, TraceInfo},
+    output::{self, TraceInfo, sanitize},
     probes::{Counters, ProbeOptions, Probes},
     spans::Assembler,
     symbolize::{StackSymbolizer, python_live::LivePython},
@@ -107,7 +107,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         .iter()
         .map(|t| format!("pid {} ({})", t.pid, t.describe()))
         .collect();
-    eprintln!(
+    let start_line = format!(
         "lagtrace: tracing {}: threshold {}, sampling {}, {}. Ctrl-C to stop.",
         who.join(", "),
         output::fmt_ns(threshold_ns),
@@ -121,8 +121,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             None => "until the target exits".into(),
         }
     );
+    // Every stderr line with a target string in it (comm, thread, path)
+    // leaves through the sanitiser.
+    eprintln!("{}", sanitize::line(&start_line));
     for note in &notes {
-        eprintln!("lagtrace: {note}");
+        eprintln!("lagtrace: {}", sanitize::line(note));
     }
     log::debug!("attached: {}", probes.attached.join(", "));
 
@@ -177,7 +180,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                 }
                 if args.children {
                     for note in p.targets.adopt_children(&mut probes, &mut p.python, args.model) {
-                        eprintln!("lagtrace: {note}");
+                        eprintln!("lagtrace: {}", sanitize::line(&note));
                     }
                 }
                 let dead: Vec<u32> = p.targets.iter().filter(|t| !t.alive()).map(|t| t.pid).collect();

@@ -12,7 +12,7 @@ use crate::{
     clock::WallClock,
     error::Result,
     events::{Event, decode},
-    output::{Recorders, live},
+    output::{Recorders, live, sanitize},
     probes::Probes,
     spans::{Assembler, RawSpan, Sample, Span, cause},
     symbolize::{StackSymbolizer, python::task_of, python_live::LivePython},
@@ -209,7 +209,7 @@ impl Pipeline {
             if let Some(d) = doing {
                 line.push_str(&format!("  {d}"));
             }
-            println!("{line}");
+            println!("{}", sanitize::line(&line));
         }
     }
 
