@@ -174,6 +174,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     l.flush();
                 }
                 let threads = probes.threads()?;
+                for pid in p.targets.iter().map(|t| t.pid).collect::<Vec<_>>() {
+                    p.symbolizer.refresh(pid);
+                }
                 p.check_stuck(&threads, &probes);
                 if ticks.is_multiple_of(SNAPSHOT_TICKS) {
                     snapshot(&mut p, &mut probes, &threads);

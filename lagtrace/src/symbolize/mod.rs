@@ -1,14 +1,17 @@
 //! Unwinding and symbolization: from a span's raw samples (stack ids) to
 //! stacks of named frames, grouped and counted.
 //!
-//! The kernel deduplicates stacks into ids, and an id keeps its meaning for
-//! the whole trace (lagtrace never deletes from the stack map), so frames
-//! are resolved once per (pid, user id, kernel id).
+//! An id's addresses keep their meaning for the whole trace, but the code at
+//! an address does not (a library unloaded and another loaded there), so
+//! frames are resolved per sample and its time; `native` caches them by
+//! file and offset.
 mod cache;
 pub mod merge;
 pub mod native;
+pub mod perf_map;
 pub mod python;
 pub mod python_live;
+pub mod untrusted;
 
 use std::collections::HashMap;
 
@@ -32,7 +35,6 @@ struct NativeFrames {
 /// Turns samples into counted stacks of frame names.
 pub struct StackSymbolizer {
     native: NativeSymbolizer,
-    by_ids: HashMap<(u32, i32, i32), NativeFrames>,
 }
 
 impl Default for StackSymbolizer {
@@ -45,7 +47,6 @@ impl StackSymbolizer {
     pub fn new() -> Self {
         Self {
             native: NativeSymbolizer::new(),
-            by_ids: HashMap::new(),
         }
     }
 
@@ -54,21 +55,17 @@ impl StackSymbolizer {
         pid: u32,
         rec: &SampleRec,
         ips_of: &impl Fn(i32) -> Option<Vec<u64>>,
-    ) -> &NativeFrames {
-        let key = (pid, rec.user_stack, rec.kernel_stack);
-        if !self.by_ids.contains_key(&key) {
-            let user_ips = ips_of(rec.user_stack).unwrap_or_default();
-            let kernel_ips = ips_of(rec.kernel_stack).unwrap_or_default();
-            let frames = NativeFrames {
-                user: self.native.frames(pid, &user_ips, &[]),
-                leaf: self
-                    .native
-                    .frames(pid, &user_ips[..user_ips.len().min(1)], &[]),
-                kernel: self.native.frames(pid, &[], &kernel_ips),
-            };
-            self.by_ids.insert(key, frames);
+    ) -> NativeFrames {
+        let user_ips = ips_of(rec.user_stack).unwrap_or_default();
+        let kernel_ips = ips_of(rec.kernel_stack).unwrap_or_default();
+        let ts = rec.ts_ns;
+        NativeFrames {
+            user: self.native.frames(pid, ts, &user_ips, &[]),
+            leaf: self
+                .native
+                .frames(pid, ts, &user_ips[..user_ips.len().min(1)], &[]),
+            kernel: self.native.frames(pid, ts, &[], &kernel_ips),
         }
-        &self.by_ids[&key]
     }
 
     /// Frames (outermost first) of one sample: native frames from its stack
@@ -103,6 +100,11 @@ impl StackSymbolizer {
             .map(|s| (&s.rec, self.frames(pid, s, ips_of)))
             .collect();
         group(framed.into_iter())
+    }
+
+    /// See [`NativeSymbolizer::refresh`].
+    pub fn refresh(&mut self, pid: u32) {
+        self.native.refresh(pid);
     }
 
     /// See [`NativeSymbolizer::warm_up`].
