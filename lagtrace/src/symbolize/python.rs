@@ -6,7 +6,19 @@
 //! mid-read); py-spy then fails or returns garbage that the caller rejects
 //! by checking that the kernel still shows the same iteration. Such stacks
 //! are dropped and counted, never guessed.
-use std::{collections::HashMap, time::Instant};
+//!
+//! The target's memory is untrusted: a frame chain can be cyclic (a
+//! `previous` pointer set back with ctypes) or absurdly deep, and a process
+//! with hundreds of threads makes each full read slow. py-spy bounds its
+//! walks at 4096 frames and 4096 threads; on top of that every read here is
+//! paid from a time budget per process (a share of one CPU), and a read that
+//! costs far more than a normal one suspends that process's reads for 20×
+//! its cost. A walk that hits the depth bound yields a stack marked
+//! truncated, never a loop.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use crate::target::{exe_name, innermost_id};
 use py_spy::{Config, PythonSpy, config::LockingStrategy};
@@ -24,6 +36,54 @@ pub struct PyStats {
     /// (then a full read follows).
     pub gil_reads: u64,
     pub gil_misses: u64,
+    /// Reads that hit py-spy's depth bound (a cyclic or absurdly deep frame
+    /// chain): their stack is the truncation marker alone.
+    pub truncated: u64,
+    /// Reads not made because the process's read budget was spent.
+    pub skipped: u64,
+}
+
+/// The frame a stack gets when its walk was cut short.
+pub const TRUNCATED_FRAME: &str = "[python frames truncated: cyclic or deeper than 4096]";
+
+/// Share of one CPU that Python reads of one process may use, and the
+/// burst allowed (a long span's reads may come in a row).
+const BUDGET_SHARE: f64 = 0.25;
+const BUDGET_BURST: Duration = Duration::from_millis(250);
+/// A read slower than this suspends reads of its process for 20× its cost
+/// (normal reads cost 16–450 µs).
+const SLOW_READ: Duration = Duration::from_millis(5);
+
+/// A token bucket of read time for one process.
+#[derive(Debug)]
+struct Budget {
+    tokens: Duration,
+    at: Instant,
+    suspended_until: Option<Instant>,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Self {
+            tokens: BUDGET_BURST,
+            at: Instant::now(),
+            suspended_until: None,
+        }
+    }
+
+    fn allows(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.at).mul_f64(BUDGET_SHARE);
+        self.tokens = (self.tokens + refill).min(BUDGET_BURST);
+        self.at = now;
+        self.suspended_until.is_none_or(|t| now >= t) && !self.tokens.is_zero()
+    }
+
+    fn spend(&mut self, cost: Duration, now: Instant) {
+        self.tokens = self.tokens.saturating_sub(cost);
+        if cost > SLOW_READ {
+            self.suspended_until = Some(now + cost * 20);
+        }
+    }
 }
 
 /// Two readers per process. Asking the OS whether each thread is running
@@ -39,6 +99,7 @@ struct Spies {
     /// thread: when the last full read, at most `SINGLE_THREAD_TTL` ago,
     /// found exactly one.
     single_thread_since: Option<Instant>,
+    budget: Budget,
 }
 
 /// How long a full read's "one Python thread" holds for GIL-holder reads.
@@ -109,6 +170,7 @@ impl PythonReader {
                 gil,
                 full,
                 single_thread_since: None,
+                budget: Budget::new(),
             },
         );
         Ok(version)
@@ -135,14 +197,24 @@ impl PythonReader {
             &mut spies.full
         };
         let t0 = Instant::now();
+        if !spies.budget.allows(t0) {
+            self.stats.skipped += 1;
+            return None;
+        }
         let traces = spy.get_stack_traces();
         let single = spies
             .single_thread_since
             .is_some_and(|at| at.elapsed() < SINGLE_THREAD_TTL);
+        let cost = t0.elapsed();
+        spies.budget.spend(cost, t0 + cost);
         self.stats.reads += 1;
-        self.stats.read_ns += t0.elapsed().as_nanos() as u64;
+        self.stats.read_ns += cost.as_nanos() as u64;
         let traces = match traces {
             Ok(t) => t,
+            Err(e) if format!("{e:#}").contains("Max frame recursion depth") => {
+                self.stats.truncated += 1;
+                return Some(vec![TRUNCATED_FRAME.to_string()].into());
+            }
             Err(e) => {
                 log::debug!("python stack read of {pid}/{tid} failed: {e:#}");
                 self.stats.failed += 1;
