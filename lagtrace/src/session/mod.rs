@@ -157,6 +157,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     loop {
         tokio::select! {
             _ = drain_tick.tick() => {
+                for pid in p.targets.iter().map(|t| t.pid).collect::<Vec<_>>() {
+                    p.symbolizer.refresh(pid);
+                }
                 p.drain(events.get_mut(), &probes)?;
                 if has_python {
                     let threads = probes.threads()?;
@@ -174,9 +177,6 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     l.flush();
                 }
                 let threads = probes.threads()?;
-                for pid in p.targets.iter().map(|t| t.pid).collect::<Vec<_>>() {
-                    p.symbolizer.refresh(pid);
-                }
                 p.check_stuck(&threads, &probes);
                 if ticks.is_multiple_of(SNAPSHOT_TICKS) {
                     snapshot(&mut p, &mut probes, &threads);
@@ -252,6 +252,12 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             py.failed,
             py.torn
         );
+        if py.truncated > 0 || py.skipped > 0 {
+            eprintln!(
+                "lagtrace: python: {} reads cut short (cyclic or deeper than 4096 frames), {} skipped to stay within the read budget",
+                py.truncated, py.skipped
+            );
+        }
     } else if p.python.any() {
         eprintln!("lagtrace: python: 0 stack reads (no iteration was long enough to need one)");
     }

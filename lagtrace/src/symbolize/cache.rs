@@ -10,6 +10,13 @@
 //! reads of the maps show was there at the sample's time (between the read
 //! that first showed it and the last read that still did). A sample that
 //! falls where the maps changed gets `[unknown]`.
+//!
+//! Reads are polls, so a library loaded and unloaded entirely between two
+//! reads (A, then B, then A again at the same address) would be invisible.
+//! Once a process is seen changing its file mappings, its maps are read on
+//! every drain tick, and a window is never carried across a gap between
+//! reads longer than [`MAX_GAP_NS`] (lagtrace starved of CPU): samples in
+//! such a gap get `[unknown]`, not a name.
 use std::{
     collections::HashMap,
     fs, io,
@@ -24,6 +31,11 @@ pub const MAX_CACHED: usize = 200_000;
 /// Mappings gone from the maps that are still remembered, for samples
 /// taken before they went.
 const MAX_RETIRED: usize = 512;
+/// Longest gap between two reads across which a process that changes its
+/// mappings keeps a mapping's window.
+pub const MAX_GAP_NS: u64 = 50_000_000;
+/// Re-reads allowed per second and process.
+const REREADS_PER_SECOND: u32 = 200;
 
 /// One line of `/proc/PID/maps`, and when it was surely mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +168,10 @@ pub struct PidCache {
     pub perf_map: PerfMap,
     /// When the perf map was last looked at, and how often this second.
     pub perf_map_reads: (Option<Instant>, u32),
+    /// Monotonic time after the last read of the maps.
+    pub read_after_ns: u64,
+    /// The process has loaded or unloaded a file mapping since the first read.
+    pub churns: bool,
 }
 
 impl PidCache {
@@ -205,20 +221,39 @@ impl PidCache {
         let after = WallClock::now_mono_ns();
         let first = !self.maps_read;
         self.maps_read = true;
+        // Across a long gap a churning process may have swapped and swapped
+        // back: nothing carries over.
+        let carry = !(self.churns && before.saturating_sub(self.read_after_ns) > MAX_GAP_NS);
+        self.read_after_ns = after;
         let mut new = parse_maps(&text);
         let mut old = std::mem::take(&mut self.maps).into_iter().peekable();
+        let mut changed = false;
         for m in &mut new {
             // Both lists are sorted by start: carry over what did not change.
-            while old.peek().is_some_and(|o| o.start < m.start) {
-                self.retired.push(old.next().expect("peeked"));
+            while let Some(o) = old.next_if(|o| o.start < m.start) {
+                changed |= o.inode != 0;
+                self.retired.push(o);
             }
-            match old.peek() {
-                Some(o) if o.same(m) => m.valid_from_ns = old.next().expect("peeked").valid_from_ns,
-                _ => m.valid_from_ns = if first { 0 } else { after },
+            match old.next_if(|o| o.same(m)) {
+                Some(o) if carry => m.valid_from_ns = o.valid_from_ns,
+                Some(o) => {
+                    // Still mapped, but unknown in the gap: the old window
+                    // ends at its last read, the new one starts now.
+                    self.retired.push(o);
+                    m.valid_from_ns = after;
+                }
+                None => {
+                    changed |= m.inode != 0;
+                    m.valid_from_ns = if first { 0 } else { after };
+                }
             }
             m.last_seen_ns = before;
         }
-        self.retired.extend(old);
+        for o in old {
+            changed |= o.inode != 0;
+            self.retired.push(o);
+        }
+        self.churns |= changed && !first;
         if self.retired.len() > MAX_RETIRED {
             let cut = self.retired.len() - MAX_RETIRED;
             self.retired.drain(..cut);
@@ -229,7 +264,7 @@ impl PidCache {
 
     /// Whether another re-read fits the budget of this second.
     pub fn may_reread(&self) -> bool {
-        within_budget(self.rereads, 32)
+        within_budget(self.rereads, REREADS_PER_SECOND)
     }
 
     /// Count a look at the perf map, if it fits the budget of this second.

@@ -97,9 +97,17 @@ impl NativeSymbolizer {
     }
 
     /// Read the maps of a process again, so that each mapping's time window
-    /// stays fine-grained (called on the session's tick).
+    /// stays fine-grained. Called on every drain tick: a process that has
+    /// changed its file mappings is read each time, others every 100 ms.
     pub fn refresh(&mut self, pid: u32) {
-        if let Some(cache) = self.pids.get_mut(&pid)
+        const STABLE_EVERY_NS: u64 = 100_000_000;
+        let Some(cache) = self.pids.get_mut(&pid) else {
+            return;
+        };
+        let due = cache.churns
+            || crate::clock::WallClock::now_mono_ns().saturating_sub(cache.read_after_ns)
+                >= STABLE_EVERY_NS;
+        if due
             && cache.may_reread()
             && let Err(e) = cache.reread_maps(pid)
         {
@@ -152,10 +160,15 @@ impl NativeSymbolizer {
         let mut by_file: HashMap<FileId, (Mapping, Vec<(usize, u64)>)> = HashMap::new();
         let mut vdso: Vec<(usize, u64)> = Vec::new();
         for (i, &a) in addrs.iter().enumerate() {
-            // Over the re-read budget the newest read stands for "now".
+            // Over the re-read budget the newest read stands for "now", but
+            // only in a process never seen changing its file mappings.
             let m = cache
                 .find_at(a, ts_ns)
-                .or_else(|| (!cache.may_reread()).then(|| cache.find(a)).flatten())
+                .or_else(|| {
+                    (!cache.churns && !cache.may_reread())
+                        .then(|| cache.find(a))
+                        .flatten()
+                })
                 .cloned();
             let Some(m) = m else {
                 out[i] = Some(vec![unknown_addr(a)]);
@@ -482,7 +495,7 @@ mod tests {
         ));
         fs::remove_file(&path).unwrap();
         // Mapped after the first read of the maps: known from the next one.
-        s.refresh(pid);
+        s.pids.get_mut(&pid).unwrap().reread_maps(pid).unwrap();
         let want = format!("[unknown] (lagtrace-deleted-{pid}.bin+0x10)");
         assert_eq!(s.frames(pid, now(), &[page + 0x10], &[]), [want]);
         // A process that is gone: no panic, and unknown user frames.
