@@ -467,6 +467,32 @@ mod tests {
     }
 
     #[test]
+    fn file_offsets_name_what_blazesyms_process_source_names() {
+        // lagtrace hands blazesym each mapped file by fd and file offset;
+        // it must name what blazesym finds itself from the address.
+        let pid = process::id();
+        let addrs: Vec<u64> = [
+            some_noinline_fn as *const () as u64,
+            other_noinline_fn as *const () as u64 + 3,
+            libc::getpid as *const () as u64,
+            libc::clock_gettime as *const () as u64 + 5,
+        ]
+        .to_vec();
+        let ours = NativeSymbolizer::new().resolve_user(pid, now(), &addrs);
+        let symbolizer = Symbolizer::new();
+        let src = Source::Process(Process {
+            perf_map: false,
+            map_files: false,
+            ..Process::new(Pid::from(pid))
+        });
+        let theirs = symbolize(&symbolizer, &src, &addrs);
+        for (i, frames) in ours.iter().enumerate() {
+            let want = named(&theirs, i).map(sym_frames);
+            assert_eq!(Some(frames), want.as_ref(), "address {:#x}", addrs[i]);
+        }
+    }
+
+    #[test]
     fn kernel_frames_get_the_k_suffix() {
         let kallsyms = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
         let addr = kallsyms.lines().find_map(|l| {
