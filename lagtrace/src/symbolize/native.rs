@@ -171,7 +171,11 @@ impl NativeSymbolizer {
                 })
                 .cloned();
             let Some(m) = m else {
-                out[i] = Some(vec![unknown_addr(a)]);
+                // JIT code: the perf map names an address whichever
+                // anonymous mapping (grown, or replaced since) holds it.
+                let anon = cache.find(a).is_some_and(|c| c.path.is_none());
+                let name = if anon { jit_name(pid, cache, a) } else { None };
+                out[i] = Some(vec![name.unwrap_or_else(|| unknown_addr(a))]);
                 continue;
             };
             if is_file(&m) {
@@ -542,5 +546,12 @@ mod tests {
         let frames = s.frames(pid, now(), &[page + 0x10], &[]);
         let _ = fs::remove_file(&map);
         assert_eq!(frames, ["py::fake_jit:/app/x.py"]);
+        // JIT code in memory mapped after the last read of the maps.
+        let late = map_page(-1);
+        fs::write(&map, format!("{late:x} 1000 py::late_jit:/app/y.py\n")).unwrap();
+        s.pids.get_mut(&pid).unwrap().reread_maps(pid).unwrap();
+        let frames = s.frames(pid, now() - 1_000_000_000, &[late + 0x10], &[]);
+        let _ = fs::remove_file(&map);
+        assert_eq!(frames, ["py::late_jit:/app/y.py"]);
     }
 }

@@ -49,8 +49,10 @@ pub struct ReadStats {
 pub struct PerfMap {
     entries: Vec<Entry>,
     sorted: bool,
-    /// (dev, inode) of the file read, and how far it was read.
+    /// (dev, inode) of the file read, how far it was read, and its mtime
+    /// then (same length, newer mtime: rewritten in place).
     file: Option<(u64, u64)>,
+    mtime: (i64, i64),
     offset: u64,
     /// A partial last line, completed by the next read.
     partial: Vec<u8>,
@@ -85,12 +87,15 @@ impl PerfMap {
     pub fn update(&mut self, mut file: File) -> io::Result<ReadStats> {
         let meta = file.metadata()?;
         let id = (meta.dev(), meta.ino());
-        if self.file != Some(id) || meta.len() < self.offset {
+        let mtime = (meta.mtime(), meta.mtime_nsec());
+        let rewritten = meta.len() == self.offset && mtime != self.mtime;
+        if self.file != Some(id) || meta.len() < self.offset || rewritten {
             *self = Self {
                 file: Some(id),
                 ..Self::default()
             };
         }
+        self.mtime = mtime;
         file.seek(SeekFrom::Start(self.offset))?;
         let deadline = Instant::now() + TIME_BUDGET;
         let mut stats = ReadStats::default();
