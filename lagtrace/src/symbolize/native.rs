@@ -280,7 +280,7 @@ impl NativeSymbolizer {
             if self.files.len() >= MAX_OPEN_FILES {
                 self.files.clear();
             }
-            match open_mapped(pid, m, owners) {
+            match untrusted::open_mapping(pid, m, owners) {
                 Ok(f) => {
                     self.files.insert(id, f);
                 }
@@ -323,46 +323,11 @@ fn is_file(m: &Mapping) -> bool {
     !m.deleted && m.inode != 0 && m.path.as_deref().is_some_and(|p| p.starts_with('/'))
 }
 
-/// The exact file of a mapping: through `map_files` (needs CAP_SYS_ADMIN),
-/// else by its path inside the target's root, checked to be the same file.
-fn open_mapped(pid: u32, m: &Mapping, owners: &[u32]) -> Result<File, untrusted::UntrustedError> {
-    match untrusted::open_map_file(pid, m.start, m.end, owners) {
-        Err(untrusted::UntrustedError::Open { .. }) => {
-            let path = m.path.as_deref().unwrap_or_default();
-            let f = untrusted::open_in_root(pid, path, owners)?;
-            untrusted::same_file(&f, std::path::Path::new(path), m.dev, m.inode)?;
-            Ok(f)
-        }
-        other => other,
-    }
-}
-
 /// The name a JIT wrote in its perf map for `addr`, read again (within a
 /// budget) when the address is not in it yet.
 fn jit_name(pid: u32, cache: &mut PidCache, addr: u64) -> Option<String> {
-    if let Some(name) = cache.perf_map.lookup(addr) {
-        return Some(name.to_string());
-    }
-    if !cache.may_read_perf_map() {
-        return None;
-    }
-    let path = format!(
-        "/tmp/perf-{}.map",
-        crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid)
-    );
-    let owners = untrusted::allowed_owners(pid);
-    match untrusted::open_in_root(pid, &path, &owners) {
-        Ok(f) => match cache.perf_map.update(f) {
-            Ok(stats) if stats.bad_lines > 0 || stats.capped => log::debug!(
-                "perf map of pid {pid}: {} lines, {} skipped, capped: {}",
-                stats.lines,
-                stats.bad_lines,
-                stats.capped
-            ),
-            Ok(_) => {}
-            Err(e) => log::debug!("reading the perf map of pid {pid}: {e}"),
-        },
-        Err(e) => log::debug!("{e}"),
+    if cache.perf_map.lookup(addr).is_none() && cache.may_read_perf_map() {
+        cache.perf_map.refresh(pid);
     }
     cache.perf_map.lookup(addr).map(str::to_string)
 }

@@ -16,6 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::untrusted;
+
 /// Most bytes read from one perf map over the whole trace.
 pub const MAX_BYTES: u64 = 64 << 20;
 /// Longest line kept; longer ones (names included) are skipped.
@@ -165,6 +167,27 @@ impl PerfMap {
                 self.sorted = false;
             }
             None => stats.bad_lines += 1,
+        }
+    }
+
+    /// Read what is new in the perf map of `pid`: `/tmp/perf-NSPID.map`
+    /// inside its root, opened as untrusted.
+    pub fn refresh(&mut self, pid: u32) {
+        let ns_pid = crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid);
+        let path = format!("/tmp/perf-{ns_pid}.map");
+        let owners = untrusted::allowed_owners(pid);
+        match untrusted::open_in_root(pid, &path, &owners) {
+            Ok(f) => match self.update(f) {
+                Ok(s) if s.bad_lines > 0 || s.capped => log::debug!(
+                    "perf map of pid {pid}: {} lines, {} skipped, capped: {}",
+                    s.lines,
+                    s.bad_lines,
+                    s.capped
+                ),
+                Ok(_) => {}
+                Err(e) => log::debug!("reading the perf map of pid {pid}: {e}"),
+            },
+            Err(e) => log::debug!("{e}"),
         }
     }
 

@@ -11,9 +11,10 @@
 //! `previous` pointer set back with ctypes) or absurdly deep, and a process
 //! with hundreds of threads makes each full read slow. py-spy bounds its
 //! walks at 4096 frames and 4096 threads; on top of that every read here is
-//! paid from a time budget per process (a share of one CPU), and a read that
-//! costs far more than a normal one suspends that process's reads for 20×
-//! its cost. A walk that hits the depth bound yields a stack marked
+//! paid from a budget of lagtrace's own CPU time per process (a share of
+//! one CPU; CPU, not wall time, so that a read preempted on a busy host is
+//! not charged for the wait), and a read that costs far more than a normal
+//! one suspends that process's reads for 20× its cost. A walk that hits the depth bound yields a stack marked
 //! truncated, never a loop.
 use std::{
     collections::HashMap,
@@ -53,6 +54,19 @@ const BUDGET_BURST: Duration = Duration::from_millis(250);
 /// A read slower than this suspends reads of its process for 20× its cost
 /// (normal reads cost 16–450 µs).
 const SLOW_READ: Duration = Duration::from_millis(5);
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec the call writes into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
 
 /// A token bucket of read time for one process.
 #[derive(Debug)]
@@ -201,14 +215,17 @@ impl PythonReader {
             self.stats.skipped += 1;
             return None;
         }
+        let cpu0 = thread_cpu();
         let traces = spy.get_stack_traces();
         let single = spies
             .single_thread_since
             .is_some_and(|at| at.elapsed() < SINGLE_THREAD_TTL);
-        let cost = t0.elapsed();
-        spies.budget.spend(cost, t0 + cost);
+        let wall = t0.elapsed();
+        spies
+            .budget
+            .spend(thread_cpu().saturating_sub(cpu0), t0 + wall);
         self.stats.reads += 1;
-        self.stats.read_ns += cost.as_nanos() as u64;
+        self.stats.read_ns += wall.as_nanos() as u64;
         let traces = match traces {
             Ok(t) => t,
             Err(e) if format!("{e:#}").contains("Max frame recursion depth") => {

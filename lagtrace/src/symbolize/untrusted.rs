@@ -20,6 +20,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use super::cache::Mapping;
+
 /// Why a target file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum UntrustedError {
@@ -128,6 +130,20 @@ pub fn open_map_file(
     // SAFETY: open returned a new file descriptor that nothing else owns.
     let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     check(file, &path, owners)
+}
+
+/// The exact file of a mapping: through `map_files` (needs CAP_SYS_ADMIN),
+/// else by its path inside the target's root, checked to be the same file.
+pub fn open_mapping(pid: u32, m: &Mapping, owners: &[u32]) -> Result<File, UntrustedError> {
+    match open_map_file(pid, m.start, m.end, owners) {
+        Err(UntrustedError::Open { .. }) => {
+            let path = m.path.as_deref().unwrap_or_default();
+            let f = open_in_root(pid, path, owners)?;
+            same_file(&f, Path::new(path), m.dev, m.inode)?;
+            Ok(f)
+        }
+        other => other,
+    }
 }
 
 /// A regular file owned by an allowed uid, or an error naming why not.
