@@ -77,6 +77,8 @@ struct Run {
     /// From attach to exit.
     elapsed: Duration,
     peak_rss_kb: u64,
+    /// lagtrace's user + system CPU time, as last read before it exited.
+    cpu: Duration,
     dir: tempdir::Dir,
 }
 
@@ -164,6 +166,7 @@ fn trace(pid: u32, extra: &[&str], stop: Stop, limit: Duration, on_attach: impl 
     on_attach();
     let t1 = Instant::now();
     let mut peak = 0;
+    let mut cpu = Duration::ZERO;
     let mut interrupted = false;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -177,6 +180,7 @@ fn trace(pid: u32, extra: &[&str], stop: Stop, limit: Duration, on_attach: impl 
         {
             peak = peak.max(kb);
         }
+        cpu = cpu_time(child.id()).unwrap_or(cpu);
         if let Stop::Interrupt(after) = stop
             && !interrupted
             && t1.elapsed() >= after
@@ -200,6 +204,7 @@ fn trace(pid: u32, extra: &[&str], stop: Stop, limit: Duration, on_attach: impl 
         stderr: err.lock().unwrap().clone(),
         elapsed,
         peak_rss_kb: peak,
+        cpu,
         dir,
     };
     assert!(
@@ -208,6 +213,17 @@ fn trace(pid: u32, extra: &[&str], stop: Stop, limit: Duration, on_attach: impl 
         String::from_utf8_lossy(&run.stderr)
     );
     run
+}
+
+/// User + system CPU time of a process, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, 12 and 13 after the comm.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / hz))
 }
 
 /// Bytes a terminal would act on: C0 controls but LF, DEL, and C1 controls
@@ -682,4 +698,54 @@ fn a_library_swapped_at_the_same_address_never_gets_the_old_name() {
         truth.len()
     );
     assert_eq!(wrong, 0, "samples given the other library's name");
+}
+
+#[test]
+fn python_reads_of_a_process_with_500_threads_stay_within_the_budget() {
+    if !root_or_skip("500 python threads") {
+        return;
+    }
+    let Some(py) = pyenv_python("3.12") else {
+        eprintln!("SKIP 500 python threads: no pyenv CPython 3.12");
+        return;
+    };
+    let mut cmd = Command::new(py);
+    cmd.arg(targets_dir().join("hostile.py"));
+    let target = Target::start_in(
+        cmd,
+        &["--mode", "threads", "--stalls", "12", "--stall-ms", "300"],
+    );
+    let run = trace(
+        target.pid,
+        &["--duration", "5s"],
+        Stop::Duration,
+        Duration::from_secs(8),
+        || signal(target.pid, libc::SIGUSR1),
+    );
+    assert_eq!(
+        run.code,
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        run.spans().len() >= 8,
+        "spans present: {}",
+        run.spans().len()
+    );
+    let share = run.cpu.as_secs_f64() / run.elapsed.as_secs_f64();
+    println!(
+        "500 python threads: lagtrace used {:?} of CPU over {:?} ({:.0}%); {}",
+        run.cpu,
+        run.elapsed,
+        share * 100.0,
+        String::from_utf8_lossy(&run.stderr)
+            .lines()
+            .filter(|l| l.contains("python:"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    );
+    // The read budget is a quarter of a CPU (plus a 250 ms burst); the bug
+    // was 63%. Generous, for a busy host.
+    assert!(share < 0.45, "lagtrace used {:.0}% of a CPU", share * 100.0);
 }
