@@ -175,8 +175,7 @@ impl PerfMap {
     pub fn refresh(&mut self, pid: u32) {
         let ns_pid = crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid);
         let path = format!("/tmp/perf-{ns_pid}.map");
-        let owners = untrusted::allowed_owners(pid);
-        match untrusted::open_in_root(pid, &path, &owners) {
+        match untrusted::open_own_file(pid, &path) {
             Ok(f) => match self.update(f) {
                 Ok(s) if s.bad_lines > 0 || s.capped => log::debug!(
                     "perf map of pid {pid}: {} lines, {} skipped, capped: {}",

@@ -37,12 +37,27 @@ pub enum UntrustedError {
     Owner { path: PathBuf, uid: u32 },
     #[error("{path} is not the file the target maps (device or inode differ); not read")]
     Replaced { path: PathBuf },
+    #[error("{path} has {links} hard links (may be another file linked in); not read")]
+    Linked { path: PathBuf, links: u64 },
 }
 
-/// The uids a file of the target may belong to: root and the target's
-/// real, effective, saved and filesystem uids.
+/// The uids a file of the target may belong to: root, the target's real,
+/// effective, saved and filesystem uids, and the uid that is root in the
+/// target's user namespace (a container's image files belong to it).
 pub fn allowed_owners(pid: u32) -> Vec<u32> {
-    let mut uids = vec![0];
+    let mut uids = target_uids(pid);
+    uids.push(0);
+    if let Ok(map) = std::fs::read_to_string(format!("/proc/{pid}/uid_map")) {
+        uids.extend(namespace_root(&map));
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    uids
+}
+
+/// The target's real, effective, saved and filesystem uids.
+pub fn target_uids(pid: u32) -> Vec<u32> {
+    let mut uids = Vec::new();
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
         && let Some(line) = status.lines().find_map(|l| l.strip_prefix("Uid:"))
     {
@@ -62,6 +77,18 @@ struct OpenHow {
     flags: u64,
     mode: u64,
     resolve: u64,
+}
+
+/// The uid (as lagtrace sees it) of root inside a user namespace, from its
+/// `uid_map` (`inside outside count` per line).
+fn namespace_root(uid_map: &str) -> Option<u32> {
+    uid_map.lines().find_map(|l| {
+        let mut f = l.split_whitespace().map(|x| x.parse::<u32>().ok());
+        match (f.next()??, f.next()??, f.next()??) {
+            (0, outside, count) if count > 0 => Some(outside),
+            _ => None,
+        }
+    })
 }
 
 const FLAGS: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY;
@@ -100,6 +127,28 @@ pub fn open_in_root(pid: u32, path: &str, owners: &[u32]) -> Result<File, Untrus
     // SAFETY: openat2 returned a new file descriptor that nothing else owns.
     let file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     check(file, &shown, owners)
+}
+
+/// Open a file the target writes itself (its perf map): owned by one of
+/// its own uids (root only if it runs as root), and with a single link, so
+/// that it cannot be another user's file hard-linked in where
+/// `fs.protected_hardlinks` is off.
+pub fn open_own_file(pid: u32, path: &str) -> Result<File, UntrustedError> {
+    let f = open_in_root(pid, path, &target_uids(pid))?;
+    let links = f
+        .metadata()
+        .map_err(|source| UntrustedError::Open {
+            path: PathBuf::from(path),
+            source,
+        })?
+        .nlink();
+    if links != 1 {
+        return Err(UntrustedError::Linked {
+            path: PathBuf::from(format!("/proc/{pid}/root{path}")),
+            links,
+        });
+    }
+    Ok(f)
 }
 
 /// Open a mapped file through `/proc/PID/map_files/START-END`: the kernel
@@ -230,8 +279,26 @@ mod tests {
                 Err(UntrustedError::Owner { .. })
             ));
         }
+        // A file of the target's own, but hard-linked: refused.
+        assert!(open_own_file(pid, &p("map")).is_ok());
+        fs::hard_link(&file, d.join("hard")).unwrap();
+        assert!(matches!(
+            open_own_file(pid, &p("map")),
+            Err(UntrustedError::Linked { links: 2, .. })
+        ));
         fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).unwrap();
         let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_namespace_root_owns_its_image() {
+        assert_eq!(
+            namespace_root("         0          0 4294967295\n"),
+            Some(0)
+        );
+        assert_eq!(namespace_root("0 100000 65536\n"), Some(100000));
+        assert_eq!(namespace_root("1000 1000 1\n"), None);
+        assert_eq!(namespace_root("garbage"), None);
     }
 
     #[test]
