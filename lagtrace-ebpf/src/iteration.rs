@@ -18,8 +18,8 @@ use lagtrace_common::{
     CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
     CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader,
     PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS,
-    SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig,
-    ThreadSamples, ThreadState, hist_bucket,
+    SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples,
+    ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;

@@ -7,7 +7,7 @@
 use std::{io, process::ExitCode};
 
 use clap::Parser;
-use lagtrace::{cli::Args, error::Error, session};
+use lagtrace::{cli::Args, error::Error, output::sanitize, session};
 
 const PRIVS: &str = "run as root (sudo lagtrace …), or grant CAP_BPF and CAP_PERFMON \
                      (plus CAP_SYS_PTRACE for other users' processes)";
@@ -85,8 +85,21 @@ fn init_logging(verbose: u8) {
         1 => "info,lagtrace=debug,lagtrace_ebpf=debug,aya=warn",
         _ => "debug",
     };
+    // Log messages may quote target strings (paths, symbols, py-spy's
+    // errors): they leave through the sanitiser too.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
-        .format_timestamp_millis()
+        .format(|buf, record| {
+            use std::io::Write;
+            let ts = buf.timestamp_millis();
+            let msg = record.args().to_string();
+            writeln!(
+                buf,
+                "[{ts} {} {}] {}",
+                record.level(),
+                record.target(),
+                sanitize::line(&msg)
+            )
+        })
         .init();
 }
 
@@ -106,7 +119,10 @@ fn main() -> ExitCode {
     match rt.block_on(session::run(&args)) {
         Ok(outcome) => {
             for path in &outcome.files {
-                eprintln!("lagtrace: wrote {}", path.display());
+                eprintln!(
+                    "lagtrace: wrote {}",
+                    sanitize::line(&path.display().to_string())
+                );
             }
             if !outcome.failed_outputs.is_empty() {
                 // Each was warned about as it failed; the rest was written.
@@ -137,7 +153,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("lagtrace: error: {}", remedy(&e));
+            eprintln!("lagtrace: error: {}", sanitize::line(&remedy(&e)));
             ExitCode::from(1)
         }
     }

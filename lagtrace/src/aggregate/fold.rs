@@ -8,7 +8,10 @@
 //! `[other stacks]` entry under their thread, and counted.
 use std::collections::BTreeMap;
 
-use crate::spans::{Span, StackKind};
+use crate::{
+    output::sanitize,
+    spans::{Span, StackKind},
+};
 
 /// Most distinct stacks kept (a flame graph with more is unreadable anyway).
 pub const MAX_STACKS: usize = 20_000;
@@ -47,14 +50,14 @@ impl Folded {
             if weight == 0 {
                 continue;
             }
-            let mut path = sanitize(&root);
+            let mut path = sanitize::folded(&root).into_owned();
             if let Some(marker) = stack.kind.marker() {
                 path.push(';');
                 path.push_str(marker);
             }
             for f in &stack.frames {
                 path.push(';');
-                path.push_str(&sanitize(f));
+                path.push_str(&sanitize::folded(f));
             }
             self.insert(path, &root, weight);
         }
@@ -74,7 +77,7 @@ impl Folded {
         }
         self.overflow_stacks += 1;
         self.overflow_weight += weight;
-        let other = format!("{};{OTHER}", sanitize(root));
+        let other = format!("{};{OTHER}", sanitize::folded(root));
         if let Some(w) = self.stacks.get_mut(&other) {
             *w += weight;
         } else if self.stacks.len() < MAX_STACKS + MAX_STACKS / 10 {
@@ -102,11 +105,6 @@ impl Folded {
     pub fn total(&self) -> u64 {
         self.stacks.values().sum()
     }
-}
-
-/// Frames may not contain the separators of the folded format.
-fn sanitize(frame: &str) -> String {
-    frame.replace(';', ":").replace('\n', " ")
 }
 
 /// Parse folded lines back (for tests and for tools that post-process).

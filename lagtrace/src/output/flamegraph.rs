@@ -9,7 +9,7 @@ use inferno::flamegraph::{
     color::{MultiPalette, Palette},
 };
 
-use super::{Recorder, TraceInfo, file::AtomicFile, fmt_ns};
+use super::{Recorder, TraceInfo, file::AtomicFile, fmt_ns, sanitize};
 use crate::{aggregate::fold::Folded, error::Result, spans::Span};
 
 pub struct FlameGraphFile {
@@ -41,7 +41,7 @@ impl FlameGraphFile {
         format!(
             "lagtrace: pid {} ({}) — threshold {}, {} blocking span{plural}, {} of lag",
             pids.join(", "),
-            info.comms.join(", "),
+            sanitize::xml(&info.comms.join(", ")),
             fmt_ns(info.threshold_ns),
             self.spans,
             fmt_ns(self.lag_ns),
@@ -125,9 +125,10 @@ fn empty_svg(title: &str, why: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Markup escaped, and characters XML forbids shown as escapes.
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+    for c in sanitize::xml(s).chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),

@@ -2,7 +2,7 @@
 //! loop that is stuck right now.
 use crate::spans::{Span, StackKind};
 
-use super::fmt_ns;
+use super::{fmt_ns, sanitize};
 
 /// Local wall-clock time of day, `HH:MM:SS.mmm`.
 pub fn local_time(unix_ns: u64) -> String {
@@ -85,7 +85,7 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
     if span.unfinished {
         line.push_str("  (still open at exit)");
     }
-    line
+    sanitize::line(&line).into_owned()
 }
 
 /// The line of a loop stuck right now, `open_ns` into its iteration.
@@ -99,7 +99,7 @@ pub fn stuck_line(
     format!(
         "{}  {}[{}]  STILL BLOCKED for {} ({}× threshold, since {})",
         local_time(start_unix_ns + open_ns),
-        thread,
+        sanitize::terminal(thread),
         tid,
         fmt_ns(open_ns),
         open_ns / threshold_ns.max(1),

@@ -12,6 +12,7 @@ pub mod folded;
 pub mod jsonl;
 pub mod live;
 pub mod paths;
+pub mod sanitize;
 pub mod summary;
 
 use std::path::PathBuf;

@@ -1,11 +1,12 @@
 //! The summary printed on exit: one block per traced process, one row per
 //! loop thread.
-use super::fmt_ns;
+use super::{fmt_ns, sanitize};
 use crate::aggregate::summary::{CauseRow, ThreadSummary};
 
 pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited: bool) -> String {
     let mut out = format!(
-        "\n== lag summary: pid {pid} ({comm}), traced {}{} ==\n",
+        "\n== lag summary: pid {pid} ({}), traced {}{} ==\n",
+        sanitize::terminal(comm),
         fmt_ns(wall_ns),
         if exited { ", target exited" } else { "" }
     );
@@ -25,7 +26,7 @@ pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited
     for r in rows {
         out.push_str(&format!(
             "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>9} {:>5.1}%\n",
-            format!("{}[{}]", r.thread, r.tid),
+            format!("{}[{}]", sanitize::terminal(&r.thread), r.tid),
             r.iterations,
             fmt_ns(r.p50_ns),
             fmt_ns(r.p90_ns),
@@ -60,7 +61,7 @@ pub fn render_causes(rows: &[CauseRow]) -> String {
             fmt_ns(r.total_ns),
             r.spans,
             if r.spans == 1 { " " } else { "s" },
-            r.cause
+            sanitize::terminal(&r.cause)
         ));
     }
     out

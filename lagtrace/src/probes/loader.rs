@@ -14,8 +14,8 @@ use aya::{
 use lagtrace_common::{
     CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
     CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_TARGETS_FULL,
-    CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig,
-    ThreadSamples, ThreadState,
+    CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples,
+    ThreadState,
 };
 
 use super::tracefs;

@@ -26,7 +26,7 @@ use crate::{
     cli::Args,
     clock::WallClock,
     error::{Error, Result},
-    output::{self, Outputs, TraceInfo, console::Console},
+    output::{self, Outputs, TraceInfo, console::Console, sanitize},
     probes::{Counters, ProbeOptions, Probes},
     spans::Assembler,
     symbolize::StackSymbolizer,
@@ -142,8 +142,8 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         .iter()
         .map(|t| format!("pid {} ({})", t.pid, t.describe()))
         .collect();
-    let mut console = Console::default();
-    eprintln!(
+    let console = Console::default();
+    let start_line = format!(
         "lagtrace: tracing {}: threshold {}, sampling {}, {}. Ctrl-C to stop.",
         who.join(", "),
         output::fmt_ns(threshold_ns),
@@ -157,8 +157,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             None => "until the target exits".into(),
         }
     );
+    // Every stderr line with a target string in it (comm, thread, path)
+    // leaves through the sanitiser.
+    eprintln!("{}", sanitize::line(&start_line));
     for note in &notes {
-        eprintln!("lagtrace: {note}");
+        eprintln!("lagtrace: {}", sanitize::line(note));
     }
     log::debug!("attached: {}", probes.attached.join(", "));
 
@@ -172,7 +175,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         names: ThreadNames::default(),
         summary: SummaryBuilder::default(),
         outputs,
-        console: std::mem::take(&mut console),
+        console,
         budget: SpanBudget::default(),
         stuck: HashMap::new(),
         spans: 0,
@@ -213,7 +216,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     let seen = p.seen_pids(&threads);
                     let adopted = p.targets.adopt_children(&mut probes, &mut p.symbolizer.python, args.model, &seen);
                     for note in adopted {
-                        eprintln!("lagtrace: {note}");
+                        eprintln!("lagtrace: {}", sanitize::line(&note));
                     }
                     for t in p.targets.iter() {
                         if !tables.knows(t.pid) {
@@ -229,7 +232,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     }
                 }
                 for note in p.targets.check_exec(&mut probes, &mut p.symbolizer.python) {
-                    eprintln!("lagtrace: {note}");
+                    eprintln!("lagtrace: {}", sanitize::line(&note));
                 }
                 let dead: Vec<u32> = p.targets.iter().filter(|t| !t.alive()).map(|t| t.pid).collect();
                 for pid in &dead {
@@ -244,6 +247,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                 }
             }
             _ = drain_tick.tick() => {
+                // Mapping windows stay fine-grained (see symbolize/cache.rs).
+                for pid in p.targets.iter().map(|t| t.pid).collect::<Vec<_>>() {
+                    p.symbolizer.refresh(pid);
+                }
                 more = p.drain(events.get_mut(), DRAIN_SLICE)?;
             }
             guard = events.readable_mut(), if !more => {
@@ -266,11 +273,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let threads = probes.threads()?;
     if args.children {
         let seen = p.seen_pids(&threads);
-        for note in p
-            .targets
-            .adopt_children(&mut probes, &mut p.symbolizer.python, args.model, &seen)
+        for note in
+            p.targets
+                .adopt_children(&mut probes, &mut p.symbolizer.python, args.model, &seen)
         {
-            eprintln!("lagtrace: {note}");
+            eprintln!("lagtrace: {}", sanitize::line(&note));
         }
     }
     snapshot(&mut p, &mut probes, &threads);

@@ -15,7 +15,7 @@ use crate::{
     clock::WallClock,
     error::Result,
     events::{Event, decode},
-    output::{Outputs, console::Console, live},
+    output::{Outputs, console::Console, live, sanitize},
     probes::Probes,
     spans::{Assembler, RawSpan, Sample, Span, cause},
     symbolize::StackSymbolizer,
@@ -292,7 +292,7 @@ impl Pipeline {
             if let Some(d) = doing {
                 line.push_str(&format!("  {d}"));
             }
-            self.console.line(&line);
+            self.console.line(&sanitize::line(&line));
         }
     }
 

@@ -1,24 +1,52 @@
 //! What the native symbolizer remembers about one process: its mappings as
-//! last read from `/proc/PID/maps`, the frames already worked out for each
-//! address, and which addresses still need a look-up. It only reads `/proc`
-//! and remembers; it must not call blazesym or name functions (`native.rs`).
+//! read from `/proc/PID/maps` and when each was surely there, the frames
+//! already worked out per file offset, and its perf map. It only reads
+//! `/proc` and remembers; it must not call blazesym or name functions
+//! (`native.rs`).
+//!
+//! A library unloaded and another loaded at the same address must never be
+//! given the old one's names: frames are keyed by the file (device, inode,
+//! offset), not by address, and a sample is matched only to a mapping that
+//! reads of the maps show was there at the sample's time (between the read
+//! that first showed it and the last read that still did). A sample that
+//! falls where the maps changed gets `[unknown]`.
+//!
+//! Reads are polls, so a library loaded and unloaded entirely between two
+//! reads (A, then B, then A again at the same address) would be invisible.
+//! Once a process is seen changing its file mappings, its maps are read on
+//! every drain tick, and a window is never carried across a gap between
+//! reads longer than [`MAX_GAP_NS`] (lagtrace starved of CPU): samples in
+//! such a gap get `[unknown]`, not a name.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     fs, io,
-    path::PathBuf,
-    time::SystemTime,
+    time::{Duration, Instant},
 };
 
-/// Past this many cached addresses a process's cache starts over.
-pub const MAX_CACHED: usize = 200_000;
+use super::perf_map::PerfMap;
+use crate::clock::WallClock;
 
-/// One line of `/proc/PID/maps`.
+/// Past this many cached frames a process's cache starts over.
+pub const MAX_CACHED: usize = 200_000;
+/// Mappings gone from the maps that are still remembered, for samples
+/// taken before they went.
+const MAX_RETIRED: usize = 512;
+/// Longest gap between two reads across which a process that changes its
+/// mappings keeps a mapping's window.
+pub const MAX_GAP_NS: u64 = 50_000_000;
+/// Re-reads allowed per second and process.
+const REREADS_PER_SECOND: u32 = 200;
+
+/// One line of `/proc/PID/maps`, and when it was surely mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
     pub end: u64,
     /// File offset of `start`.
     pub offset: u64,
+    /// Device (major, minor) and inode of the file; 0 for anonymous memory.
+    pub dev: (u32, u32),
+    pub inode: u64,
     /// The path or pseudo-name (`[vdso]`), without ` (deleted)`; `None` for
     /// anonymous memory (where JIT code lives).
     pub path: Option<String>,
@@ -27,8 +55,11 @@ pub struct Mapping {
     pub deleted: bool,
     /// Mapped executable (`x` in the permissions).
     pub exec: bool,
-    /// Inode of the mapped file (0 for anonymous memory).
-    pub inode: u64,
+    /// Monotonic times between which reads of the maps showed it: from
+    /// after the first read that did (0 for the first read of all), to
+    /// before the last read that did.
+    pub valid_from_ns: u64,
+    pub last_seen_ns: u64,
 }
 
 impl Mapping {
@@ -41,9 +72,33 @@ impl Mapping {
     /// `[unknown] (libfoo.so+0x1a2b)`, or `[unknown] 0x7f..` for anonymous memory.
     pub fn unknown(&self, addr: u64) -> String {
         match self.name() {
-            Some(name) => format!("[unknown] ({name}+{:#x})", addr - self.start + self.offset),
+            Some(name) => format!("[unknown] ({name}+{:#x})", self.file_offset(addr)),
             None => unknown_addr(addr),
         }
+    }
+
+    pub fn file_offset(&self, addr: u64) -> u64 {
+        addr - self.start + self.offset
+    }
+
+    /// The same mapping of the same file.
+    fn same(&self, o: &Mapping) -> bool {
+        (
+            self.start,
+            self.end,
+            self.offset,
+            self.dev,
+            self.inode,
+            &self.path,
+            self.deleted,
+        ) == (o.start, o.end, o.offset, o.dev, o.inode, &o.path, o.deleted)
+    }
+
+    fn covers(&self, addr: u64, ts_ns: u64) -> bool {
+        self.start <= addr
+            && addr < self.end
+            && self.valid_from_ns <= ts_ns
+            && ts_ns <= self.last_seen_ns
     }
 }
 
@@ -69,7 +124,8 @@ fn parse_line(line: &str) -> Option<Mapping> {
         *field = f;
         rest = r.trim_start();
     }
-    let [perms, offset, _dev, inode] = fields;
+    let [perms, offset, dev, inode] = fields;
+    let (maj, min) = dev.split_once(':')?;
     let (path, deleted) = match rest.strip_suffix(" (deleted)") {
         Some(p) => (p, true),
         None => (rest, false),
@@ -78,103 +134,169 @@ fn parse_line(line: &str) -> Option<Mapping> {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
+        dev: (
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+        ),
+        inode: inode.parse().ok()?,
         path: (!path.is_empty()).then(|| path.to_string()),
         deleted,
         exec: perms.as_bytes().get(2) == Some(&b'x'),
-        inode: inode.parse().ok()?,
+        valid_from_ns: 0,
+        last_seen_ns: 0,
     })
+}
+
+/// What a frame is cached under: the code, not the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameKey {
+    /// (major, minor, inode, file offset).
+    File(u32, u32, u64, u64),
+    Vdso(u64),
 }
 
 /// The state kept per traced process.
 #[derive(Debug, Default)]
 pub struct PidCache {
     pub maps: Vec<Mapping>,
+    /// Mappings no longer in the maps, newest last.
+    pub retired: Vec<Mapping>,
     pub maps_read: bool,
-    /// Re-reads of the maps in the current one-second window: unwinding
-    /// garbage (no frame pointers) yields new unmapped addresses all the
-    /// time, and each must not cost a read.
-    pub rereads: (Option<std::time::Instant>, u32),
-    /// Frames (outermost first) per looked-up address.
-    pub frames: HashMap<u64, Vec<String>>,
-    /// Cached addresses that came back unknown from anonymous memory: a JIT
-    /// may name them later in its perf map.
-    pub anon_unknown: HashSet<u64>,
-    /// Length and mtime of the perf map when `anon_unknown` was filled.
-    perf_map_stamp: Option<(u64, SystemTime)>,
-    perf_map_path: Option<Option<PathBuf>>,
+    /// Re-reads of the maps in the current one-second window: each span
+    /// needs a read newer than its samples, and a flood of spans must not
+    /// cost one read each.
+    pub rereads: (Option<Instant>, u32),
+    /// Frames (outermost first) per piece of code.
+    pub frames: HashMap<FrameKey, Vec<String>>,
+    pub perf_map: PerfMap,
+    /// When the perf map was last looked at, and how often this second.
+    pub perf_map_reads: (Option<Instant>, u32),
+    /// Monotonic time after the last read of the maps.
+    pub read_after_ns: u64,
+    /// The process has loaded or unloaded a file mapping since the first read.
+    pub churns: bool,
 }
 
 impl PidCache {
+    /// The current mapping at `addr`, whenever it was mapped.
     pub fn find(&self, addr: u64) -> Option<&Mapping> {
         let i = self.maps.partition_point(|m| m.start <= addr);
         let m = self.maps.get(i.checked_sub(1)?)?;
         (addr < m.end).then_some(m)
     }
 
+    /// The mapping at `addr` at monotonic time `ts_ns`, if the reads show
+    /// one mapping surely there then.
+    pub fn find_at(&self, addr: u64, ts_ns: u64) -> Option<&Mapping> {
+        let mut found: Option<&Mapping> = None;
+        let current = self.find(addr).filter(|m| m.covers(addr, ts_ns));
+        for m in current
+            .into_iter()
+            .chain(self.retired.iter().filter(|m| m.covers(addr, ts_ns)))
+        {
+            match found {
+                Some(f) if !(f.dev == m.dev && f.inode == m.inode && f.path == m.path) => {
+                    return None;
+                }
+                _ => found = Some(m),
+            }
+        }
+        found
+    }
+
+    /// The newest time the maps are known for.
+    pub fn read_ns(&self) -> u64 {
+        self.maps.first().map_or(0, |m| m.last_seen_ns)
+    }
+
     /// Read `/proc/PID/maps` again. On failure (the process exited) the
     /// mappings known before are kept, to still name modules in unknowns.
     pub fn reread_maps(&mut self, pid: u32) -> io::Result<()> {
-        self.maps_read = true;
-        let now = std::time::Instant::now();
-        match self.rereads {
-            (Some(start), n) if now.duration_since(start) < std::time::Duration::from_secs(1) => {
-                self.rereads = (Some(start), n + 1)
+        let now = Instant::now();
+        self.rereads = match self.rereads {
+            (Some(start), n) if now.duration_since(start) < Duration::from_secs(1) => {
+                (Some(start), n + 1)
             }
-            _ => self.rereads = (Some(now), 1),
-        }
+            _ => (Some(now), 1),
+        };
+        let before = WallClock::now_mono_ns();
         let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
-        self.maps = parse_maps(&text);
+        let after = WallClock::now_mono_ns();
+        let first = !self.maps_read;
+        self.maps_read = true;
+        // Across a long gap a churning process may have swapped and swapped
+        // back: nothing carries over.
+        let carry = !(self.churns && before.saturating_sub(self.read_after_ns) > MAX_GAP_NS);
+        self.read_after_ns = after;
+        let mut new = parse_maps(&text);
+        let mut old = std::mem::take(&mut self.maps).into_iter().peekable();
+        let mut changed = false;
+        for m in &mut new {
+            // Both lists are sorted by start: carry over what did not change.
+            while let Some(o) = old.next_if(|o| o.start < m.start) {
+                changed |= o.inode != 0;
+                self.retired.push(o);
+            }
+            match old.next_if(|o| o.same(m)) {
+                Some(o) if carry => m.valid_from_ns = o.valid_from_ns,
+                Some(o) => {
+                    // Still mapped, but unknown in the gap: the old window
+                    // ends at its last read, the new one starts now.
+                    self.retired.push(o);
+                    m.valid_from_ns = after;
+                }
+                None => {
+                    changed |= m.inode != 0;
+                    m.valid_from_ns = if first { 0 } else { after };
+                }
+            }
+            m.last_seen_ns = before;
+        }
+        for o in old {
+            changed |= o.inode != 0;
+            self.retired.push(o);
+        }
+        self.churns |= changed && !first;
+        if self.retired.len() > MAX_RETIRED {
+            let cut = self.retired.len() - MAX_RETIRED;
+            self.retired.drain(..cut);
+        }
+        self.maps = new;
         Ok(())
     }
 
     /// Whether another re-read fits the budget of this second.
     pub fn may_reread(&self) -> bool {
-        const PER_SECOND: u32 = 32;
-        match self.rereads {
-            (Some(start), n) => {
-                start.elapsed() >= std::time::Duration::from_secs(1) || n < PER_SECOND
+        within_budget(self.rereads, REREADS_PER_SECOND)
+    }
+
+    /// Count a look at the perf map, if it fits the budget of this second.
+    pub fn may_read_perf_map(&mut self) -> bool {
+        if !within_budget(self.perf_map_reads, 8) {
+            return false;
+        }
+        let now = Instant::now();
+        self.perf_map_reads = match self.perf_map_reads {
+            (Some(start), n) if now.duration_since(start) < Duration::from_secs(1) => {
+                (Some(start), n + 1)
             }
-            (None, _) => true,
-        }
+            _ => (Some(now), 1),
+        };
+        true
     }
 
-    pub fn insert(&mut self, addr: u64, frames: Vec<String>) {
-        self.frames.insert(addr, frames);
-    }
-
-    /// Remember `addr` as unknown, with its module where mapped.
-    pub fn insert_unknown(&mut self, addr: u64) {
-        let m = self.find(addr);
-        let anon = m.is_some_and(|m| m.path.is_none());
-        let unknown = m.map_or_else(|| unknown_addr(addr), |m| m.unknown(addr));
-        if anon {
-            self.anon_unknown.insert(addr);
+    pub fn insert(&mut self, key: FrameKey, frames: Vec<String>) {
+        if self.frames.len() >= MAX_CACHED {
+            self.frames.clear();
         }
-        self.frames.insert(addr, vec![unknown]);
+        self.frames.insert(key, frames);
     }
+}
 
-    pub fn clear_frames(&mut self) {
-        self.frames.clear();
-        self.anon_unknown.clear();
-    }
-
-    /// Forget the unknown JIT addresses among `addrs` if the perf map has
-    /// changed since they were looked up, so new entries get used.
-    pub fn expire_anon_unknown(&mut self, pid: u32, addrs: &[u64]) {
-        if self.anon_unknown.is_empty() || !addrs.iter().any(|a| self.anon_unknown.contains(a)) {
-            return;
-        }
-        let path = self.perf_map_path.get_or_insert_with(|| perf_map_path(pid));
-        let stamp = path
-            .as_ref()
-            .and_then(|p| fs::metadata(p).ok())
-            .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
-        if stamp != self.perf_map_stamp {
-            self.perf_map_stamp = stamp;
-            for a in self.anon_unknown.drain() {
-                self.frames.remove(&a);
-            }
-        }
+fn within_budget(window: (Option<Instant>, u32), per_second: u32) -> bool {
+    match window {
+        (Some(start), n) => start.elapsed() >= Duration::from_secs(1) || n < per_second,
+        (None, _) => true,
     }
 }
 
@@ -198,21 +320,6 @@ pub fn uncached(addrs: &[u64], cached: impl Fn(u64) -> bool) -> Vec<u64> {
         }
     }
     todo
-}
-
-/// Where blazesym looks for the process's perf map: its own `/tmp`, named
-/// with the pid it sees itself as.
-fn perf_map_path(pid: u32) -> Option<PathBuf> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let ns_pid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NStgid:"))
-        .and_then(|v| v.split_whitespace().last())
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(pid);
-    Some(PathBuf::from(format!(
-        "/proc/{pid}/root/tmp/perf-{ns_pid}.map"
-    )))
 }
 
 #[cfg(test)]
@@ -240,6 +347,7 @@ mod tests {
         assert_eq!(maps[2].path, None);
         assert_eq!(maps[2].unknown(0x7f0000010010), "[unknown] 0x7f0000010010");
         assert_eq!(maps[3].name(), Some("[vdso]"));
+        assert_eq!((maps[0].dev, maps[0].inode), ((8, 1), 1234));
     }
 
     #[test]
@@ -252,6 +360,29 @@ mod tests {
         assert!(c.find(0x7f0000003000).is_none());
         assert!(c.find(0x10).is_none());
         assert!(c.find(u64::MAX).is_none());
+    }
+
+    #[test]
+    fn a_sample_gets_only_a_mapping_surely_there_at_its_time() {
+        let lib = |inode: u64, from: u64, seen: u64| Mapping {
+            valid_from_ns: from,
+            last_seen_ns: seen,
+            ..parse_maps(&format!(
+                "7f0000001000-7f0000003000 r-xp 00000000 08:01 {inode} /lib{inode}.so"
+            ))
+            .remove(0)
+        };
+        // libA seen from 0 to 100, libB at the same address from 150 on.
+        let c = PidCache {
+            maps: vec![lib(2, 150, 300)],
+            retired: vec![lib(1, 0, 100)],
+            ..Default::default()
+        };
+        let at = |ts| c.find_at(0x7f0000001010, ts).map(|m| m.inode);
+        assert_eq!(at(50), Some(1));
+        assert_eq!(at(120), None, "between the reads: either library");
+        assert_eq!(at(200), Some(2));
+        assert_eq!(at(400), None, "newer than the last read");
     }
 
     #[test]

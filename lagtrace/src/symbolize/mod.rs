@@ -1,13 +1,16 @@
 //! Symbolization: from a span's raw samples (the addresses each sample
 //! carries) to stacks of named frames, grouped and counted.
 //!
-//! Names are cached per (pid, address) by the native symbolizer, so a stack
-//! seen again costs only look-ups.
+//! The code at an address does not keep its meaning for the whole trace (a
+//! library unloaded and another loaded there), so frames are resolved per
+//! sample and its time; `native` caches them by file and offset.
 pub(crate) mod cache;
 pub mod cpython;
 pub mod merge;
 pub mod native;
+pub mod perf_map;
 pub mod python;
+pub mod untrusted;
 
 use std::collections::HashMap;
 
@@ -52,12 +55,13 @@ impl StackSymbolizer {
     }
 
     fn native_frames(&mut self, pid: u32, rec: &SampleRec) -> NativeFrames {
+        let ts = rec.ts_ns;
         NativeFrames {
-            user: self.native.frames(pid, &rec.user, &[]),
+            user: self.native.frames(pid, ts, &rec.user, &[]),
             leaf: self
                 .native
-                .frames(pid, &rec.user[..rec.user.len().min(1)], &[]),
-            kernel: self.native.frames(pid, &[], &rec.kernel),
+                .frames(pid, ts, &rec.user[..rec.user.len().min(1)], &[]),
+            kernel: self.native.frames(pid, ts, &[], &rec.kernel),
         }
     }
 
@@ -118,6 +122,11 @@ impl StackSymbolizer {
             .map(|s| (&s.rec, self.frames(pid, s)))
             .collect();
         group(framed.into_iter())
+    }
+
+    /// See [`NativeSymbolizer::refresh`].
+    pub fn refresh(&mut self, pid: u32) {
+        self.native.refresh(pid);
     }
 
     /// See [`NativeSymbolizer::warm_up`].

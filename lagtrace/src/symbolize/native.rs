@@ -3,7 +3,19 @@
 //! JIT code from perf maps, `name_[k]` for the kernel. It must never print a
 //! wrong name: what it cannot name surely becomes `[unknown] ...`, and it
 //! must not panic when the target has exited.
-use std::{collections::HashMap, path::Component};
+//!
+//! blazesym never opens a file of the target here: each mapped file is
+//! opened by [`untrusted`](super::untrusted) (the exact file mapped, checked
+//! to be a regular file owned by the target or root) and handed to blazesym
+//! as `/proc/self/fd/N`; the perf map is parsed by
+//! [`perf_map`](super::perf_map). Only the vDSO is read by blazesym's
+//! process source, from the target's memory.
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    os::fd::AsRawFd,
+    path::Component,
+};
 
 use blazesym::{
     MaybeDefault, Pid,
@@ -13,14 +25,26 @@ use blazesym::{
     },
 };
 
-// Declared here so that `symbolize/mod.rs` need not know of it.
+use super::{
+    cache::{FrameKey, MAX_CACHED, Mapping, PidCache, lookup_addrs, uncached, unknown_addr},
+    untrusted,
+};
 
-use super::cache::{MAX_CACHED, PidCache, lookup_addrs, uncached, unknown_addr};
+/// A file by (major, minor, inode).
+type FileId = (u32, u32, u64);
+
+/// Most target files held open for blazesym at once.
+const MAX_OPEN_FILES: usize = 512;
 
 pub struct NativeSymbolizer {
     symbolizer: Symbolizer,
     pids: HashMap<u32, PidCache>,
     kernel: HashMap<u64, String>,
+    /// Mapped files opened and checked, by (major, minor, inode), shared by
+    /// all targets: blazesym reads them as `/proc/self/fd/N`.
+    files: HashMap<FileId, File>,
+    /// Files refused (a FIFO, a foreign owner, gone): not tried again.
+    refused: HashSet<FileId>,
 }
 
 impl Default for NativeSymbolizer {
@@ -37,24 +61,29 @@ impl NativeSymbolizer {
             symbolizer: Symbolizer::new(),
             pids: HashMap::new(),
             kernel: HashMap::new(),
+            files: HashMap::new(),
+            refused: HashSet::new(),
         }
     }
 
-    /// Frames of one sample, OUTERMOST FIRST: the user frames, then the
-    /// kernel frames. `user_ips` and `kernel_ips` are innermost first, as
-    /// `bpf_get_stackid` gives them (a 0 ends the stack).
-    pub fn frames(&mut self, pid: u32, user_ips: &[u64], kernel_ips: &[u64]) -> Vec<String> {
+    /// Frames of one sample taken at monotonic time `ts_ns`, OUTERMOST
+    /// FIRST: the user frames, then the kernel frames. `user_ips` and
+    /// `kernel_ips` are innermost first, as the kernel gives them (a 0 ends
+    /// the stack).
+    pub fn frames(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        user_ips: &[u64],
+        kernel_ips: &[u64],
+    ) -> Vec<String> {
         let user = lookup_addrs(user_ips);
         let kernel = lookup_addrs(kernel_ips);
         let mut out = Vec::new();
         if !user.is_empty() {
-            self.resolve_user(pid, &user);
-            let cache = self.pids.get(&pid);
-            for &a in user.iter().rev() {
-                match cache.and_then(|c| c.frames.get(&a)) {
-                    Some(frames) => out.extend(frames.iter().cloned()),
-                    None => out.push(unknown_addr(a)),
-                }
+            let named = self.resolve_user(pid, ts_ns, &user);
+            for frames in named.into_iter().rev() {
+                out.extend(frames);
             }
         }
         self.resolve_kernel(&kernel);
@@ -67,6 +96,25 @@ impl NativeSymbolizer {
         out
     }
 
+    /// Read the maps of a process again, so that each mapping's time window
+    /// stays fine-grained. Called on every drain tick: a process that has
+    /// changed its file mappings is read each time, others every 100 ms.
+    pub fn refresh(&mut self, pid: u32) {
+        const STABLE_EVERY_NS: u64 = 100_000_000;
+        let Some(cache) = self.pids.get_mut(&pid) else {
+            return;
+        };
+        let due = cache.churns
+            || crate::clock::WallClock::now_mono_ns().saturating_sub(cache.read_after_ns)
+                >= STABLE_EVERY_NS;
+        if due
+            && cache.may_reread()
+            && let Err(e) = cache.reread_maps(pid)
+        {
+            log::debug!("reading /proc/{pid}/maps: {e}");
+        }
+    }
+
     /// Load the symbols and debug info of every file a process maps, so the
     /// first span does not pay for it while later spans are streaming (a
     /// DWARF-rich libpython takes a few hundred ms to parse).
@@ -76,118 +124,174 @@ impl NativeSymbolizer {
             log::debug!("reading /proc/{pid}/maps: {e}");
             return;
         }
-        let mut seen = std::collections::HashSet::new();
-        let probes: Vec<u64> = cache
+        let mut seen = HashSet::new();
+        let files: Vec<Mapping> = cache
             .maps
             .iter()
-            .filter(|m| !m.deleted && m.path.as_deref().is_some_and(|p| p.starts_with('/')))
-            .filter(|m| seen.insert(m.path.clone()))
-            .map(|m| m.start)
+            .filter(|m| is_file(m) && seen.insert((m.dev, m.inode)))
+            .cloned()
             .collect();
         let t0 = std::time::Instant::now();
-        for a in probes {
-            // One address per file; its answer is irrelevant, and not cached.
-            let src = Source::Process(Process {
-                debug_syms: true,
-                perf_map: false,
-                map_files: false,
-                ..Process::new(Pid::from(pid))
-            });
-            let _ = symbolize(&self.symbolizer, &src, &[a]);
+        let owners = untrusted::allowed_owners(pid);
+        for m in files {
+            // One offset per file; its answer is irrelevant, and not cached.
+            if let Some(path) = self.open_file(pid, &m, &owners) {
+                let src = Source::Elf(Elf::new(path));
+                let _ = self
+                    .symbolizer
+                    .symbolize(&src, Input::FileOffset(&[m.offset]));
+            }
         }
         log::debug!("symbols of pid {pid} loaded in {:?}", t0.elapsed());
     }
 
-    fn resolve_user(&mut self, pid: u32, addrs: &[u64]) {
+    /// The frames of each address (innermost first, as given).
+    fn resolve_user(&mut self, pid: u32, ts_ns: u64, addrs: &[u64]) -> Vec<Vec<String>> {
         let cache = self.pids.entry(pid).or_default();
-        cache.expire_anon_unknown(pid, addrs);
-        let mut todo = uncached(addrs, |a| cache.frames.contains_key(&a));
-        if todo.is_empty() {
-            return;
-        }
-        if cache.frames.len() + todo.len() > MAX_CACHED {
-            cache.clear_frames();
-            todo = uncached(addrs, |_| false);
-        }
-        // Libraries loaded since the last read: read the maps again, once.
-        // Within a budget per second, so that garbage addresses stay cheap.
-        let stale = !cache.maps_read
-            || (cache.may_reread() && todo.iter().any(|&a| cache.find(a).is_none()));
-        if stale && let Err(e) = cache.reread_maps(pid) {
+        // The sample must be older than the newest read of the maps, to
+        // know what was mapped when it was taken.
+        if (!cache.maps_read || ts_ns > cache.read_ns())
+            && cache.may_reread()
+            && let Err(e) = cache.reread_maps(pid)
+        {
             log::debug!("reading /proc/{pid}/maps: {e}");
         }
-        let mut batch = Vec::with_capacity(todo.len());
-        for a in todo {
-            match cache.find(a) {
-                Some(m) if !m.deleted => batch.push(a),
-                // Unmapped, or the file on disk is not the one mapped (its
-                // names would lie).
-                _ => cache.insert_unknown(a),
+        let mut out: Vec<Option<Vec<String>>> = vec![None; addrs.len()];
+        let mut by_file: HashMap<FileId, (Mapping, Vec<(usize, u64)>)> = HashMap::new();
+        let mut vdso: Vec<(usize, u64)> = Vec::new();
+        for (i, &a) in addrs.iter().enumerate() {
+            // Over the re-read budget the newest read stands for "now", but
+            // only in a process never seen changing its file mappings.
+            let m = cache
+                .find_at(a, ts_ns)
+                .or_else(|| {
+                    (!cache.churns && !cache.may_reread())
+                        .then(|| cache.find(a))
+                        .flatten()
+                })
+                .cloned();
+            let Some(m) = m else {
+                // JIT code: the perf map names an address whichever
+                // anonymous mapping (grown, or replaced since) holds it.
+                let anon = cache.find(a).is_some_and(|c| c.path.is_none());
+                let name = if anon { jit_name(pid, cache, a) } else { None };
+                out[i] = Some(vec![name.unwrap_or_else(|| unknown_addr(a))]);
+                continue;
+            };
+            if is_file(&m) {
+                let key = FrameKey::File(m.dev.0, m.dev.1, m.inode, m.file_offset(a));
+                match cache.frames.get(&key) {
+                    Some(f) => out[i] = Some(f.clone()),
+                    None => by_file
+                        .entry((m.dev.0, m.dev.1, m.inode))
+                        .or_insert_with(|| (m.clone(), Vec::new()))
+                        .1
+                        .push((i, m.file_offset(a))),
+                }
+            } else if m.path.as_deref() == Some("[vdso]") {
+                match cache.frames.get(&FrameKey::Vdso(a)) {
+                    Some(f) => out[i] = Some(f.clone()),
+                    None => vdso.push((i, a)),
+                }
+            } else if m.path.is_none() {
+                out[i] = Some(vec![
+                    jit_name(pid, cache, a).unwrap_or_else(|| m.unknown(a)),
+                ]);
+            } else {
+                // Deleted or replaced on disk (its names would lie), heap, stack.
+                out[i] = Some(vec![m.unknown(a)]);
             }
         }
-        if batch.is_empty() {
-            return;
-        }
-        if other_mount_ns(pid) {
-            // A container: its files are at /proc/PID/root, not at the paths
-            // its maps name in our own mount namespace.
-            batch = self.resolve_through_root(pid, batch);
-            if batch.is_empty() {
-                return;
+        if !by_file.is_empty() {
+            let owners = untrusted::allowed_owners(pid);
+            for (m, want) in by_file.into_values() {
+                let named = self.file_frames(pid, &m, &owners, &want);
+                let cache = self.pids.entry(pid).or_default();
+                for ((i, off), frames) in want.into_iter().zip(named) {
+                    let frames =
+                        frames.unwrap_or_else(|| vec![m.unknown(m.start + off - m.offset)]);
+                    cache.insert(
+                        FrameKey::File(m.dev.0, m.dev.1, m.inode, off),
+                        frames.clone(),
+                    );
+                    out[i] = Some(frames);
+                }
             }
         }
-        let cache = self.pids.entry(pid).or_default();
-        let src = Source::Process(Process {
-            debug_syms: true,
-            perf_map: true,
-            map_files: false,
-            vdso: true,
-            ..Process::new(Pid::from(pid))
-        });
-        let results = symbolize(&self.symbolizer, &src, &batch);
-        for (i, &a) in batch.iter().enumerate() {
-            match named(&results, i) {
-                Some(sym) => cache.insert(a, sym_frames(sym)),
-                None => cache.insert_unknown(a),
+        if !vdso.is_empty() {
+            let src = Source::Process(Process {
+                debug_syms: false,
+                perf_map: false,
+                map_files: false,
+                vdso: true,
+                ..Process::new(Pid::from(pid))
+            });
+            let just: Vec<u64> = vdso.iter().map(|&(_, a)| a).collect();
+            let results = symbolize(&self.symbolizer, &src, &just);
+            let cache = self.pids.entry(pid).or_default();
+            for (k, &(i, a)) in vdso.iter().enumerate() {
+                let frames = named(&results, k).map_or_else(|| vec![unknown_addr(a)], sym_frames);
+                cache.insert(FrameKey::Vdso(a), frames.clone());
+                out[i] = Some(frames);
             }
         }
+        out.into_iter()
+            .zip(addrs)
+            .map(|(f, &a)| f.unwrap_or_else(|| vec![unknown_addr(a)]))
+            .collect()
     }
 
-    /// Symbolize file-backed addresses of a process in another mount
-    /// namespace through `/proc/PID/root`, by file offset. Returns the
-    /// addresses left (anonymous memory, JIT code) for the process source,
-    /// which reads perf maps through `/proc/PID/root` itself.
-    fn resolve_through_root(&mut self, pid: u32, batch: Vec<u64>) -> Vec<u64> {
-        let cache = self.pids.entry(pid).or_default();
-        let mut by_file: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
-        let mut rest = Vec::new();
-        for a in batch {
-            match cache.find(a) {
-                Some(m) if m.path.as_deref().is_some_and(|p| p.starts_with('/')) => {
-                    let path = m.path.clone().unwrap_or_default();
-                    by_file
-                        .entry(path)
-                        .or_default()
-                        .push((a, a - m.start + m.offset));
+    /// Frames for file offsets of one mapped file; `None` where unnamed.
+    fn file_frames(
+        &mut self,
+        pid: u32,
+        m: &Mapping,
+        owners: &[u32],
+        want: &[(usize, u64)],
+    ) -> Vec<Option<Vec<String>>> {
+        let Some(path) = self.open_file(pid, m, owners) else {
+            return vec![None; want.len()];
+        };
+        let offsets: Vec<u64> = want.iter().map(|&(_, off)| off).collect();
+        let src = Source::Elf(Elf::new(path));
+        let results = self
+            .symbolizer
+            .symbolize(&src, Input::FileOffset(&offsets))
+            .unwrap_or_else(|e| {
+                log::debug!(
+                    "symbolizing {} offsets in {}: {e}",
+                    offsets.len(),
+                    m.path.as_deref().unwrap_or("?")
+                );
+                Vec::new()
+            });
+        (0..want.len())
+            .map(|k| named(&results, k).map(sym_frames))
+            .collect()
+    }
+
+    /// `/proc/self/fd/N` of the checked, open file of a mapping.
+    fn open_file(&mut self, pid: u32, m: &Mapping, owners: &[u32]) -> Option<String> {
+        let id = (m.dev.0, m.dev.1, m.inode);
+        if self.refused.contains(&id) {
+            return None;
+        }
+        if !self.files.contains_key(&id) {
+            if self.files.len() >= MAX_OPEN_FILES {
+                self.files.clear();
+            }
+            match untrusted::open_mapping(pid, m, owners) {
+                Ok(f) => {
+                    self.files.insert(id, f);
                 }
-                _ => rest.push(a),
+                Err(e) => {
+                    log::debug!("{e}");
+                    self.refused.insert(id);
+                    return None;
+                }
             }
         }
-        for (path, addrs) in by_file {
-            let src = Source::Elf(Elf::new(format!("/proc/{pid}/root{path}")));
-            let offsets: Vec<u64> = addrs.iter().map(|&(_, off)| off).collect();
-            let results = self
-                .symbolizer
-                .symbolize(&src, Input::FileOffset(&offsets))
-                .unwrap_or_default();
-            for (i, &(a, _)) in addrs.iter().enumerate() {
-                match named(&results, i) {
-                    Some(sym) => cache.insert(a, sym_frames(sym)),
-                    None => cache.insert_unknown(a),
-                }
-            }
-        }
-        rest
+        Some(format!("/proc/self/fd/{}", self.files[&id].as_raw_fd()))
     }
 
     fn resolve_kernel(&mut self, addrs: &[u64]) {
@@ -214,13 +318,18 @@ impl NativeSymbolizer {
     }
 }
 
-/// True when the process sees another filesystem than lagtrace does.
-fn other_mount_ns(pid: u32) -> bool {
-    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
-    match (ns("self"), ns(&pid.to_string())) {
-        (Some(a), Some(b)) => a != b,
-        _ => false,
+/// A mapping of a file that can be opened and named.
+fn is_file(m: &Mapping) -> bool {
+    !m.deleted && m.inode != 0 && m.path.as_deref().is_some_and(|p| p.starts_with('/'))
+}
+
+/// The name a JIT wrote in its perf map for `addr`, read again (within a
+/// budget) when the address is not in it yet.
+fn jit_name(pid: u32, cache: &mut PidCache, addr: u64) -> Option<String> {
+    if cache.perf_map.lookup(addr).is_none() && cache.may_read_perf_map() {
+        cache.perf_map.refresh(pid);
     }
+    cache.perf_map.lookup(addr).map(str::to_string)
 }
 
 /// One blazesym call for a batch; on error (e.g. the process exited) every
@@ -279,6 +388,10 @@ mod tests {
     use super::*;
     use std::{fs, process};
 
+    fn now() -> u64 {
+        crate::clock::WallClock::now_mono_ns()
+    }
+
     #[inline(never)]
     fn some_noinline_fn() -> u64 {
         std::hint::black_box(42)
@@ -304,7 +417,7 @@ mod tests {
         let outer = other_noinline_fn as *const () as u64;
         let (mut s, pid) = (NativeSymbolizer::new(), process::id());
         // `outer + 1` stands for a return address into `other_noinline_fn`.
-        let frames = s.frames(pid, &[inner, outer + 1], &[]);
+        let frames = s.frames(pid, now(), &[inner, outer + 1], &[]);
         let text = frames.join(" | ");
         assert!(frames[0].contains("other_noinline_fn"), "{text}");
         // In release builds inlined helpers (black_box) may follow it.
@@ -314,8 +427,38 @@ mod tests {
             text.contains("(symbolize/native.rs:"),
             "no file:line in {text}"
         );
-        assert_eq!(s.frames(pid, &[inner, outer + 1], &[]), frames, "cached");
-        assert!(s.frames(pid, &[], &[]).is_empty());
+        assert_eq!(
+            s.frames(pid, now(), &[inner, outer + 1], &[]),
+            frames,
+            "cached"
+        );
+        assert!(s.frames(pid, now(), &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn file_offsets_name_what_blazesyms_process_source_names() {
+        // lagtrace hands blazesym each mapped file by fd and file offset;
+        // it must name what blazesym finds itself from the address.
+        let pid = process::id();
+        let addrs: Vec<u64> = [
+            some_noinline_fn as *const () as u64,
+            other_noinline_fn as *const () as u64 + 3,
+            libc::getpid as *const () as u64,
+            libc::clock_gettime as *const () as u64 + 5,
+        ]
+        .to_vec();
+        let ours = NativeSymbolizer::new().resolve_user(pid, now(), &addrs);
+        let symbolizer = Symbolizer::new();
+        let src = Source::Process(Process {
+            perf_map: false,
+            map_files: false,
+            ..Process::new(Pid::from(pid))
+        });
+        let theirs = symbolize(&symbolizer, &src, &addrs);
+        for (i, frames) in ours.iter().enumerate() {
+            let want = named(&theirs, i).map(sym_frames);
+            assert_eq!(Some(frames), want.as_ref(), "address {:#x}", addrs[i]);
+        }
     }
 
     #[test]
@@ -330,14 +473,15 @@ mod tests {
             println!("skipped: /proc/kallsyms shows no address for do_nanosleep (not root?)");
             return;
         };
-        let frames = NativeSymbolizer::new().frames(process::id(), &[], &[addr + 4, addr + 8]);
+        let frames =
+            NativeSymbolizer::new().frames(process::id(), now(), &[], &[addr + 4, addr + 8]);
         assert_eq!(frames, ["do_nanosleep_[k]", "do_nanosleep_[k]"]);
     }
 
     #[test]
     fn unknown_addresses_and_replaced_files() {
         let (mut s, pid) = (NativeSymbolizer::new(), process::id());
-        assert_eq!(s.frames(pid, &[0x10], &[]), ["[unknown] 0x10"]);
+        assert_eq!(s.frames(pid, now(), &[0x10], &[]), ["[unknown] 0x10"]);
         // A mapped file deleted since: what is on disk must not name it.
         let path = std::env::temp_dir().join(format!("lagtrace-deleted-{pid}.bin"));
         fs::write(&path, [0u8; 4096]).unwrap();
@@ -345,12 +489,14 @@ mod tests {
             &fs::File::open(&path).unwrap(),
         ));
         fs::remove_file(&path).unwrap();
+        // Mapped after the first read of the maps: known from the next one.
+        s.pids.get_mut(&pid).unwrap().reread_maps(pid).unwrap();
         let want = format!("[unknown] (lagtrace-deleted-{pid}.bin+0x10)");
-        assert_eq!(s.frames(pid, &[page + 0x10], &[]), [want]);
+        assert_eq!(s.frames(pid, now(), &[page + 0x10], &[]), [want]);
         // A process that is gone: no panic, and unknown user frames.
         let mut child = process::Command::new("true").spawn().unwrap();
         child.wait().unwrap();
-        let frames = NativeSymbolizer::new().frames(child.id(), &[0x7f00_0000_1000], &[]);
+        let frames = NativeSymbolizer::new().frames(child.id(), now(), &[0x7f00_0000_1000], &[]);
         assert_eq!(frames, ["[unknown] 0x7f0000001000"]);
     }
 
@@ -358,12 +504,19 @@ mod tests {
     fn jit_frames_come_from_the_perf_map() {
         let (mut s, pid, page) = (NativeSymbolizer::new(), process::id(), map_page(-1));
         let unknown = format!("[unknown] {:#x}", page + 0x10);
-        assert_eq!(s.frames(pid, &[page + 0x10], &[]), [unknown]);
+        assert_eq!(s.frames(pid, now(), &[page + 0x10], &[]), [unknown]);
         // Written after the first look-up: the cached unknown must expire.
         let map = format!("/tmp/perf-{pid}.map");
         fs::write(&map, format!("{page:x} 1000 py::fake_jit:/app/x.py\n")).unwrap();
-        let frames = s.frames(pid, &[page + 0x10], &[]);
+        let frames = s.frames(pid, now(), &[page + 0x10], &[]);
         let _ = fs::remove_file(&map);
         assert_eq!(frames, ["py::fake_jit:/app/x.py"]);
+        // JIT code in memory mapped after the last read of the maps.
+        let late = map_page(-1);
+        fs::write(&map, format!("{late:x} 1000 py::late_jit:/app/y.py\n")).unwrap();
+        s.pids.get_mut(&pid).unwrap().reread_maps(pid).unwrap();
+        let frames = s.frames(pid, now() - 1_000_000_000, &[late + 0x10], &[]);
+        let _ = fs::remove_file(&map);
+        assert_eq!(frames, ["py::late_jit:/app/y.py"]);
     }
 }
