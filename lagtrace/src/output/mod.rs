@@ -37,16 +37,36 @@ pub trait Recorder {
     }
 }
 
+/// The output files lagtrace can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Spans,
+    Folded,
+    FlameGraph,
+    /// The flamegraph written when no output flag is given.
+    DefaultFlameGraph,
+}
+
+impl Kind {
+    /// How the user named it, for messages.
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Spans => "--spans",
+            Self::Folded => "--folded",
+            Self::FlameGraph => "--flamegraph",
+            Self::DefaultFlameGraph => "the default flamegraph",
+        }
+    }
+}
+
 struct Slot {
-    flag: &'static str,
+    kind: Kind,
     rec: Box<dyn Recorder>,
 }
 
 /// The outputs of one trace.
 pub struct Outputs {
     slots: Vec<Slot>,
-    /// The default flamegraph is the last slot, kept only if a span came.
-    default_svg: bool,
     spans: u64,
     /// One warning per output that failed, already printed.
     pub failed: Vec<String>,
@@ -58,40 +78,42 @@ impl Outputs {
     /// `lagtrace-PID-YYYYmmdd-HHMMSS.svg` in the current folder, written
     /// only if the trace captured spans.
     pub fn open(args: &Args, first_pid: u32, period_ns: u64, multi: bool) -> Result<Self> {
-        let mut wanted: Vec<(&'static str, PathBuf)> = Vec::new();
-        for (flag, path) in [
-            ("--spans", &args.spans),
-            ("--folded", &args.folded),
-            ("--flamegraph", &args.flamegraph),
+        let mut wanted: Vec<(Kind, PathBuf)> = Vec::new();
+        for (kind, path) in [
+            (Kind::Spans, &args.spans),
+            (Kind::Folded, &args.folded),
+            (Kind::FlameGraph, &args.flamegraph),
         ] {
             if let Some(p) = path {
-                wanted.push((flag, p.clone()));
+                wanted.push((kind, p.clone()));
             }
         }
-        let default_svg = wanted.is_empty();
-        if default_svg {
-            wanted.push(("the default flamegraph", default_svg_path(first_pid)));
+        if wanted.is_empty() {
+            wanted.push((Kind::DefaultFlameGraph, default_svg_path(first_pid)));
         }
-        let resolved = paths::plan(&wanted)?;
+        let named: Vec<(&'static str, PathBuf)> =
+            wanted.iter().map(|(k, p)| (k.flag(), p.clone())).collect();
+        let resolved = paths::plan(&named)?;
         let mut slots = Vec::new();
-        for ((flag, _), path) in wanted.into_iter().zip(resolved) {
-            let rec: Box<dyn Recorder> = match flag {
-                "--spans" => Box::new(jsonl::JsonLines::create(path)?),
-                "--folded" => Box::new(folded::FoldedFile::new(path, period_ns, multi)?),
-                _ => Box::new(flamegraph::FlameGraphFile::new(path, period_ns, multi)?),
+        for ((kind, _), path) in wanted.into_iter().zip(resolved) {
+            let rec: Box<dyn Recorder> = match kind {
+                Kind::Spans => Box::new(jsonl::JsonLines::create(path)?),
+                Kind::Folded => Box::new(folded::FoldedFile::new(path, period_ns, multi)?),
+                Kind::FlameGraph | Kind::DefaultFlameGraph => {
+                    Box::new(flamegraph::FlameGraphFile::new(path, period_ns, multi)?)
+                }
             };
-            slots.push(Slot { flag, rec });
+            slots.push(Slot { kind, rec });
         }
         Ok(Self {
             slots,
-            default_svg,
             spans: 0,
             failed: Vec::new(),
         })
     }
 
     fn fail(&mut self, i: usize, e: &crate::error::Error) {
-        let flag = self.slots[i].flag;
+        let flag = self.slots[i].kind.flag();
         let msg = format!("{flag}: {e}");
         eprintln!(
             "lagtrace: warning: {msg}; that output is dropped (no partial file is left), the others go on"
@@ -126,8 +148,9 @@ impl Outputs {
     /// Write every output; returns the files written. Failures are warned
     /// about and kept in `failed`.
     pub fn finish(&mut self, info: &TraceInfo) -> Vec<PathBuf> {
-        if self.default_svg && self.spans == 0 {
-            self.slots.pop();
+        // The default flamegraph is only worth a file when a span came.
+        if self.spans == 0 {
+            self.slots.retain(|s| s.kind != Kind::DefaultFlameGraph);
         }
         let mut written = Vec::new();
         while !self.slots.is_empty() {
