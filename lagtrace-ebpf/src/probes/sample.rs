@@ -10,10 +10,17 @@ use crate::{
 
 #[perf_event]
 pub fn on_cpu_sample(ctx: PerfEventContext) -> u32 {
-    try_on_cpu_sample(&ctx).unwrap_or(0)
+    try_on_cpu_sample::<true>(&ctx).unwrap_or(0)
 }
 
-fn try_on_cpu_sample(ctx: &PerfEventContext) -> Option<u32> {
+/// The same sampler for kernels without `bpf_loop`: frame-pointer stacks,
+/// no Python frames (see `stacks::capture`).
+#[perf_event]
+pub fn on_cpu_sample_fp(ctx: PerfEventContext) -> u32 {
+    try_on_cpu_sample::<false>(&ctx).unwrap_or(0)
+}
+
+fn try_on_cpu_sample<const WALK: bool>(ctx: &PerfEventContext) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     if tid == 0 {
@@ -32,7 +39,7 @@ fn try_on_cpu_sample(ctx: &PerfEventContext) -> Option<u32> {
     s.ts_ns = now;
     s.weight_ns = 0;
     s.kind = SAMPLE_ON_CPU;
-    capture(ctx, t.tgid, s);
+    capture::<_, WALK>(ctx, t.tgid, s);
     push_sample(t, tid, now, s);
     Some(0)
 }

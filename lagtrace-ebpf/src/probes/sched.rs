@@ -34,24 +34,30 @@ const STOPPED_STATE_MASK: i64 = 0x04 | 0x08;
 
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
-    try_sched_switch(&ctx).unwrap_or(0)
+    try_sched_switch::<true>(&ctx).unwrap_or(0)
 }
 
-fn try_sched_switch(ctx: &TracePointContext) -> Option<u32> {
+/// The same for kernels without `bpf_loop` (see `stacks::capture`).
+#[tracepoint]
+pub fn sched_switch_fp(ctx: TracePointContext) -> u32 {
+    try_sched_switch::<false>(&ctx).unwrap_or(0)
+}
+
+fn try_sched_switch<const WALK: bool>(ctx: &TracePointContext) -> Option<u32> {
     let cfg = config()?;
     if cfg.flags & CFG_SCHED == 0 {
         return None;
     }
     let prev: i32 = unsafe { ctx.read_at(cfg.switch_prev_pid_off as usize) }.ok()?;
     let next: i32 = unsafe { ctx.read_at(cfg.switch_next_pid_off as usize) }.ok()?;
-    switch_out(ctx, cfg, prev as u32);
+    switch_out::<WALK>(ctx, cfg, prev as u32);
     switch_in(next as u32);
     Some(0)
 }
 
 /// A loop thread inside an iteration leaves the CPU: asleep, or preempted.
 #[inline(always)]
-fn switch_out(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
+fn switch_out<const WALK: bool>(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
     let t = thread(prev)?;
     if t.flags & THREAD_IN_ITER == 0 || t.tgid != (bpf_get_current_pid_tgid() >> 32) as u32 {
         return None;
@@ -87,7 +93,7 @@ fn switch_out(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
     s.ts_ns = now;
     s.weight_ns = 0;
     s.kind = kind;
-    capture(ctx, t.tgid, s);
+    capture::<_, WALK>(ctx, t.tgid, s);
     // SAFETY: both are whole `StackSample`s in map values.
     let copied = unsafe {
         bpf_probe_read_kernel(

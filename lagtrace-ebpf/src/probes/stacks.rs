@@ -24,9 +24,22 @@ use crate::{
 
 /// Fill the scratch sample `s`'s frames from the current task of process
 /// `tgid`. The caller sets `ts_ns`, `weight_ns` and `kind`.
+///
+/// `WALK`: unwind with the tables and walk Python frames, which need
+/// `bpf_loop` (5.17+) and `bpf_task_pt_regs` (5.15+). Programs built with
+/// `WALK = false` call neither, so they load on older kernels, where native
+/// stacks come from the kernel's frame-pointer walk and Python frames are
+/// off (the loader picks the variant; see `probes/loader.rs`).
 #[inline(always)]
-pub fn capture<C: EbpfContext>(ctx: &C, tgid: u32, s: &mut StackSample) {
+pub fn capture<C: EbpfContext, const WALK: bool>(ctx: &C, tgid: u32, s: &mut StackSample) {
     s.flags = 0;
+    if !WALK {
+        kernel_user_walk(ctx, s);
+        capture_kernel(ctx, s);
+        s.py_len = 0;
+        s.py_end = 0;
+        return;
+    }
     let slot = target(tgid).map_or(0, |t| t.unwind_slot);
     match unwind_user(slot) {
         Some((frames, end, flags)) => {

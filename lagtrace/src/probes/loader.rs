@@ -63,6 +63,32 @@ pub struct Probes {
     pub mounted_tracefs: bool,
     /// Wait points that exist on this kernel and were attached.
     pub attached: Vec<String>,
+    /// Why the stack walkers (tables, Python frames) could not load here,
+    /// when the frame-pointer variants were loaded instead.
+    pub walk_refused: Option<String>,
+}
+
+/// The two program types whose stack capture has a fallback variant.
+trait Loadable {
+    fn load_once(&mut self) -> std::result::Result<(), aya::programs::ProgramError>;
+}
+
+impl Loadable for TracePoint {
+    fn load_once(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        if self.fd().is_err() {
+            self.load()?;
+        }
+        Ok(())
+    }
+}
+
+impl Loadable for PerfEvent {
+    fn load_once(&mut self) -> std::result::Result<(), aya::programs::ProgramError> {
+        if self.fd().is_err() {
+            self.load()?;
+        }
+        Ok(())
+    }
 }
 
 const WAIT_SYSCALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
@@ -106,6 +132,7 @@ impl Probes {
             ebpf,
             mounted_tracefs,
             attached: Vec::new(),
+            walk_refused: None,
         })
     }
 
@@ -151,6 +178,33 @@ impl Probes {
         threads.get(&tid, 0).ok()
     }
 
+    /// Load the stack-walking program `full`, or its frame-pointer variant
+    /// `{full}_fp` where this kernel refuses it (it lacks `bpf_loop`, 5.17+,
+    /// or `bpf_task_pt_regs`, 5.15+). Returns the name loaded.
+    fn load_walker<T>(&mut self, full: &'static str, fp: &'static str) -> Result<&'static str>
+    where
+        T: Loadable,
+        for<'a> &'a mut T:
+            TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        if self.walk_refused.is_none() {
+            let prog: &mut T = self.program(full)?;
+            match prog.load_once() {
+                Ok(()) => return Ok(full),
+                Err(e) => {
+                    let why = e.to_string();
+                    let first = why.lines().next().unwrap_or("").to_string();
+                    log::info!("program {full} refused by this kernel, using {fp}: {why}");
+                    self.walk_refused = Some(first);
+                }
+            }
+        }
+        let prog: &mut T = self.program(fp)?;
+        prog.load_once()
+            .map_err(attach_err(format!("program {fp}")))?;
+        Ok(fp)
+    }
+
     /// Attach all programs. The targets must be set first.
     pub fn attach(&mut self, opts: &ProbeOptions) -> Result<()> {
         let mut points: Vec<(&str, &str, String)> = Vec::new();
@@ -167,7 +221,8 @@ impl Probes {
             points.push(("process_fork", "sched", "sched_process_fork".into()));
         }
         if opts.sched {
-            points.push(("sched_switch", "sched", "sched_switch".into()));
+            let switch = self.load_walker::<TracePoint>("sched_switch", "sched_switch_fp")?;
+            points.push((switch, "sched", "sched_switch".into()));
             points.push(("sched_wakeup", "sched", "sched_wakeup".into()));
         }
         for (prog, category, name) in points {
@@ -185,9 +240,8 @@ impl Probes {
             self.attached.push(format!("{category}:{name}"));
         }
         if opts.frequency > 0 {
-            let pe: &mut PerfEvent = self.program("on_cpu_sample")?;
-            pe.load()
-                .map_err(attach_err("program on_cpu_sample".into()))?;
+            let name = self.load_walker::<PerfEvent>("on_cpu_sample", "on_cpu_sample_fp")?;
+            let pe: &mut PerfEvent = self.program(name)?;
             let cpus =
                 online_cpus().map_err(|(what, e)| Error::io(format!("reading {what}"), e))?;
             for cpu in cpus {

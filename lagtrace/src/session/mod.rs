@@ -130,6 +130,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         symbolizer.warm_up(t.pid);
     }
     probes.attach(&opts)?;
+    if let Some(why) = &probes.walk_refused {
+        notes.push(format!(
+            "this kernel refused the stack walker ({why}): native stacks by frame pointer only and no Python frames; they need Linux 5.17 or later"
+        ));
+    }
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until
     // the AsyncFd that owns the RingBuf is dropped.
     let mut events = unsafe {

@@ -33,6 +33,19 @@ struct NativeFrames {
     kernel: Vec<String>,
 }
 
+/// The frame that stands first in a Python stack whose kernel walk ended
+/// before the outermost frame: deeper than the kernel walks, a cyclic or
+/// implausible frame chain (the target's memory is untrusted), or a frame
+/// that could not be read. The innermost frames before it are right.
+pub fn truncation_marker(end: StackEnd) -> Option<&'static str> {
+    match end {
+        StackEnd::Depth => Some("[python frames truncated: deeper than 64]"),
+        StackEnd::BadFrame => Some("[python frames truncated: cyclic or bad frame chain]"),
+        StackEnd::ReadError => Some("[python frames truncated: unreadable frame]"),
+        StackEnd::None | StackEnd::Root | StackEnd::NoTable => None,
+    }
+}
+
 /// Turns samples into counted stacks of frame names.
 pub struct StackSymbolizer {
     native: NativeSymbolizer,
@@ -67,15 +80,15 @@ impl StackSymbolizer {
 
     /// A sample's Python frames, outermost first, each with whether it was
     /// entered from C; `None` when the kernel found none (not a Python
-    /// thread, or not a Python target). A stack cut at the kernel's depth
-    /// limit starts with `[python: outer frames cut]`.
+    /// thread, or not a Python target). A walk that did not reach the
+    /// outermost frame starts with a [`truncation_marker`].
     pub fn python_frames(&mut self, pid: u32, rec: &SampleRec) -> Option<Vec<(String, bool)>> {
         if rec.py.is_empty() {
             return None;
         }
         let mut out: Vec<(String, bool)> = Vec::with_capacity(rec.py.len() + 1);
-        if rec.py_end == StackEnd::Depth {
-            out.push(("[python: outer frames cut]".into(), false));
+        if let Some(marker) = truncation_marker(rec.py_end) {
+            out.push((marker.into(), false));
         }
         for f in rec.py.iter().rev() {
             out.push((self.python.frame(pid, f), f.flags & PY_FRAME_ENTRY != 0));
