@@ -81,10 +81,11 @@ pub fn scratch() -> Option<&'static mut StackSample> {
     if p.is_none() {
         bump(CTR_NO_SAMPLE_ROOM);
     }
-    // SAFETY: per-CPU map value; BPF programs do not preempt each other on
-    // one CPU for the probes that use it (perf_event and tracepoints here
-    // never nest in one another's scratch use: each fills and sends it
-    // before returning).
+    // SAFETY: a per-CPU map value, used only by on_cpu_sample and
+    // sched_switch, which fill and send it before returning and cannot nest
+    // on one CPU: sched_switch runs with interrupts off, and the kernel skips
+    // a perf_event program while another tracing program runs on the CPU
+    // (bpf_prog_active in kernel/events/core.c's bpf_overflow_handler).
     p.map(|p| unsafe { &mut *p })
 }
 
