@@ -3,7 +3,8 @@
 //!
 //! Samples taken before an iteration crosses the threshold wait in the
 //! thread's own slots (`THREAD_SAMPLES`); most iterations are short and
-//! their samples are dropped here without reaching userspace. Once the
+//! their samples are dropped here without reaching userspace (full slots
+//! are sent early, and userspace drops them if no span follows). Once the
 //! iteration is over the threshold, the slots are flushed and later samples
 //! stream one by one, so a loop stuck for minutes is visible while it is
 //! stuck. Every sample travels as one `SampleEvent` with its frames.
@@ -284,6 +285,12 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSampl
     t.samples += 1;
     bump(CTR_SAMPLES);
     if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < stream_after(t, cfg) {
+        // Full slots (a high frequency, or a long stream_after) go to
+        // userspace ahead of time rather than being dropped: it keeps them
+        // with their iteration and discards them if no span follows.
+        if t.nbuf as usize >= SAMPLE_SLOTS {
+            flush(t, tid);
+        }
         let n = t.nbuf as usize;
         if n >= SAMPLE_SLOTS {
             t.samples_dropped += 1;
