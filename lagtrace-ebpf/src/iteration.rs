@@ -3,7 +3,8 @@
 //!
 //! Samples taken before an iteration crosses the threshold wait in the
 //! thread's own slots (`THREAD_SAMPLES`); most iterations are short and
-//! their samples are dropped here without reaching userspace. Once the
+//! their samples are dropped here without reaching userspace (full slots
+//! are sent early, and userspace drops them if no span follows). Once the
 //! iteration is over the threshold, the slots are flushed and later samples
 //! stream one by one, so a loop stuck for minutes is visible while it is
 //! stuck. Every sample travels as one `SampleEvent` with its frames.
@@ -81,10 +82,11 @@ pub fn scratch() -> Option<&'static mut StackSample> {
     if p.is_none() {
         bump(CTR_NO_SAMPLE_ROOM);
     }
-    // SAFETY: per-CPU map value; BPF programs do not preempt each other on
-    // one CPU for the probes that use it (perf_event and tracepoints here
-    // never nest in one another's scratch use: each fills and sends it
-    // before returning).
+    // SAFETY: a per-CPU map value, used only by on_cpu_sample and
+    // sched_switch, which fill and send it before returning and cannot nest
+    // on one CPU: sched_switch runs with interrupts off, and the kernel skips
+    // a perf_event program while another tracing program runs on the CPU
+    // (bpf_prog_active in kernel/events/core.c's bpf_overflow_handler).
     p.map(|p| unsafe { &mut *p })
 }
 
@@ -309,6 +311,12 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSampl
     t.samples += 1;
     bump(CTR_SAMPLES);
     if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < stream_after(t, cfg) {
+        // Full slots (a high frequency, or a long stream_after) go to
+        // userspace ahead of time rather than being dropped: it keeps them
+        // with their iteration and discards them if no span follows.
+        if t.nbuf as usize >= SAMPLE_SLOTS {
+            flush(t, tid);
+        }
         let n = t.nbuf as usize;
         if n >= SAMPLE_SLOTS {
             t.samples_dropped += 1;

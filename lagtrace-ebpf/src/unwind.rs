@@ -57,7 +57,9 @@ struct Walk {
     /// The next PC is exact (the interrupted instruction), not a return
     /// address: look it up as is, not at `ip - 1`.
     exact: u32,
-    _pad: u32,
+    /// Index of the mapping the last frame was in: callers are mostly in
+    /// the same file, so it is tried before a search.
+    last_map: u32,
 }
 
 /// How the frame loop's step ended, as `bpf_loop` wants it.
@@ -88,7 +90,7 @@ pub fn unwind_user(slot: u32) -> Option<(u16, u8, u32)> {
         end: STACK_END_NONE as u32,
         flags: 0,
         exact: 1,
-        _pad: 0,
+        last_map: 0,
     };
     // SAFETY: `step` has the callback signature bpf_loop expects, and `w`
     // outlives the call.
@@ -152,7 +154,7 @@ extern "C" fn step(_i: u64, ctx: *mut c_void) -> i64 {
 fn caller(w: &mut Walk) -> Result<(), u8> {
     let pc = if w.exact != 0 { w.ip } else { w.ip - 1 };
     w.exact = 0;
-    let Some(row) = find_row(w.slot, pc) else {
+    let Some(row) = find_row(w, pc) else {
         return frame_pointer_step(w);
     };
     let cfa = match row.rule & CFA_MASK {
@@ -229,25 +231,32 @@ fn le(a: u64, b: u64) -> u64 {
     (b.wrapping_sub(a) >> 63) ^ 1
 }
 
-/// The row that covers the mapping of `addr` (file-relative).
+/// The row that covers `addr` (file-relative) in its mapping.
 #[inline(always)]
-fn find_row(slot: u32, addr: u64) -> Option<UnwindRow> {
-    if slot == 0 {
+fn find_row(w: &mut Walk, addr: u64) -> Option<UnwindRow> {
+    if w.slot == 0 {
         return None;
     }
-    let procs = UNWIND_PROCS.get(slot)?;
+    let procs = UNWIND_PROCS.get(w.slot)?;
     let count = procs.count as u64;
     if count == 0 || count > UNWIND_MAX_MAPPINGS as u64 {
         return None;
     }
-    // The last mapping whose start is <= addr.
-    let (mut base, mut n) = (0u64, count);
-    for _ in 0..MAP_STEPS {
-        let half = n / 2;
-        let start = procs.maps[((base + half) as usize) & (UNWIND_MAX_MAPPINGS - 1)].start;
-        base += half * le(start, addr);
-        n -= half;
-    }
+    let last = &procs.maps[(w.last_map as usize) & (UNWIND_MAX_MAPPINGS - 1)];
+    let base = if u64::from(w.last_map) < count && last.start <= addr && addr < last.end {
+        u64::from(w.last_map)
+    } else {
+        // The last mapping whose start is <= addr.
+        let (mut base, mut n) = (0u64, count);
+        for _ in 0..MAP_STEPS {
+            let half = n / 2;
+            let start = procs.maps[((base + half) as usize) & (UNWIND_MAX_MAPPINGS - 1)].start;
+            base += half * le(start, addr);
+            n -= half;
+        }
+        base
+    };
+    w.last_map = base as u32;
     let m = &procs.maps[(base as usize) & (UNWIND_MAX_MAPPINGS - 1)];
     if addr < m.start || addr >= m.end || addr < m.bias || m.row_count == 0 {
         return None;
@@ -256,9 +265,12 @@ fn find_row(slot: u32, addr: u64) -> Option<UnwindRow> {
     if pc > u32::MAX as u64 {
         return None;
     }
-    // The last row whose pc is <= pc.
+    // The last row whose pc is <= pc: as many halvings as the file needs.
     let (mut base, mut n) = (m.row_start as u64, m.row_count as u64);
     for _ in 0..ROW_STEPS {
+        if n <= 1 {
+            break;
+        }
         let half = n / 2;
         let row_pc = UNWIND_ROWS.get((base + half) as u32)?.pc as u64;
         base += half * le(row_pc, pc);

@@ -107,8 +107,11 @@ impl Pipeline {
     }
 
     fn on_event(&mut self, event: Event) -> Result<()> {
+        // A PC in no table: the walk fell back to the frame pointer, or
+        // could not go on at all.
         if let Event::Sample(s) = &event
-            && s.rec.flags & lagtrace_common::SAMPLE_F_FP_FALLBACK != 0
+            && (s.rec.flags & lagtrace_common::SAMPLE_F_FP_FALLBACK != 0
+                || s.rec.user_end == crate::events::StackEnd::NoTable)
         {
             self.unmapped_pcs.insert(s.tgid);
         }
