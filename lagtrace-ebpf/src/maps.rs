@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lagtrace_common::{
     Config, MAX_PY_TARGETS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind, PyTarget,
@@ -57,6 +57,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(NUM_COUNTE
 /// by userspace at attach (see `python.rs`).
 #[map]
 pub static PY_TARGETS: HashMap<u32, PyTarget> = HashMap::with_max_entries(MAX_PY_TARGETS, 0);
+/// The `PyThreadState` last found for a thread (tid), checked before each
+/// use; least recently used entries go when it is full.
+#[map]
+pub static PY_TSTATE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_THREADS * 16, 0);
 /// Compact unwind rows of every file with a table, each file's rows sorted
 /// by address in one range (`UnwindMapping::row_start`, `row_count`).
 #[map]

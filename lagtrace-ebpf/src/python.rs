@@ -30,10 +30,13 @@ use lagtrace_common::{
     STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
 };
 
-use crate::maps::PY_TARGETS;
+use crate::maps::{PY_TARGETS, PY_TSTATE};
 
-/// Thread states looked at when searching the interpreter's list.
-const MAX_THREADS_WALKED: u32 = 32;
+/// Thread states looked at when searching the interpreter's list. New
+/// threads go to the head, so a loop that runs in the main thread of a
+/// process with hundreds of workers sits at the tail: the search runs in
+/// `bpf_loop` and its result is remembered per thread (`PY_TSTATE`).
+const MAX_THREADS_WALKED: u32 = 4096;
 
 /// A `T` at `addr` in the current task's memory.
 #[inline(always)]
@@ -54,23 +57,80 @@ fn fsbase(t: &PyTarget) -> Option<u64> {
     }
 }
 
+/// State of the search of the thread list, shared with its callback.
+#[repr(C)]
+struct Search {
+    ts: u64,
+    me: u64,
+    id_off: u64,
+    next_off: u64,
+    found: u64,
+}
+
+/// One thread state of the list: 0 goes on, 1 stops.
+extern "C" fn search_step(_i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Search` that `thread_state` passed to bpf_loop,
+    // on its stack for the whole loop.
+    let s = unsafe { &mut *(ctx as *mut Search) };
+    if s.ts == 0 {
+        return 1;
+    }
+    match user::<u64>(s.ts + s.id_off) {
+        Some(id) if id == s.me => {
+            s.found = s.ts;
+            return 1;
+        }
+        Some(_) => {}
+        None => return 1,
+    }
+    match user::<u64>(s.ts + s.next_off) {
+        // A state that points to itself would loop to the bound.
+        Some(next) if next != s.ts => {
+            s.ts = next;
+            0
+        }
+        _ => 1,
+    }
+}
+
 /// The current thread's `PyThreadState`, or `None` (not a Python thread).
+/// A thread's state stays put while it lives, so the one found last time
+/// is tried first, and kept only while its `thread_id` is still this
+/// thread's (a freed and reused state fails the check).
 #[inline(always)]
 fn thread_state(t: &PyTarget) -> Option<u64> {
     let o = &t.offsets;
     let me = fsbase(t)?;
-    let interp: u64 = user(t.interp_head_addr)?;
-    let mut ts: u64 = user(interp + u64::from(o.interp_tstate_head))?;
-    for _ in 0..MAX_THREADS_WALKED {
-        if ts == 0 {
-            return None;
-        }
-        if user::<u64>(ts + u64::from(o.tstate_thread_id))? == me {
-            return Some(ts);
-        }
-        ts = user(ts + u64::from(o.tstate_next))?;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: a map value read by copy.
+    if let Some(&ts) = unsafe { PY_TSTATE.get(tid) }
+        && user::<u64>(ts + u64::from(o.tstate_thread_id)) == Some(me)
+    {
+        return Some(ts);
     }
-    None
+    let interp: u64 = user(t.interp_head_addr)?;
+    let mut s = Search {
+        ts: user(interp + u64::from(o.interp_tstate_head))?,
+        me,
+        id_off: u64::from(o.tstate_thread_id),
+        next_off: u64::from(o.tstate_next),
+        found: 0,
+    };
+    // SAFETY: `search_step` matches bpf_loop's callback type and `s`
+    // outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_THREADS_WALKED,
+            search_step as *mut c_void,
+            &mut s as *mut Search as *mut c_void,
+            0,
+        )
+    };
+    if s.found == 0 {
+        return None;
+    }
+    let _ = PY_TSTATE.insert(tid, s.found, 0);
+    Some(s.found)
 }
 
 /// The innermost frame of a thread state (0 when it runs no Python code).

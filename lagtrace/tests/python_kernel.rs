@@ -67,7 +67,10 @@ fn deep_recursion_is_cut_with_its_innermost_64_frames_right() {
                 let n = st["samples"].as_u64().unwrap();
                 total += n;
                 let f = frames(st);
-                let Some(cut) = f.iter().position(|x| x.starts_with("[python frames truncated: deeper than")) else {
+                let Some(cut) = f
+                    .iter()
+                    .position(|x| x.starts_with("[python frames truncated: deeper than"))
+                else {
                     continue;
                 };
                 let py: Vec<&str> = f[cut + 1..]

@@ -16,7 +16,16 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{self, capture, cargo, run};
 
 /// Debian packages used by tests, demo and bench.
-pub const DEB_PACKAGES: &[&str] = &["bpftool", "wrk"];
+/// qemu-system-x86 (with its virtiofsd), busybox-static, xz-utils and zstd
+/// are for `cargo xtask vmtest`.
+pub const DEB_PACKAGES: &[&str] = &[
+    "bpftool",
+    "wrk",
+    "qemu-system-x86",
+    "busybox-static",
+    "xz-utils",
+    "zstd",
+];
 /// bpf-linker versions we accept when installing.
 const BPF_LINKER_VERSION: &str = "^0.13";
 const NIGHTLY: &str = "nightly";

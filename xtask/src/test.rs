@@ -1,5 +1,8 @@
 //! `cargo xtask test`: the one command CI and developers run to check
-//! everything — setup, a release build of the workspace, then all tests.
+//! everything — setup, a release build of the workspace, then all tests,
+//! then the integration tests again on Debian's 6.1 kernel in a VM
+//! (`cargo xtask vmtest`; skipped loudly where qemu cannot boot it, or with
+//! `LAGTRACE_NO_VMTEST=1`).
 //! Tests run serially: integration tests attach BPF programs and time real
 //! processes, so running them in parallel would skew each other.
 use anyhow::{Context as _, Result};
@@ -7,6 +10,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     setup::{self, SetupArgs},
     util::{self, cargo, run},
+    vmtest::{self, VmtestArgs},
 };
 
 /// Built host-side, `lagtrace-ebpf` is only a stub whose bin is also named
@@ -32,6 +36,13 @@ pub fn run_tests(test_args: &[String]) -> Result<()> {
     .context("tests failed")?;
     if !root {
         util::warn("not run as root: the root-only integration tests were skipped");
+        util::warn("SKIP vmtest: it needs root (apt-get, virtiofsd)");
+        return Ok(());
     }
-    Ok(())
+    if std::env::var_os("LAGTRACE_NO_VMTEST").is_some() {
+        util::warn("SKIP vmtest: LAGTRACE_NO_VMTEST is set");
+        return Ok(());
+    }
+    // One kernel of the matrix: the tests again on Debian's 6.1, in a VM.
+    vmtest::run_vmtest(&VmtestArgs::ci("6.1")).context("vmtest on Debian 6.1 failed")
 }

@@ -15,7 +15,6 @@ use std::{
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -71,6 +70,20 @@ pub struct VmtestArgs {
     /// Skip (loudly, exit 0) instead of failing when qemu cannot boot a guest.
     #[arg(long)]
     pub skip_if_unbootable: bool,
+}
+
+impl VmtestArgs {
+    /// What `cargo xtask test` runs: one kernel, skipped loudly where no
+    /// guest boots.
+    pub fn ci(kernel: &str) -> Self {
+        Self {
+            kernel: kernel.into(),
+            timeout: 1200,
+            accel: None,
+            verbose: false,
+            skip_if_unbootable: true,
+        }
+    }
 }
 
 /// One kernel's outcome, a row of the table.
@@ -299,26 +312,6 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
-        ("/bin/busybox", "busybox-static"),
-        ("/usr/bin/xz", "xz-utils"),
-        ("/usr/bin/zstd", "zstd"),
-    ]
-    .into_iter()
-    .filter(|(p, _)| !Path::new(p).exists())
-    .map(|(_, pkg)| pkg)
-    .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q"])
-        .args(&missing))
-}
-
 pub fn run_vmtest(args: &VmtestArgs) -> Result<()> {
     if !util::is_root() {
         bail!("vmtest needs root (apt-get, virtiofsd sharing /); run it with sudo");
@@ -332,7 +325,7 @@ pub fn run_vmtest(args: &VmtestArgs) -> Result<()> {
                 .with_context(|| format!("--kernel takes 5.10, 6.1, 6.12 or all, not {k}"))?,
         ],
     };
-    ensure_tools()?;
+    // Setup installs qemu, busybox, xz and zstd with the other packages.
     crate::setup::run_setup(&Default::default())?;
     run(cargo().args([
         "build",
