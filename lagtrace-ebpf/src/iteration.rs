@@ -18,9 +18,9 @@ use aya_ebpf::{
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
     CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader,
-    PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS,
-    SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples,
-    ThreadState, hist_bucket,
+    MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
+    SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS, SampleEvent, SpanEvent, StackSample,
+    THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -261,6 +261,41 @@ fn flush(t: &mut ThreadState, tid: u32) {
     }
 }
 
+/// Copy the used part of a sample: its fields and the frames its lengths
+/// cover (a 16-frame sample is 200 bytes of the record's 2.3 KiB). What
+/// lies beyond the lengths is left as it was; userspace reads only up to
+/// them. False if a read failed.
+#[inline(always)]
+pub fn copy_sample(dst: *mut StackSample, src: *const StackSample) -> bool {
+    // SAFETY: both point at whole `StackSample`s (map values or a reserved
+    // record); each copy stays inside its array, its length clamped to it.
+    unsafe {
+        let head = core::mem::offset_of!(StackSample, user) as u32;
+        let user = ((*src).user_len as u32).min(MAX_USER_FRAMES as u32) * 8;
+        let kernel = ((*src).kernel_len as u32).min(MAX_KERNEL_FRAMES as u32) * 8;
+        let py = ((*src).py_len as u32).min(MAX_PY_FRAMES as u32) * 16;
+        bpf_probe_read_kernel(dst.cast(), head, src.cast()) == 0
+            && (user == 0
+                || bpf_probe_read_kernel(
+                    (*dst).user.as_mut_ptr().cast(),
+                    user,
+                    (*src).user.as_ptr().cast(),
+                ) == 0)
+            && (kernel == 0
+                || bpf_probe_read_kernel(
+                    (*dst).kernel.as_mut_ptr().cast(),
+                    kernel,
+                    (*src).kernel.as_ptr().cast(),
+                ) == 0)
+            && (py == 0
+                || bpf_probe_read_kernel(
+                    (*dst).py.as_mut_ptr().cast(),
+                    py,
+                    (*src).py.as_ptr().cast(),
+                ) == 0)
+    }
+}
+
 /// One sample to userspace: reserve its record and copy the sample in.
 #[inline(always)]
 fn send(t: &ThreadState, tid: u32, s: *const StackSample, flags: u64) {
@@ -280,8 +315,7 @@ fn send(t: &ThreadState, tid: u32, s: *const StackSample, flags: u64) {
             tid,
         };
         (*ev).iteration = t.iteration;
-        let dst = core::ptr::addr_of_mut!((*ev).sample);
-        if bpf_probe_read_kernel(dst.cast(), size_of::<StackSample>() as u32, s.cast()) != 0 {
+        if !copy_sample(core::ptr::addr_of_mut!((*ev).sample), s) {
             entry.discard(0);
             bump(CTR_RINGBUF_LOST);
             return;
@@ -328,15 +362,7 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSampl
             return;
         };
         let dst = &mut slots.slots[n & (SAMPLE_SLOTS - 1)];
-        // SAFETY: both are whole `StackSample`s in map values.
-        let copied = unsafe {
-            bpf_probe_read_kernel(
-                (dst as *mut StackSample).cast(),
-                size_of::<StackSample>() as u32,
-                s.cast(),
-            )
-        };
-        if copied == 0 {
+        if copy_sample(dst, s) {
             t.nbuf += 1;
         } else {
             t.samples_dropped += 1;

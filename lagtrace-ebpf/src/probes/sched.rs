@@ -5,12 +5,8 @@
 //! sched_switch fires for every context switch on the host, so the first
 //! thing done is a lookup of the two tids in THREADS, which holds only loop
 //! threads of targets. Field offsets come from tracefs via `Config`.
-use core::mem::size_of;
-
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use lagtrace_common::{
     CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
@@ -19,7 +15,8 @@ use lagtrace_common::{
 
 use crate::{
     iteration::{
-        close_phase, config, now_ns, push_sample, scratch, stream_after, thread, thread_samples,
+        close_phase, config, copy_sample, now_ns, push_sample, scratch, stream_after, thread,
+        thread_samples,
     },
     probes::stacks::capture,
 };
@@ -94,15 +91,7 @@ fn switch_out<const WALK: bool>(ctx: &TracePointContext, cfg: &Config, prev: u32
     s.weight_ns = 0;
     s.kind = kind;
     capture::<_, WALK>(ctx, t.tgid, s);
-    // SAFETY: both are whole `StackSample`s in map values.
-    let copied = unsafe {
-        bpf_probe_read_kernel(
-            (&mut slots.pending as *mut StackSample).cast(),
-            size_of::<StackSample>() as u32,
-            (s as *const StackSample).cast(),
-        )
-    };
-    if copied != 0 {
+    if !copy_sample(&mut slots.pending, s) {
         return Some(());
     }
     t.pending_kind = kind;

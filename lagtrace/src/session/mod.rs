@@ -223,17 +223,25 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     for note in adopted {
                         eprintln!("lagtrace: {}", sanitize::line(&note));
                     }
+                    // A child may be gone (or released from the kernel's
+                    // table) by now: its stacks just keep frame pointers.
                     for t in p.targets.iter() {
-                        if !tables.knows(t.pid) {
-                            tables.add_process(t.pid, &mut probes)?;
+                        if !tables.knows(t.pid)
+                            && let Err(e) = tables.add_process(t.pid, &mut probes)
+                        {
+                            log::debug!("no unwind table for pid {}: {e}", t.pid);
                         }
                     }
                 }
                 // Samples with PCs outside every table: a library may have
                 // been loaded since.
                 for pid in std::mem::take(&mut p.unmapped_pcs) {
-                    if !tables.maybe_refresh(pid, &mut probes)? {
-                        p.unmapped_pcs.insert(pid);
+                    match tables.maybe_refresh(pid, &mut probes) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            p.unmapped_pcs.insert(pid);
+                        }
+                        Err(e) => log::debug!("unwind tables of pid {pid} not refreshed: {e}"),
                     }
                 }
                 for note in p.targets.check_exec(&mut probes, &mut p.symbolizer.python) {
