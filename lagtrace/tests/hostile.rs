@@ -392,6 +392,13 @@ fn python_names_cannot_forge_a_span_line() {
             .any(|f| f.contains("00:00:00.000  python3[1]"))),
         "the forged name was read"
     );
+    // The 6000-character name is kept, cut with an ellipsis, not dropped.
+    assert!(
+        spans.iter().any(|s| frames_of(s)
+            .iter()
+            .any(|f| f.starts_with("long_xxxx") && f.contains('…'))),
+        "the long name is missing"
+    );
     assert_terminal_clean(&run);
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(
@@ -701,7 +708,7 @@ fn a_library_swapped_at_the_same_address_never_gets_the_old_name() {
 }
 
 #[test]
-fn python_reads_of_a_process_with_500_threads_stay_within_the_budget() {
+fn python_frames_of_a_process_with_500_threads_are_found_cheaply() {
     if !root_or_skip("500 python threads") {
         return;
     }
@@ -728,10 +735,18 @@ fn python_reads_of_a_process_with_500_threads_stay_within_the_budget() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
+    let spans = run.spans();
+    assert!(spans.len() >= 8, "spans present: {}", spans.len());
+    // The loop runs in the main thread, the oldest, so its state is last of
+    // 501 in the interpreter's list: its frames must still be found.
+    let named = spans
+        .iter()
+        .filter(|s| frames_of(s).iter().any(|f| f.starts_with("stall (")))
+        .count();
     assert!(
-        run.spans().len() >= 8,
-        "spans present: {}",
-        run.spans().len()
+        named * 10 >= spans.len() * 9,
+        "{named} of {} spans have the loop's Python frames",
+        spans.len()
     );
     let share = run.cpu.as_secs_f64() / run.elapsed.as_secs_f64();
     println!(
@@ -745,7 +760,8 @@ fn python_reads_of_a_process_with_500_threads_stay_within_the_budget() {
             .collect::<Vec<_>>()
             .join(" / ")
     );
-    // The read budget is a quarter of a CPU (plus a 250 ms burst); the bug
-    // was 63%. Generous, for a busy host.
+    // The bug was 63% (a py-spy read per sample walked every thread). The
+    // kernel now walks at most 4096 states once per thread. Generous, for
+    // a busy host.
     assert!(share < 0.45, "lagtrace used {:.0}% of a CPU", share * 100.0);
 }

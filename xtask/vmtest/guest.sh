@@ -25,7 +25,7 @@ while read -r name bin filters; do
     rc=$?
     secs=$(($(date +%s) - start))
     if [ $rc -ne 0 ]; then
-        grep -E 'panicked|NOTE|SKIP|error|stall|assert|left|right|^test ' "/tmp/$name.log" |
+        grep -E -A2 'panicked|NOTE|SKIP|error|stall|assert|left|right|^test ' "/tmp/$name.log" |
             cut -c1-400 | sed "s/^/vmtest: log $name: /" | tail -n 40
     fi
     passed=$(grep -o '[0-9]* passed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')

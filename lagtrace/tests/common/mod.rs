@@ -169,7 +169,7 @@ impl Target {
         let ready = wait_line(
             &stdout,
             |l| l.starts_with("READY"),
-            Duration::from_secs(30),
+            patience(Duration::from_secs(30)),
             &mut seen,
         )
         .unwrap_or_else(|| panic!("{cmd:?} never printed READY; saw {seen:?}"));
@@ -313,7 +313,7 @@ impl Lagtrace {
         if wait_line(
             &stderr,
             |l| l.starts_with("lagtrace: tracing"),
-            Duration::from_secs(30),
+            patience(Duration::from_secs(30)),
             &mut seen,
         )
         .is_none()
@@ -343,7 +343,7 @@ impl Lagtrace {
     /// Stop with SIGINT (as Ctrl-C) and collect everything.
     pub fn stop(self) -> Finished {
         signal(self.child.id(), libc::SIGINT);
-        self.wait(Duration::from_secs(60))
+        self.wait(patience(Duration::from_secs(60)))
     }
 
     pub fn wait(mut self, timeout: Duration) -> Finished {
@@ -387,7 +387,7 @@ pub fn trace_scenario(target: &mut Target, extra: &[&str]) -> Finished {
     let mut args = vec!["--pid", pid.as_str(), "--threshold", "50ms"];
     args.extend_from_slice(extra);
     let lt = Lagtrace::attach(&args);
-    target.run_scenario(Duration::from_secs(60));
+    target.run_scenario(patience(Duration::from_secs(60)));
     // DONE is printed inside the last stall's iteration: let the loop get
     // back to its wait, so that span ends before lagtrace does.
     std::thread::sleep(Duration::from_millis(200));
@@ -502,6 +502,13 @@ pub fn assert_stalls_reported(spans: &[Value], stalls: &[Truth], threshold_ms: u
 /// vmtest` under TCG), where the loop's own code runs tens of times slower.
 pub fn emulated() -> bool {
     emulation_slack_ms() > 0.0
+}
+
+/// How long to wait for an event that takes `d` on real hardware: an
+/// emulated CPU starts interpreters and verifies BPF programs tens of times
+/// slower. Waits only; no timing is asserted with it.
+pub fn patience(d: Duration) -> Duration {
+    if emulated() { d * 8 } else { d }
 }
 
 /// See [`assert_stalls_reported`]; 0 on real hardware.
