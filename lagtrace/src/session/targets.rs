@@ -14,7 +14,10 @@ use crate::{
     error::Result,
     probes::Probes,
     probes::btf::task_fsbase_offset,
-    symbolize::{cpython::PyFrames, python::is_python},
+    symbolize::{
+        cpython::{self, PyFrames},
+        python::is_python,
+    },
     target::{Target, exe_id, exe_name, has_live_thread, looks_like_tokio, tgid_of},
 };
 
@@ -62,7 +65,8 @@ pub fn model_for(pid: u32, flag: Model) -> u32 {
 /// Find a CPython target's interpreter and tell the kernel how to walk its
 /// frames. Returns its version.
 fn enroll_python(pid: u32, probes: &mut Probes, python: &mut PyFrames) -> Result<String, String> {
-    let it = crate::symbolize::cpython::interp::find(pid).map_err(|e| e.to_string())?;
+    let it = cpython::interp::find(pid).map_err(|e| e.to_string())?;
+    cpython::check(&it)?;
     let task_fsbase = task_fsbase_offset().map_err(|e| e.to_string())?;
     probes
         .set_python_target(

@@ -86,5 +86,64 @@ impl PyFrames {
     }
 }
 
+/// True when the object at `addr` is of type `code`: its `ob_type`'s
+/// `tp_name` (offset 24 in `PyTypeObject` on every 3.x) reads "code".
+fn is_code_object(mem: &mem::Mem, addr: u64) -> bool {
+    let name = mem
+        .u64(addr + 8)
+        .and_then(|ty| mem.u64(ty + 24))
+        .and_then(|p| mem.array::<5>(p));
+    matches!(name, Ok(n) if &n == b"code\0")
+}
+
+/// Check at attach that the layout fits the target: walk a thread's frames
+/// in userspace with the kernel's offsets and read their code objects.
+/// Returns how many frames resolved (0 when no thread ran Python code, so
+/// nothing could be checked); an error when frames were found but some of
+/// them are not readable code objects. A few tries, as the target runs on.
+pub fn check(it: &Interpreter) -> Result<usize, String> {
+    let mem = mem::Mem { pid: it.pid };
+    let o = &it.layout.kernel;
+    // `PyThreadState` starts with `prev`, `next`, `interp` on 3.8-3.13: the
+    // first thread must point back at its interpreter.
+    let back = mem.u64(it.interp_head_addr()).and_then(|interp| {
+        let ts = mem.u64(interp + u64::from(o.interp_tstate_head))?;
+        Ok((interp, ts, mem.u64(ts + 16)?))
+    });
+    if !matches!(back, Ok((interp, ts, owner)) if ts != 0 && owner == interp) {
+        return Err(format!(
+            "no interpreter with threads at _PyRuntime with the CPython 3.{} layout",
+            it.version.1
+        ));
+    }
+    let mut found = 0;
+    for _ in 0..3 {
+        let Some(ts) = walk::thread_state(&mem, it, walk::Pick::FirstWithFrame) else {
+            continue;
+        };
+        let (recs, _) = walk::walk(&mem, it, ts);
+        found = found.max(recs.len());
+        let resolved = recs
+            .iter()
+            .filter(|r| {
+                is_code_object(&mem, r.code)
+                    && code::read_code(&mem, &it.layout.code, r.code).is_ok()
+            })
+            .count();
+        // Every frame of a right layout is a code object; a wrong one
+        // wanders into other memory within a frame or two.
+        if resolved > 0 && resolved == recs.len() {
+            return Ok(resolved);
+        }
+    }
+    if found > 0 {
+        return Err(format!(
+            "its frames do not read as code objects with the CPython 3.{} layout",
+            it.version.1
+        ));
+    }
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests;

@@ -69,6 +69,15 @@ fn resolves_a_known_function_on_every_version() {
         let result = (|| {
             let it = interp::find(pid).map_err(|e| e.to_string())?;
             assert_eq!(it.version, (3, minor));
+            assert!(super::check(&it)? >= 1, "3.{minor}: check");
+            // Another version's layout must not pass the check.
+            let mut wrong = it.clone();
+            let other = if minor == 12 { 9 } else { 12 };
+            wrong.layout = super::layout::table_entry(other).unwrap().layout().unwrap();
+            assert!(
+                super::check(&wrong).is_err(),
+                "3.{minor} checked with the 3.{other} layout"
+            );
             let mem = Mem { pid };
             let mut frames = PyFrames::default();
             frames.add(it.clone());
