@@ -12,6 +12,9 @@
 
 /// Most threads the kernel tracks at once (loop threads of all targets).
 pub const MAX_THREADS: u32 = 1024;
+/// Most loop threads with kernel sample slots ([`ThreadSamples`]) at once;
+/// the slots are preallocated (see `lagtrace-ebpf/src/maps.rs`).
+pub const MAX_SAMPLE_THREADS: u32 = 256;
 /// Most traced processes (with `--children`, forks add to them).
 pub const MAX_TARGETS: u32 = 4096;
 /// Sub-buckets per power of two in the iteration histogram (2 bits).

@@ -1,14 +1,13 @@
 //! Every map of the BPF object, in one place, so that names userspace looks up
 //! are easy to audit against `lagtrace/src/probes/loader.rs`.
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lagtrace_common::{
-    Config, MAX_PY_TARGETS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind, PyTarget,
-    StackSample, TargetConfig, ThreadSamples, ThreadState, UNWIND_MAX_PROCS, UNWIND_MAX_ROWS,
-    UnwindRow,
+    Config, MAX_PY_TARGETS, MAX_SAMPLE_THREADS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind,
+    PyTarget, StackSample, TargetConfig, ThreadSamples, ThreadState, UNWIND_MAX_PROCS,
+    UNWIND_MAX_ROWS, UnwindRow,
 };
 
 /// Index 0 holds the run-time [`Config`].
@@ -33,11 +32,14 @@ pub static ZERO: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0);
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 /// Sample slots of each loop thread by tid (see [`ThreadSamples`]), created
-/// with its `THREADS` entry. Not preallocated: a slot set is large (about
-/// 75 KiB) and only loop threads have one.
+/// with its `THREADS` entry. Preallocated, because kernels before 6.1 let
+/// perf_event programs use only preallocated hash maps: a slot set is about
+/// 75 KiB, so this map holds fewer threads than `THREADS`
+/// ([`MAX_SAMPLE_THREADS`], about 19 MiB in all); a loop thread past it is
+/// not tracked and counted.
 #[map]
 pub static THREAD_SAMPLES: HashMap<u32, ThreadSamples> =
-    HashMap::with_max_entries(MAX_THREADS, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(MAX_SAMPLE_THREADS, 0);
 
 /// A zeroed `ThreadSamples` to insert from (too big for a per-CPU array,
 /// whose values are capped at 32 KiB). Nothing ever writes to it.

@@ -363,6 +363,9 @@ fn thread_and_symbol_names_cannot_drive_the_terminal_or_break_files() {
 
 #[test]
 fn python_names_cannot_forge_a_span_line() {
+    if !walker_or_skip("python_names_cannot_forge_a_span_line") {
+        return;
+    }
     if !root_or_skip("hostile python names") {
         return;
     }
@@ -582,6 +585,9 @@ fn a_fifo_mounted_over_a_mapped_library_does_not_hang() {
 
 #[test]
 fn a_cyclic_python_frame_chain_ends_the_walk_in_time() {
+    if !walker_or_skip("a_cyclic_python_frame_chain_ends_the_walk_in_time") {
+        return;
+    }
     if !root_or_skip("cyclic python frames") {
         return;
     }
@@ -709,6 +715,9 @@ fn a_library_swapped_at_the_same_address_never_gets_the_old_name() {
 
 #[test]
 fn python_frames_of_a_process_with_500_threads_are_found_cheaply() {
+    if !walker_or_skip("python_frames_of_a_process_with_500_threads_are_found_cheaply") {
+        return;
+    }
     if !root_or_skip("500 python threads") {
         return;
     }

@@ -55,6 +55,9 @@ fn off_cpu_stacks(span: &Value) -> Vec<Vec<String>> {
 
 #[test]
 fn sleep_in_a_coroutine_is_off_cpu_with_its_caller() {
+    if !walker_or_skip("sleep_in_a_coroutine_is_off_cpu_with_its_caller") {
+        return;
+    }
     if !root_or_skip("sleep_in_a_coroutine_is_off_cpu_with_its_caller") {
         return;
     }
@@ -82,8 +85,11 @@ fn sleep_in_a_coroutine_is_off_cpu_with_its_caller() {
             off * 100.0,
             span["cause"]
         );
+        // On an emulated CPU the loop's own code around the sleep runs tens
+        // of times slower and takes a visible share of the span.
+        let bar = if common::emulated() { 0.8 } else { 0.9 };
         assert!(
-            off >= 0.9,
+            off >= bar,
             "{}: only {:.1}% off-CPU: {span}",
             t.label,
             off * 100.0

@@ -68,6 +68,9 @@ fn share_under(
 
 #[test]
 fn cpu_bound_python_function_is_named_with_file_and_line() {
+    if !walker_or_skip("cpu_bound_python_function_is_named_with_file_and_line") {
+        return;
+    }
     if !root_or_skip("cpu_bound_python_function_is_named_with_file_and_line") {
         return;
     }
@@ -105,8 +108,11 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
                 t.label,
                 share * 100.0
             );
+            // On an emulated CPU the loop's own code around the stall runs
+            // tens of times slower and takes a visible share of the span.
+            let bar = if common::emulated() { 0.90 } else { 0.97 };
             assert!(
-                share >= 0.97,
+                share >= bar,
                 "python {v} {}: {hit}/{total} under burn_cpu ({:?}): {}",
                 t.label,
                 fin.stderr.iter().find(|l| l.contains("python:")),
@@ -131,6 +137,9 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
 
 #[test]
 fn seed_story_json_decode_shows_python_and_native_frames() {
+    if !walker_or_skip("seed_story_json_decode_shows_python_and_native_frames") {
+        return;
+    }
     if !root_or_skip("seed_story_json_decode_shows_python_and_native_frames") {
         return;
     }

@@ -38,6 +38,9 @@ fn stacks<'a>(span: &'a Value, kind: &str) -> impl Iterator<Item = &'a Value> {
 
 #[test]
 fn deep_recursion_is_cut_with_its_innermost_64_frames_right() {
+    if !walker_or_skip("deep_recursion_is_cut_with_its_innermost_64_frames_right") {
+        return;
+    }
     let test = "deep_recursion_is_cut_with_its_innermost_64_frames_right";
     if !root_or_skip(test) {
         return;
@@ -104,6 +107,9 @@ fn deep_recursion_is_cut_with_its_innermost_64_frames_right() {
 
 #[test]
 fn each_loop_thread_gets_its_own_frames_on_every_version() {
+    if !walker_or_skip("each_loop_thread_gets_its_own_frames_on_every_version") {
+        return;
+    }
     let test = "each_loop_thread_gets_its_own_frames_on_every_version";
     if !root_or_skip(test) {
         return;
@@ -159,6 +165,9 @@ fn each_loop_thread_gets_its_own_frames_on_every_version() {
 
 #[test]
 fn two_interpreters_of_different_versions_in_one_run_both_get_frames() {
+    if !walker_or_skip("two_interpreters_of_different_versions_in_one_run_both_get_frames") {
+        return;
+    }
     let test = "two_interpreters_of_different_versions_in_one_run_both_get_frames";
     if !root_or_skip(test) {
         return;
@@ -206,6 +215,9 @@ fn two_interpreters_of_different_versions_in_one_run_both_get_frames() {
 
 #[test]
 fn sleep_in_a_coroutine_has_its_python_frames_read_at_the_switch() {
+    if !walker_or_skip("sleep_in_a_coroutine_has_its_python_frames_read_at_the_switch") {
+        return;
+    }
     let test = "sleep_in_a_coroutine_has_its_python_frames_read_at_the_switch";
     if !root_or_skip(test) {
         return;

@@ -130,6 +130,9 @@ fn assert_no_frame_pointer(bin: &Path, func: &str) {
 
 #[test]
 fn cpp_without_frame_pointers_has_full_stacks() {
+    if !walker_or_skip("cpp_without_frame_pointers_has_full_stacks") {
+        return;
+    }
     let test = "cpp_without_frame_pointers_has_full_stacks";
     if !root_or_skip(test) {
         return;
@@ -167,6 +170,9 @@ fn cpp_without_frame_pointers_has_full_stacks() {
 
 #[test]
 fn library_dlopened_after_attach_is_unwound() {
+    if !walker_or_skip("library_dlopened_after_attach_is_unwound") {
+        return;
+    }
     let test = "library_dlopened_after_attach_is_unwound";
     if !root_or_skip(test) {
         return;
@@ -233,6 +239,9 @@ fn testapp(name: &str) -> PathBuf {
 
 #[test]
 fn tokio_release_build_has_full_stacks() {
+    if !walker_or_skip("tokio_release_build_has_full_stacks") {
+        return;
+    }
     let test = "tokio_release_build_has_full_stacks";
     if !root_or_skip(test) {
         return;
@@ -302,6 +311,9 @@ fn tokio_release_build_has_full_stacks() {
 
 #[test]
 fn python_311_c_extension_frames_hang_under_their_python_caller() {
+    if !walker_or_skip("python_311_c_extension_frames_hang_under_their_python_caller") {
+        return;
+    }
     let test = "python_311_c_extension_frames_hang_under_their_python_caller";
     if !root_or_skip(test) {
         return;

@@ -21,7 +21,8 @@ while read -r name bin filters; do
     [ -z "$name" ] && continue
     start=$(date +%s)
     # shellcheck disable=SC2086 # filters are separate words
-    "$bin" --test-threads=1 --exact $filters >"/tmp/$name.log" 2>&1
+    # --nocapture: a test that skips says so (SKIP …) even when it passes.
+    "$bin" --test-threads=1 --nocapture --exact $filters >"/tmp/$name.log" 2>&1
     rc=$?
     secs=$(($(date +%s) - start))
     if [ $rc -ne 0 ]; then
@@ -30,6 +31,7 @@ while read -r name bin filters; do
     fi
     passed=$(grep -o '[0-9]* passed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
     failed=$(grep -o '[0-9]* failed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
-    skipped=$(grep -c 'SKIP' "/tmp/$name.log")
+    skipped=$(grep -c '^SKIP' "/tmp/$name.log")
+    grep '^SKIP' "/tmp/$name.log" | cut -c1-300 | sed "s/^/vmtest: skip $name: /"
     echo "vmtest: result $name rc=$rc passed=$passed failed=$failed skipped=$skipped secs=$secs"
 done <"$plan"

@@ -32,6 +32,26 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
+/// Whether this kernel can run lagtrace's stack walkers (`.eh_frame`
+/// unwinding and Python frames need `bpf_loop`, Linux 5.17+); else a
+/// printed skip reason. Older kernels get frame-pointer stacks only.
+pub fn walker_or_skip(test: &str) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut nums = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    if version >= (5, 17) {
+        return true;
+    }
+    eprintln!(
+        "SKIP {test}: Python frames and .eh_frame unwinding need bpf_loop (Linux 5.17+); this kernel is {}",
+        release.trim()
+    );
+    false
+}
+
 /// A program on PATH or at a path, or a printed skip reason.
 pub fn tool_or_skip(test: &str, candidates: &[&str]) -> Option<PathBuf> {
     for c in candidates {

@@ -94,6 +94,8 @@ struct Row {
     accel: &'static str,
     passed: u32,
     failed: u32,
+    /// Tests that skipped themselves, with a printed reason.
+    skipped: u32,
     secs: u64,
     ok: bool,
     note: String,
@@ -240,6 +242,7 @@ fn run_kernel(
         accel: boot.accel.name(),
         passed: 0,
         failed: 0,
+        skipped: 0,
         secs: 0,
         ok: false,
         note: String::new(),
@@ -255,15 +258,21 @@ fn run_kernel(
                     .unwrap_or(0)
             };
             let (p, f, rc) = (field("passed="), field("failed="), field("rc="));
-            row.passed += p;
+            let skipped = field("skipped=");
+            row.passed += p.saturating_sub(skipped);
             row.failed += f;
-            if rc != 0 || p == 0 {
+            row.skipped += skipped;
+            // A binary that ran nothing, and skipped nothing, is a failure.
+            if rc != 0 || (p == 0 && skipped == 0) {
                 row.failed = row.failed.max(1);
                 let name = rest.split_whitespace().next().unwrap_or("?");
                 let _ = write!(row.note, "{name} failed; ");
             }
             println!("  {line}");
-        } else if line.starts_with("vmtest: log ") || line.starts_with("vmtest: guest-error") {
+        } else if line.starts_with("vmtest: log ")
+            || line.starts_with("vmtest: skip ")
+            || line.starts_with("vmtest: guest-error")
+        {
             println!("  {line}");
         }
     }
@@ -350,6 +359,7 @@ pub fn run_vmtest(args: &VmtestArgs) -> Result<()> {
                 accel: "-",
                 passed: 0,
                 failed: 0,
+                skipped: 0,
                 secs: 0,
                 ok: false,
                 note: format!("{e:#}"),
