@@ -31,7 +31,8 @@ while read -r name bin filters; do
     fi
     passed=$(grep -o '[0-9]* passed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
     failed=$(grep -o '[0-9]* failed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
-    skipped=$(grep -c '^SKIP' "/tmp/$name.log")
-    grep '^SKIP' "/tmp/$name.log" | cut -c1-300 | sed "s/^/vmtest: skip $name: /"
+    # A skip line may follow the harness's `test NAME ... ` on one line.
+    skipped=$(grep -o 'SKIP [a-z0-9_]*' "/tmp/$name.log" | sort -u | wc -l)
+    grep -o 'SKIP [a-z0-9_]*:.*' "/tmp/$name.log" | cut -c1-300 | sed "s/^/vmtest: skip $name: /"
     echo "vmtest: result $name rc=$rc passed=$passed failed=$failed skipped=$skipped secs=$secs"
 done <"$plan"
