@@ -299,18 +299,19 @@ fn run_kernel(
 
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| kernel | release | loads? | attach mode | accel | tests passed | seconds | result |"
+        "\n| kernel | release | loads? | attach mode | accel | tests passed | skipped | seconds | result |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | tracepoints | {} | {}/{} | {} | {} |",
+            "| {} | {} | {} | tracepoints | {} | {}/{} | {} | {} | {} |",
             r.label,
             r.release,
             r.loads,
             r.accel,
             r.passed,
-            r.passed + r.failed,
+            r.passed + r.failed + r.skipped,
+            r.skipped,
             r.secs,
             if r.ok {
                 "ok".to_string()
