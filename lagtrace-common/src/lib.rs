@@ -39,7 +39,7 @@ pub const SAMPLE_STOPPED: u32 = 4;
 
 /// `ThreadState::flags` bits.
 pub const THREAD_IN_ITER: u32 = 1;
-/// The open iteration is past `stream_after_ns`: its samples stream live.
+/// The open iteration is past the threshold: its samples stream live.
 pub const THREAD_OVER: u32 = 2;
 
 /// Scheduler phase of a thread inside an open iteration.
@@ -127,8 +127,6 @@ pub struct SpanEvent {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetConfig {
-    /// See [`ThreadState::stream_after_ns`]; 0 means the threshold.
-    pub stream_after_ns: u64,
     /// `MODEL_EPOLL` or `MODEL_WORKER`.
     pub model: u32,
     /// Index of the process's mapping table in `UNWIND_PROCS`; 0: none (the
@@ -167,10 +165,6 @@ pub struct ThreadState {
     pub iterations: u64,
     pub max_ns: u64,
     pub sum_ns: u64,
-    /// Time into an iteration after which samples stream to userspace one by
-    /// one (the threshold, or earlier for targets whose language frames
-    /// userspace reads while the span is open). Copied from `TARGETS`.
-    pub stream_after_ns: u64,
     pub hist: [u64; HIST_BUCKETS],
 }
 
@@ -239,7 +233,7 @@ pub const MAX_KERNEL_FRAMES: usize = 32;
 /// (innermost frames kept) and marked `STACK_END_DEPTH`.
 pub const MAX_PY_FRAMES: usize = 64;
 /// Full samples a thread buffers in the kernel before its iteration crosses
-/// the threshold or its `stream_after_ns` (a power of two, for the mask).
+/// the threshold (a power of two, for the mask).
 /// At the default 499 Hz this holds 64 ms of samples, more than the 50 ms
 /// default threshold. Memory: `size_of::<ThreadSamples>()` per loop thread.
 pub const SAMPLE_SLOTS: usize = 32;

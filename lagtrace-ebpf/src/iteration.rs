@@ -96,7 +96,6 @@ pub fn thread_or_insert<C: EbpfContext>(
     ctx: &C,
     tid: u32,
     tgid: u32,
-    cfg: &TargetConfig,
 ) -> Option<&'static mut ThreadState> {
     if let Some(t) = thread(tid) {
         if t.tgid == tgid {
@@ -132,7 +131,6 @@ pub fn thread_or_insert<C: EbpfContext>(
     }
     let t = thread(tid)?;
     t.tgid = tgid;
-    t.stream_after_ns = cfg.stream_after_ns;
     debug!(ctx, "lagtrace: new loop thread tid={} tgid={}", tid, tgid);
     Some(t)
 }
@@ -301,17 +299,6 @@ fn send(t: &ThreadState, tid: u32, s: *const StackSample, flags: u64) {
     entry.submit(flags);
 }
 
-/// Time into an iteration after which its samples stream to userspace: the
-/// target's setting, at most the threshold.
-#[inline(always)]
-pub fn stream_after(t: &ThreadState, cfg: &Config) -> u64 {
-    if t.stream_after_ns == 0 || t.stream_after_ns > cfg.threshold_ns {
-        cfg.threshold_ns
-    } else {
-        t.stream_after_ns
-    }
-}
-
 /// Keep one sample of the open iteration: in the thread's slots while the
 /// iteration may still turn out short, straight to userspace once it is a
 /// span. `s` is a scratch or pending sample with its frames filled (a raw
@@ -321,8 +308,8 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSampl
     let Some(cfg) = config() else { return };
     t.samples += 1;
     bump(CTR_SAMPLES);
-    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < stream_after(t, cfg) {
-        // Full slots (a high frequency, or a long stream_after) go to
+    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {
+        // Full slots (a high frequency, or a long threshold) go to
         // userspace ahead of time rather than being dropped: it keeps them
         // with their iteration and discards them if no span follows.
         if t.nbuf as usize >= SAMPLE_SLOTS {

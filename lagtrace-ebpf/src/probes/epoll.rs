@@ -16,8 +16,8 @@ pub fn epoll_exit(ctx: TracePointContext) -> u32 {
 fn try_epoll_exit(ctx: &TracePointContext) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let cfg = target(tgid)?;
-    let t = thread_or_insert(ctx, pid_tgid as u32, tgid, cfg)?;
+    target(tgid)?;
+    let t = thread_or_insert(ctx, pid_tgid as u32, tgid)?;
     begin(t, now_ns());
     Some(0)
 }

@@ -35,7 +35,7 @@ fn try_futex_enter(ctx: &TracePointContext) -> Option<u32> {
         return None;
     }
     let tid = pid_tgid as u32;
-    let t = thread_or_insert(ctx, tid, tgid, cfg)?;
+    let t = thread_or_insert(ctx, tid, tgid)?;
     t.in_futex_wait = 1;
     if t.flags & THREAD_IN_ITER != 0 {
         end(t, tid, now_ns());

@@ -15,8 +15,7 @@ use lagtrace_common::{
 
 use crate::{
     iteration::{
-        close_phase, config, copy_sample, now_ns, push_sample, scratch, stream_after, thread,
-        thread_samples,
+        close_phase, config, copy_sample, now_ns, push_sample, scratch, thread, thread_samples,
     },
     probes::stacks::capture,
 };
@@ -72,7 +71,7 @@ fn switch_out<const WALK: bool>(ctx: &TracePointContext, cfg: &Config, prev: u32
     // host (a woken task takes the CPU), and its stack would be dropped with
     // the iteration: capture it only once the iteration is long. Runqueue
     // time is accounted either way.
-    if !sleeping && now.saturating_sub(t.iter_start_ns) < stream_after(t, cfg) {
+    if !sleeping && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {
         t.pending_kind = 0;
         return Some(());
     }

@@ -142,9 +142,8 @@ impl Probes {
     }
 
     /// Trace this process: every thread of it, including threads created
-    /// later. Samples of its iterations stream live after `stream_after_ns`
-    /// (0: at the threshold).
-    pub fn add_target(&mut self, tgid: u32, stream_after_ns: u64, model: u32) -> Result<()> {
+    /// later, in the loop `model` (`MODEL_*`).
+    pub fn add_target(&mut self, tgid: u32, model: u32) -> Result<()> {
         let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
         let mut targets: HashMap<_, u32, TargetConfig> =
             HashMap::try_from(map).map_err(map_err("TARGETS"))?;
@@ -152,7 +151,6 @@ impl Probes {
             .insert(
                 tgid,
                 TargetConfig {
-                    stream_after_ns,
                     model,
                     unwind_slot: 0,
                 },

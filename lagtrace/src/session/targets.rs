@@ -145,7 +145,7 @@ impl Targets {
                 ),
             });
         }
-        probes.add_target(t.pid, 0, model)?;
+        probes.add_target(t.pid, model)?;
         Ok(note)
     }
 
