@@ -22,18 +22,9 @@ use lagtrace_common::PyFrameRec;
 
 pub use interp::{InterpError, Interpreter};
 
-/// `dir/file.py`: the file and its parent folder, which tells
-/// `json/decoder.py` from `app/decoder.py` without a full path.
-pub fn short_path(path: &str) -> &str {
-    let mut cut = path.len();
-    for _ in 0..2 {
-        match path[..cut].rfind('/') {
-            Some(i) => cut = i,
-            None => return path,
-        }
-    }
-    &path[cut + 1..]
-}
+use super::frame::Frame;
+
+pub use super::frame::python_short_path as short_path;
 
 /// The Python targets of a trace and their code objects.
 #[derive(Default)]
@@ -67,21 +58,24 @@ impl PyFrames {
             .fold((0, 0), |(r, s), (_, c)| (r + c.reads, s + c.stale))
     }
 
-    /// One frame's name: `qualname (dir/file.py:line)`, or `[unknown python]`
+    /// One frame: `qualname (dir/file.py:line)`, or `[unknown python]`
     /// when its code object cannot be read.
-    pub fn frame(&mut self, pid: u32, rec: &PyFrameRec) -> String {
+    pub fn frame(&mut self, pid: u32, rec: &PyFrameRec) -> Frame {
         let Some((_, cache)) = self.procs.get_mut(&pid) else {
-            return "[unknown python]".into();
+            return Frame::unknown_python();
         };
         match cache.get_line(rec.code, rec.instr_offset) {
-            Some((c, Some(line))) => format!("{} ({}:{line})", c.name, short_path(&c.filename)),
-            Some((c, None)) => format!("{} ({})", c.name, short_path(&c.filename)),
-            None => "[unknown python]".into(),
+            Some((c, line)) => Frame::python(
+                c.name.clone(),
+                c.filename.clone(),
+                line.and_then(|l| u32::try_from(l).ok()),
+            ),
+            None => Frame::unknown_python(),
         }
     }
 
     /// A sample's Python frames (innermost first in `recs`), outermost first.
-    pub fn frames(&mut self, pid: u32, recs: &[PyFrameRec]) -> Vec<String> {
+    pub fn frames(&mut self, pid: u32, recs: &[PyFrameRec]) -> Vec<Frame> {
         recs.iter().rev().map(|r| self.frame(pid, r)).collect()
     }
 }
