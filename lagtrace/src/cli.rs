@@ -4,7 +4,7 @@
 //! loaded into the kernel.
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// The loop model: see `--model`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,9 +32,15 @@ pub const MIN_THRESHOLD: Duration = Duration::from_micros(100);
     name = "lagtrace",
     version,
     about = "Find event-loop stalls (blocking spans) in a running process, from outside, with eBPF.",
-    after_help = "Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE to read other users' processes)."
+    after_help = "Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_PTRACE to read other users' processes).",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Args {
+    /// `report`: render a recorded `--spans` file instead of tracing.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Process to trace, by pid (repeat for several processes).
     #[arg(short = 'p', long = "pid", required = true, value_parser = parse_pid)]
     pub pids: Vec<u32>,
@@ -59,6 +65,18 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
 
+    /// Write the blocking spans as a gzipped pprof profile (go tool pprof, Pyroscope, Grafana).
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
+
+    /// Write the blocking spans as a speedscope profile, one timeline per loop thread.
+    #[arg(long, value_name = "FILE.json")]
+    pub speedscope: Option<PathBuf>,
+
+    /// Write the summary (per process and thread, top causes, lagtrace's health) as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+
     /// On-CPU stack samples per second while a loop iteration is open (0: no sampling).
     #[arg(short = 'F', long, default_value_t = DEFAULT_FREQUENCY, value_parser = parse_frequency)]
     pub frequency: u64,
@@ -80,6 +98,12 @@ pub struct Args {
     /// More output: -v shows kernel-side diagnostics, -vv debugging.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Filter a recorded `--spans` file and render it as any output (no root needed).
+    Report(crate::report::ReportArgs),
 }
 
 /// Parse a duration with a unit: `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`.
@@ -207,5 +231,9 @@ mod tests {
         assert!(Args::try_parse_from(["lagtrace", "--pid", "1", "-F", "100000"]).is_err());
         let two = Args::try_parse_from(["lagtrace", "-p", "1", "-p", "2"]).unwrap();
         assert_eq!(two.pids, vec![1, 2]);
+        assert!(two.command.is_none());
+        let r = Args::try_parse_from(["lagtrace", "report", "x.jsonl", "--min-duration", "1s"])
+            .unwrap();
+        assert!(matches!(r.command, Some(Command::Report(_))));
     }
 }

@@ -56,6 +56,10 @@ pub enum Error {
     #[error("{what}")]
     OutputPath { what: String },
 
+    /// A recorded file that `lagtrace report` cannot read.
+    #[error("{}: {what}", path.display())]
+    Recording { path: PathBuf, what: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,

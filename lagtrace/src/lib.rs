@@ -11,6 +11,7 @@ pub mod error;
 pub mod events;
 pub mod output;
 pub mod probes;
+pub mod report;
 pub mod session;
 pub mod spans;
 pub mod symbolize;

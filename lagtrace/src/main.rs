@@ -7,7 +7,12 @@
 use std::{io, process::ExitCode};
 
 use clap::Parser;
-use lagtrace::{cli::Args, error::Error, output::sanitize, session};
+use lagtrace::{
+    cli::{Args, Command},
+    error::Error,
+    output::sanitize,
+    report, session,
+};
 
 const PRIVS: &str = "run as root (sudo lagtrace …), or grant CAP_BPF and CAP_PERFMON \
                      (plus CAP_SYS_PTRACE for other users' processes)";
@@ -103,9 +108,40 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// `lagtrace report`: exit 0, or 1 when the file cannot be read or an
+/// output cannot be written.
+fn report_main(args: &report::ReportArgs) -> ExitCode {
+    match report::run(args) {
+        Ok(outcome) => {
+            for path in &outcome.files {
+                eprintln!(
+                    "lagtrace: wrote {}",
+                    sanitize::line(&path.display().to_string())
+                );
+            }
+            if outcome.failed_outputs.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "lagtrace: error: could not write {}; free space or choose another path",
+                    outcome.failed_outputs.join("; ")
+                );
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("lagtrace: error: {}", sanitize::line(&remedy(&e)));
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
+    if let Some(Command::Report(r)) = &args.command {
+        return report_main(r);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -88,7 +88,7 @@ impl Run {
     }
 
     fn spans(&self) -> Vec<Value> {
-        read_jsonl(&self.dir.path("spans.jsonl"))
+        read_spans(&self.dir.path("spans.jsonl"))
     }
 
     fn all_output(&self) -> Vec<(String, Vec<u8>)> {

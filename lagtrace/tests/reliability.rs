@@ -224,7 +224,7 @@ fn a_closed_stdout_stops_printing_not_the_trace() {
     let text = std::fs::read_to_string(&svg).expect("the SVG is written");
     assert!(text.trim_end().ends_with("</svg>"));
     // Every stall (a busy host may add a spurious long idle turn).
-    assert!(read_jsonl(&spans).len() >= 5, "{err:?}");
+    assert!(read_spans(&spans).len() >= 5, "{err:?}");
 }
 
 /// Item 10: `--spans` on a 16 KB tmpfs fills it mid-trace. That output is

@@ -138,6 +138,7 @@ pub(crate) mod tests {
             task: None,
             stacks,
             start_mono_ns: 0,
+            extra: Default::default(),
         }
     }
 

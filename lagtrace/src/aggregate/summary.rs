@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use lagtrace_common::ThreadState;
+use serde::{Deserialize, Serialize};
 
 use super::hist::quantile;
 use crate::spans::Span;
 
 /// One loop thread's figures.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ThreadSummary {
     pub pid: u32,
     pub tid: u32,
@@ -36,7 +37,7 @@ pub struct SummaryBuilder {
 }
 
 /// One line of the top causes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CauseRow {
     pub cause: String,
     pub spans: u64,
@@ -102,6 +103,28 @@ impl SummaryBuilder {
             .any(|(tgid, s)| *tgid == pid && (s.iterations > 0 || s.iteration > 0))
     }
 
+    /// The figures of recorded threads (`recorded`, from a file's summary)
+    /// with their span figures taken from the spans given to
+    /// [`SummaryBuilder::span`] instead: the iteration figures cover the
+    /// whole trace, the span figures the spans kept (after filters).
+    pub fn rebuild(&self, recorded: &[ThreadSummary], wall_ns: u64) -> Vec<ThreadSummary> {
+        let mut out: Vec<ThreadSummary> = recorded
+            .iter()
+            .map(|r| {
+                let (spans, total, longest) = self.spans.get(&r.tid).copied().unwrap_or_default();
+                ThreadSummary {
+                    spans,
+                    span_total_ns: total,
+                    span_longest_ns: longest,
+                    lag_share: share(total, wall_ns),
+                    ..r.clone()
+                }
+            })
+            .collect();
+        sort_rows(&mut out);
+        out
+    }
+
     /// Threads of `pid` that ran at least one iteration, busiest first.
     pub fn build(&self, pid: u32, wall_ns: u64) -> Vec<ThreadSummary> {
         let mut out: Vec<ThreadSummary> = self
@@ -127,19 +150,28 @@ impl SummaryBuilder {
                     spans,
                     span_total_ns: total,
                     span_longest_ns: longest,
-                    lag_share: if wall_ns > 0 {
-                        (total as f64 / wall_ns as f64).min(1.0)
-                    } else {
-                        0.0
-                    },
+                    lag_share: share(total, wall_ns),
                 }
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.span_total_ns
-                .cmp(&a.span_total_ns)
-                .then(b.iterations.cmp(&a.iterations))
-        });
+        sort_rows(&mut out);
         out
     }
+}
+
+fn share(total: u64, wall_ns: u64) -> f64 {
+    if wall_ns > 0 {
+        (total as f64 / wall_ns as f64).min(1.0)
+    } else {
+        0.0
+    }
+}
+
+/// Busiest first.
+fn sort_rows(rows: &mut [ThreadSummary]) {
+    rows.sort_by(|a, b| {
+        b.span_total_ns
+            .cmp(&a.span_total_ns)
+            .then(b.iterations.cmp(&a.iterations))
+    });
 }

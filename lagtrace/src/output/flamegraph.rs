@@ -154,6 +154,7 @@ mod tests {
             comms: vec!["python3".into()],
             threshold_ns: 50_000_000,
             period_ns: 10_000_000,
+            summary: Default::default(),
         }
     }
 

@@ -1,10 +1,16 @@
 //! `--spans FILE`: one JSON object per blocking span, written and flushed as
 //! each span ends to a temporary file beside FILE (`.FILE.lagtrace-PID.tmp`,
 //! whole lines, so it is useful even if lagtrace is killed), and renamed to
-//! FILE at the end.
+//! FILE at the end. The first line is the header record, the last the
+//! summary record (see `records.rs`); a file without its summary was cut
+//! short.
 use std::path::PathBuf;
 
-use super::{Recorder, TraceInfo, file::AtomicFile};
+use super::{
+    Recorder, TraceInfo,
+    file::AtomicFile,
+    records::{Header, Record},
+};
 use crate::{error::Result, spans::Span};
 
 pub struct JsonLines {
@@ -23,7 +29,24 @@ pub fn to_line(span: &Span) -> String {
     serde_json::to_string(span).expect("a Span always serializes")
 }
 
+impl JsonLines {
+    fn line(&mut self, mut line: String) -> Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
+        line.push('\n');
+        file.write_all(line.as_bytes())?;
+        file.flush()
+    }
+}
+
 impl Recorder for JsonLines {
+    fn begin(&mut self, header: &Header) -> Result<()> {
+        let line = serde_json::to_string(&Record::Header(header.clone()))
+            .expect("a header always serializes");
+        self.line(line)
+    }
+
     fn record(&mut self, span: &Span) -> Result<()> {
         let Some(file) = self.file.as_mut() else {
             return Ok(());
@@ -34,7 +57,8 @@ impl Recorder for JsonLines {
         file.flush()
     }
 
-    fn finish(&mut self, _info: &TraceInfo) -> Result<Option<PathBuf>> {
+    fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>> {
+        self.line(info.summary.to_line())?;
         match self.file.take() {
             Some(file) => Ok(Some(file.commit()?)),
             None => Ok(None),

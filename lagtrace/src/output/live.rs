@@ -1,8 +1,39 @@
 //! The live log: one line per blocking span as it ends, and a line for a
 //! loop that is stuck right now.
-use crate::spans::{Span, StackKind};
+use std::path::PathBuf;
 
-use super::{fmt_ns, sanitize};
+use crate::{
+    error::Result,
+    spans::{Span, StackKind},
+};
+
+use super::{Recorder, TraceInfo, console::Console, fmt_ns, sanitize};
+
+/// The live lines as a recorder: one line per span on standard output.
+pub struct LiveLines {
+    console: Console,
+    with_pid: bool,
+}
+
+impl LiveLines {
+    pub fn new(with_pid: bool) -> Self {
+        Self {
+            console: Console::default(),
+            with_pid,
+        }
+    }
+}
+
+impl Recorder for LiveLines {
+    fn record(&mut self, span: &Span) -> Result<()> {
+        self.console.line(&span_line(span, self.with_pid));
+        Ok(())
+    }
+
+    fn finish(&mut self, _info: &TraceInfo) -> Result<Option<PathBuf>> {
+        Ok(None)
+    }
+}
 
 /// Local wall-clock time of day, `HH:MM:SS.mmm`.
 pub fn local_time(unix_ns: u64) -> String {

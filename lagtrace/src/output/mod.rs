@@ -1,5 +1,10 @@
-//! Outputs. Every file format implements [`Recorder`]: it sees each finished
-//! span, then `finish` once. Adding a format is one new file here.
+//! Outputs. Every format implements [`Recorder`]: it sees the trace's
+//! [`Header`](records::Header) (`begin`), each finished span (`record`),
+//! then `finish` once with the trace's summary. The live lines and the
+//! terminal summary are recorders too. Adding a format is one new file here.
+//!
+//! The live run and `lagtrace report` feed the same [`Outputs`] with the
+//! same spans, so what one writes the other writes too.
 //!
 //! [`Outputs`] keeps them independent: every path is checked before the
 //! trace starts, each file is written beside its path and renamed into place,
@@ -12,8 +17,12 @@ pub mod folded;
 pub mod jsonl;
 pub mod live;
 pub mod paths;
+pub mod pprof;
+pub mod records;
 pub mod sanitize;
+pub mod speedscope;
 pub mod summary;
+pub mod summary_json;
 
 use std::path::PathBuf;
 
@@ -25,9 +34,19 @@ pub struct TraceInfo {
     pub comms: Vec<String>,
     pub threshold_ns: u64,
     pub period_ns: u64,
+    /// The figures of the whole trace (the last record of `--spans`).
+    pub summary: records::SummaryRecord,
 }
 
+/// One output. `begin` comes once before any span, `record` once per
+/// finished span (in the order spans end), `finish` once at the end; an
+/// error from any of them drops this output alone. A recorder that needs
+/// only the end (a summary) implements `record` as a no-op.
 pub trait Recorder {
+    /// The trace starts: what is traced, and how.
+    fn begin(&mut self, _header: &records::Header) -> Result<()> {
+        Ok(())
+    }
     fn record(&mut self, span: &Span) -> Result<()>;
     /// Write what is left and put the file in place; returns its path.
     fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>>;
@@ -45,6 +64,11 @@ enum Kind {
     FlameGraph,
     /// The flamegraph written when no output flag is given.
     DefaultFlameGraph,
+    Pprof,
+    Speedscope,
+    SummaryJson,
+    /// Standard output: the live lines, the summary.
+    Console,
 }
 
 impl Kind {
@@ -55,6 +79,10 @@ impl Kind {
             Self::Folded => "--folded",
             Self::FlameGraph => "--flamegraph",
             Self::DefaultFlameGraph => "the default flamegraph",
+            Self::Pprof => "--pprof",
+            Self::Speedscope => "--speedscope",
+            Self::SummaryJson => "--summary-json",
+            Self::Console => "standard output",
         }
     }
 }
@@ -78,18 +106,44 @@ impl Outputs {
     /// `lagtrace-PID-YYYYmmdd-HHMMSS.svg` in the current folder, written
     /// only if the trace captured spans.
     pub fn open(args: &Args, first_pid: u32, period_ns: u64, multi: bool) -> Result<Self> {
+        let paths = OutputPaths {
+            spans: args.spans.clone(),
+            folded: args.folded.clone(),
+            flamegraph: args.flamegraph.clone(),
+            pprof: args.pprof.clone(),
+            speedscope: args.speedscope.clone(),
+            summary_json: args.summary_json.clone(),
+        };
+        let mut outputs = Self::open_paths(&paths, Some(first_pid), period_ns, multi)?;
+        // Standard output: a line per span as it ends, the summary at the end.
+        outputs.push_console(Box::new(live::LiveLines::new(multi)));
+        outputs.push_console(Box::new(summary::TerminalSummary::default()));
+        Ok(outputs)
+    }
+
+    /// The file outputs of `paths`; `default_svg`: the pid that names the
+    /// default flamegraph when no file is asked for (none in a report).
+    pub fn open_paths(
+        paths: &OutputPaths,
+        default_svg: Option<u32>,
+        period_ns: u64,
+        multi: bool,
+    ) -> Result<Self> {
         let mut wanted: Vec<(Kind, PathBuf)> = Vec::new();
         for (kind, path) in [
-            (Kind::Spans, &args.spans),
-            (Kind::Folded, &args.folded),
-            (Kind::FlameGraph, &args.flamegraph),
+            (Kind::Spans, &paths.spans),
+            (Kind::Folded, &paths.folded),
+            (Kind::FlameGraph, &paths.flamegraph),
+            (Kind::Pprof, &paths.pprof),
+            (Kind::Speedscope, &paths.speedscope),
+            (Kind::SummaryJson, &paths.summary_json),
         ] {
             if let Some(p) = path {
                 wanted.push((kind, p.clone()));
             }
         }
-        if wanted.is_empty() {
-            wanted.push((Kind::DefaultFlameGraph, default_svg_path(first_pid)));
+        if let (true, Some(pid)) = (wanted.is_empty(), default_svg) {
+            wanted.push((Kind::DefaultFlameGraph, default_svg_path(pid)));
         }
         let named: Vec<(&'static str, PathBuf)> =
             wanted.iter().map(|(k, p)| (k.flag(), p.clone())).collect();
@@ -102,6 +156,10 @@ impl Outputs {
                 Kind::FlameGraph | Kind::DefaultFlameGraph => {
                     Box::new(flamegraph::FlameGraphFile::new(path, period_ns, multi)?)
                 }
+                Kind::Pprof => Box::new(pprof::PprofFile::new(path, period_ns)?),
+                Kind::Speedscope => Box::new(speedscope::SpeedscopeFile::new(path, period_ns)?),
+                Kind::SummaryJson => Box::new(summary_json::SummaryJsonFile::new(path)?),
+                Kind::Console => unreachable!("console recorders are pushed, not opened"),
             };
             slots.push(Slot { kind, rec });
         }
@@ -110,6 +168,25 @@ impl Outputs {
             spans: 0,
             failed: Vec::new(),
         })
+    }
+
+    /// Add a recorder of standard output (live lines, the summary).
+    pub fn push_console(&mut self, rec: Box<dyn Recorder>) {
+        self.slots.push(Slot {
+            kind: Kind::Console,
+            rec,
+        });
+    }
+
+    /// Give the trace's header to every output; one that fails is dropped.
+    pub fn begin(&mut self, header: &records::Header) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            match self.slots[i].rec.begin(header) {
+                Ok(()) => i += 1,
+                Err(e) => self.fail(i, &e),
+            }
+        }
     }
 
     fn fail(&mut self, i: usize, e: &crate::error::Error) {
@@ -163,6 +240,28 @@ impl Outputs {
             }
         }
         written
+    }
+}
+
+/// The files asked for, by flag.
+#[derive(Debug, Clone, Default)]
+pub struct OutputPaths {
+    pub spans: Option<PathBuf>,
+    pub folded: Option<PathBuf>,
+    pub flamegraph: Option<PathBuf>,
+    pub pprof: Option<PathBuf>,
+    pub speedscope: Option<PathBuf>,
+    pub summary_json: Option<PathBuf>,
+}
+
+impl OutputPaths {
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_none()
+            && self.folded.is_none()
+            && self.flamegraph.is_none()
+            && self.pprof.is_none()
+            && self.speedscope.is_none()
+            && self.summary_json.is_none()
     }
 }
 

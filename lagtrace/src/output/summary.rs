@@ -1,7 +1,36 @@
 //! The summary printed on exit: one block per traced process, one row per
-//! loop thread.
-use super::{fmt_ns, sanitize};
-use crate::aggregate::summary::{CauseRow, ThreadSummary};
+//! loop thread, and the top causes. A recorder: the live run and
+//! `lagtrace report` print it from the same summary record.
+use std::path::PathBuf;
+
+use super::{Recorder, TraceInfo, console::Console, fmt_ns, sanitize};
+use crate::{
+    aggregate::summary::{CauseRow, ThreadSummary},
+    error::Result,
+    spans::Span,
+};
+
+/// Prints the summary of every active process when the trace ends.
+#[derive(Default)]
+pub struct TerminalSummary {
+    console: Console,
+}
+
+impl Recorder for TerminalSummary {
+    fn record(&mut self, _span: &Span) -> Result<()> {
+        Ok(())
+    }
+
+    fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>> {
+        let s = &info.summary;
+        for p in s.processes.iter().filter(|p| p.active) {
+            self.console
+                .print(&render(p.pid, &p.describe, s.wall_ns, &p.threads, p.exited));
+            self.console.print(&render_causes(&p.top_causes));
+        }
+        Ok(None)
+    }
+}
 
 pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited: bool) -> String {
     let mut out = format!(

@@ -6,6 +6,7 @@
 //! `targets.rs` the traced processes.
 pub mod flood;
 mod pipeline;
+mod record;
 mod targets;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
@@ -188,6 +189,8 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         unread_at_exit: 0,
         unknown_pids: Vec::new(),
     };
+    p.outputs
+        .begin(&record::header(&p.targets, threshold_ns, args.frequency));
     let mut outcome = Outcome::default();
     let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
     let (mut sigint, mut sigterm) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?);
@@ -301,29 +304,21 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     drop(logger);
     drop(probes);
 
+    // The summary is printed by its recorder, with the files.
+    let summary = record::summary(&p, &outcome.counters, wall_ns, &outcome.exited);
+    outcome.idle = summary
+        .processes
+        .iter()
+        .filter(|s| !s.active)
+        .map(|s| s.pid)
+        .collect();
     let info = TraceInfo {
         pids: p.targets.iter().map(|t| t.pid).collect(),
         comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
         threshold_ns,
         period_ns: period_ns(args.frequency),
+        summary,
     };
-    for t in p.targets.iter() {
-        let rows = p.summary.build(t.pid, wall_ns);
-        if p.summary.has_activity(t.pid) {
-            p.console.print(&output::summary::render(
-                t.pid,
-                &t.describe(),
-                wall_ns,
-                &rows,
-                outcome.exited.contains(&t.pid),
-            ));
-            p.console.print(&output::summary::render_causes(
-                &p.summary.top_causes(t.pid, 5),
-            ));
-        } else {
-            outcome.idle.push(t.pid);
-        }
-    }
     report_health(&outcome.counters);
     report_flood(&p);
     let (codes, stale) = p.symbolizer.python.reads();

@@ -52,10 +52,6 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn multi(&self) -> bool {
-        self.targets.len() > 1
-    }
-
     pub fn target(&self, pid: u32) -> Option<&Target> {
         self.targets.iter().find(|t| t.pid == pid)
     }
@@ -184,6 +180,7 @@ impl Pipeline {
             task: self.symbolizer.busiest_task(pid, &raw.samples),
             stacks,
             start_mono_ns: ev.start_ns,
+            extra: Default::default(),
         }
     }
 
@@ -191,7 +188,6 @@ impl Pipeline {
         if self.sched {
             span.cause = Some(cause::classify(&span));
         }
-        self.console.line(&live::span_line(&span, self.multi()));
         self.summary.span(&span);
         self.outputs.record(&span);
         self.spans += 1;

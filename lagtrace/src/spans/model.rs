@@ -3,14 +3,16 @@
 //! ones (`pid`, `tid`, `thread`, `start_unix_ns`, `duration_ns`) never change.
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer, ser::SerializeStruct};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeStruct};
 
 use crate::symbolize::{Frame, FrameKind};
 
 /// Python frames of one sample, outermost first, as `function (dir/file.py:line)`.
 pub type PyStack = Arc<[String]>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum StackKind {
     #[default]
@@ -67,11 +69,45 @@ impl Serialize for StackCount {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A stack as a `--spans` file holds it; files older than `kinds` guess
+/// each frame's kind from its label.
+#[derive(Deserialize)]
+struct StackJson {
+    frames: Vec<String>,
+    #[serde(default)]
+    kinds: Option<Vec<FrameKind>>,
+    samples: u64,
+    kind: StackKind,
+    #[serde(default)]
+    weight_ns: u64,
+}
+
+impl<'de> Deserialize<'de> for StackCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = StackJson::deserialize(d)?;
+        let frames = match j.kinds.filter(|k| k.len() == j.frames.len()) {
+            Some(kinds) => j
+                .frames
+                .iter()
+                .zip(kinds)
+                .map(|(l, k)| Frame::parse_as(l, k))
+                .collect(),
+            None => j.frames.iter().map(|l| Frame::parse(l)).collect(),
+        };
+        Ok(StackCount {
+            frames,
+            samples: j.samples,
+            kind: j.kind,
+            weight_ns: j.weight_ns,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Span {
     pub pid: u32,
     /// The pid inside the target's own PID namespace, where it differs.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub ns_pid: Option<u32>,
     pub tid: u32,
     pub thread: String,
@@ -87,18 +123,38 @@ pub struct Span {
     pub samples: u64,
     pub samples_dropped: u64,
     /// Still open when lagtrace stopped: the duration is a lower bound.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "is_false", default)]
     pub unfinished: bool,
     /// `cpu`, `blocked` or `runqueue`, with the blocking call where known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cause: Option<String>,
     /// The asyncio Task that ran during the span, where known.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub task: Option<String>,
     pub stacks: Vec<StackCount>,
     /// CLOCK_MONOTONIC start, for ordering; not part of the JSON.
     #[serde(skip)]
     pub start_mono_ns: u64,
+    /// Fields of a recorded span that this lagtrace does not know (written
+    /// by a newer one): kept, and written again as they were.
+    #[serde(flatten, default)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The span's blame frame, where the span names one: a `blame` field as a
+/// label string, or as an object with a `label` or `function`.
+// The blame frame is issue #13's: until `Span` types it, it is read here,
+// the one place, from the recorded field.
+pub fn blame_of(span: &Span) -> Option<String> {
+    match span.extra.get("blame")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o
+            .get("label")
+            .or_else(|| o.get("function"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        _ => None,
+    }
 }
 
 fn is_zero(v: &u64) -> bool {

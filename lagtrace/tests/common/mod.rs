@@ -288,6 +288,20 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The spans of a `--spans` file: its lines without a `record` field (the
+/// header and the summary records have one).
+pub fn read_spans(path: &Path) -> Vec<Value> {
+    read_jsonl(path)
+        .into_iter()
+        .filter(|v| v.get("record").is_none())
+        .collect()
+}
+
+/// The record of a `--spans` file with `"record": kind` (`header`, `summary`).
+pub fn read_record(path: &Path, kind: &str) -> Option<Value> {
+    read_jsonl(path).into_iter().find(|v| v["record"] == kind)
+}
+
 /// A running lagtrace.
 pub struct Lagtrace {
     pub child: Child,
@@ -388,7 +402,7 @@ impl Lagtrace {
         let stdout = drain(&self.stdout);
         let mut stderr = std::mem::take(&mut self.stderr_seen);
         stderr.extend(drain(&self.stderr));
-        let spans = read_jsonl(&self.dir.path("spans.jsonl"));
+        let spans = read_spans(&self.dir.path("spans.jsonl"));
         Finished {
             code: status.code(),
             stdout,

@@ -1,0 +1,123 @@
+//! The records of a `--spans` file besides the spans themselves: a header
+//! first (what was traced, how) and the summary last (the figures of the
+//! whole trace and lagtrace's health). Spans are the lines without a
+//! `record` field, as they always were; these two carry `"record":
+//! "header"` and `"record": "summary"`. The summary object is also what
+//! `--summary-json` writes.
+//!
+//! [`FORMAT_VERSION`] grows when a reader of an older version would
+//! misread a file; adding fields does not change it.
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::summary::{CauseRow, ThreadSummary};
+
+/// The version of the recorded-file format written by this lagtrace.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A non-span line of a `--spans` file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "lowercase")]
+pub enum Record {
+    Header(Header),
+    Summary(SummaryRecord),
+}
+
+/// One traced process, as it was at attach.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// How lagtrace saw it: `python3, pid 7 in its namespace`.
+    pub describe: String,
+}
+
+/// The first record: enough to render every output from the file alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub format_version: u32,
+    pub lagtrace_version: String,
+    pub targets: Vec<TargetInfo>,
+    pub threshold_ns: u64,
+    /// Sampling frequency in Hz (0: no sampling).
+    pub frequency_hz: u64,
+    pub kernel_release: String,
+    pub start_unix_ns: u64,
+}
+
+impl Header {
+    /// The header of a trace starting now on this host.
+    pub fn now(targets: Vec<TargetInfo>, threshold_ns: u64, frequency_hz: u64) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            lagtrace_version: env!("CARGO_PKG_VERSION").into(),
+            targets,
+            threshold_ns,
+            frequency_hz,
+            kernel_release: kernel_release(),
+            start_unix_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        }
+    }
+}
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// One process's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub comm: String,
+    /// As the summary's title shows it (`python3, pid 7 in its namespace`).
+    pub describe: String,
+    pub exited: bool,
+    /// A thread of it ran at least one loop iteration.
+    pub active: bool,
+    pub threads: Vec<ThreadSummary>,
+    pub top_causes: Vec<CauseRow>,
+}
+
+/// lagtrace's own health: what it lost or could not read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Kernel events lost to a full ring buffer.
+    pub lost_events: u64,
+    /// Samples dropped before their span crossed the threshold.
+    pub samples_dropped: u64,
+    /// Spans over the per-second budget: counted, not symbolized or written.
+    pub spans_refused: u64,
+    /// Spans still arriving at exit, dropped unread.
+    pub spans_unread_at_exit: u64,
+    /// Stacks folded into `[other stacks]` past the aggregation limits.
+    pub stacks_overflow: u64,
+    /// Kernel stack captures that failed.
+    pub kernel_stack_errors: u64,
+    /// Samples lost for want of kernel sample room.
+    pub no_sample_room: u64,
+    /// User stack walks by how they ended (`root`, `depth`, `no-table`…).
+    pub user_stack_ends: std::collections::BTreeMap<String, u64>,
+    /// Python code objects read from the targets, and entries found stale.
+    pub code_objects_read: u64,
+    pub code_objects_stale: u64,
+}
+
+/// The last record, and the `--summary-json` file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SummaryRecord {
+    /// Traced wall time.
+    pub wall_ns: u64,
+    pub processes: Vec<ProcessSummary>,
+    pub health: Health,
+}
+
+impl SummaryRecord {
+    /// The record as one JSON line (without the newline).
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(&Record::Summary(self.clone())).expect("a summary always serializes")
+    }
+}
