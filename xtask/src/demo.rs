@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: shows lagtrace end to end in one command — starts the
 //! bundled asyncio demo target, traces it for 10 s, and leaves spans, folded
-//! stacks and a flamegraph in `target/demo/<timestamp>/`.
+//! stacks, a flamegraph, a pprof and a speedscope profile and the summary
+//! JSON in `target/demo/<timestamp>/`.
 use std::{
     fs,
     io::{BufRead as _, BufReader},
@@ -48,7 +49,13 @@ pub fn run_demo() -> Result<()> {
         .arg("--flamegraph")
         .arg(dir.join("flamegraph.svg"))
         .arg("--folded")
-        .arg(dir.join("stacks.folded")))
+        .arg(dir.join("stacks.folded"))
+        .arg("--pprof")
+        .arg(dir.join("profile.pb.gz"))
+        .arg("--speedscope")
+        .arg(dir.join("speedscope.json"))
+        .arg("--summary-json")
+        .arg(dir.join("summary.json")))
     .context("lagtrace failed");
     let stopped = target.stop().context("could not stop the demo target")?;
     println!("demo target stopped ({stopped})");

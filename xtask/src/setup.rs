@@ -25,6 +25,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "busybox-static",
     "xz-utils",
     "zstd",
+    // `go tool pprof` reads lagtrace's --pprof files in the report test.
+    "golang-go",
 ];
 /// bpf-linker versions we accept when installing.
 const BPF_LINKER_VERSION: &str = "^0.13";
@@ -43,6 +45,7 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     bpf_linker(args.force_linker).context("bpf-linker")?;
     deb_packages().context("debian packages")?;
     uvloop_venv();
+    speedscope_schema();
     println!("tracefs: nothing to do (lagtrace mounts it itself)");
     Ok(())
 }
@@ -218,6 +221,38 @@ fn uvloop_venv() {
             util::warn("uvloop venv: pip ran but `import uvloop` fails; the uvloop test will skip")
         }
         Err(e) => util::warn(&format!("uvloop venv: {e:#}; the uvloop test will skip")),
+    }
+}
+
+/// The speedscope npm package (its file-format schema) and ajv, project-
+/// locally in `target/npm`, for the report test's schema check. Best
+/// effort: without them that check skips loudly.
+fn speedscope_schema() {
+    let dir = util::in_repo("target/npm");
+    let schema = dir.join("node_modules/speedscope/dist/release/file-format-schema.json");
+    if schema.exists() && dir.join("node_modules/ajv/package.json").exists() {
+        println!("speedscope schema and ajv: present");
+        return;
+    }
+    let start = Instant::now();
+    let made = std::fs::create_dir_all(&dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            run(Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .args(["speedscope@1", "ajv@8"]))
+        });
+    match made {
+        Ok(()) if schema.exists() => {
+            println!("speedscope schema and ajv: installed in {}", secs(start))
+        }
+        Ok(()) => util::warn(
+            "npm ran but the speedscope schema is missing; the speedscope check will skip",
+        ),
+        Err(e) => util::warn(&format!(
+            "speedscope schema: {e:#}; the speedscope check will skip"
+        )),
     }
 }
 

@@ -145,13 +145,15 @@ impl Builder {
         if let Some(&id) = self.locations.get(f) {
             return id;
         }
-        let (name, file) = match (&f.file, f.kind) {
+        // Files as labels show them (what a recorded file keeps), so a
+        // report writes the same profile as the live run.
+        let (name, file) = match (f.short_file(), f.kind) {
             (Some(file), FrameKind::Native | FrameKind::Python | FrameKind::Js) => {
-                (f.function.clone(), file.as_str())
+                (f.function.clone(), file)
             }
-            _ => (f.label(), f.module.as_deref().unwrap_or("")),
+            _ => (f.label(), String::new()),
         };
-        let (name, file) = (self.str(&name), self.str(file));
+        let (name, file) = (self.str(&name), self.str(&file));
         let next = self.profile.function.len() as u64 + 1;
         let function_id = *self.functions.entry((name, file)).or_insert(next);
         if function_id == next {

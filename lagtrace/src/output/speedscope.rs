@@ -68,7 +68,8 @@ impl SpeedscopeFile {
         }
         let mut v = json!({ "name": name });
         if let Some(f) = f.filter(|f| f.kind != FrameKind::Marker) {
-            if let Some(file) = &f.file {
+            // As labels show it (what a recorded file keeps).
+            if let Some(file) = f.short_file() {
                 v["file"] = json!(file);
             }
             if let Some(line) = f.line {

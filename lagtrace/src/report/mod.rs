@@ -146,7 +146,10 @@ pub fn run(args: &ReportArgs) -> Result<ReportOutcome> {
         "lagtrace: report of {shown}: {kept} of {} spans kept",
         rec.spans.len()
     );
-    let summary = summary_again(&rec, &header, &builder, end);
+    let mut summary = summary_again(&rec, &header, &builder, end);
+    if !filter.pids.is_empty() {
+        summary.processes.retain(|p| filter.pids.contains(&p.pid));
+    }
     let info = TraceInfo {
         pids: header.targets.iter().map(|t| t.pid).collect(),
         comms: header.targets.iter().map(|t| t.comm.clone()).collect(),

@@ -149,6 +149,15 @@ impl Frame {
         self.kind == FrameKind::Python && !self.is_unknown()
     }
 
+    /// The source file as labels show it (`dir/file.py`): what a recorded
+    /// file keeps of it, so outputs that name files use this one.
+    pub fn short_file(&self) -> Option<String> {
+        self.file.as_deref().map(|f| match self.kind {
+            FrameKind::Python => python_short_path(f).to_string(),
+            _ => native_short_path(f),
+        })
+    }
+
     /// Exactly today's string form (what JSON `frames`, folded files and the SVG show today).
     pub fn label(&self) -> String {
         let body = if self.is_unknown() && self.kind == FrameKind::Python && self.file.is_none() {
@@ -163,11 +172,7 @@ impl Frame {
                 None => format!("{UNKNOWN} {off:#x}"),
             }
         } else {
-            let file = self.file.as_deref().map(|f| match self.kind {
-                FrameKind::Python => python_short_path(f).to_string(),
-                _ => native_short_path(f),
-            });
-            match (file, self.line) {
+            match (self.short_file(), self.line) {
                 (Some(f), Some(l)) => format!("{} ({f}:{l})", self.function),
                 (Some(f), None) => format!("{} ({f})", self.function),
                 (None, _) => self.function.clone(),
