@@ -1,18 +1,19 @@
 //! Running lagtrace under the bench: start it, wait until it says it is
 //! tracing, measure its own CPU and memory from /proc while it runs, stop it
-//! with SIGINT, and read what it printed (the summary's iterations, spans,
-//! lost-event warnings).
+//! with SIGINT, and read its `--summary-json` file (iterations, spans,
+//! lost events), never its human output.
 use std::{
     path::Path,
     process::{Command, ExitStatus},
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
+use serde_json::Value;
 
 use super::{
     proc::{Proc, Stream},
-    procfs::{self, first_number},
+    procfs,
 };
 
 /// How long lagtrace may take to load and attach its probes.
@@ -43,27 +44,43 @@ pub struct LagtraceRun {
     pub peak_rss_kib: u64,
     pub window_s: f64,
     pub status: ExitStatus,
-    pub stdout: Vec<String>,
     pub stderr: Vec<String>,
+    /// Its `--summary-json` object (Null if it wrote none).
+    pub summary_json: Value,
 }
 
 pub struct Lagtrace {
     proc: Proc,
     ready: CpuMark,
+    summary_path: std::path::PathBuf,
 }
 
 impl Lagtrace {
     /// Starts `bin --pid target args...` and waits for its
     /// `lagtrace: tracing` line.
     pub fn start(bin: &Path, target: u32, args: &[String]) -> Result<Self> {
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let summary_path = std::env::temp_dir().join(format!(
+            "lagtrace-bench-summary-{}-{n}.json",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&summary_path);
         let mut cmd = Command::new(bin);
-        cmd.args(["--pid", &target.to_string()]).args(args);
+        cmd.args(["--pid", &target.to_string()])
+            .args(args)
+            .arg("--summary-json")
+            .arg(&summary_path);
         let mut proc = Proc::spawn("lagtrace", &mut cmd, libc::SIGINT, STOP_GRACE, false)?;
         proc.wait_line("`lagtrace: tracing`", START_TIMEOUT, |s, l| {
             s == Stream::Stderr && l.starts_with("lagtrace: tracing")
         })?;
         let ready = cpu_mark(proc.pid())?;
-        Ok(Self { proc, ready })
+        Ok(Self {
+            proc,
+            ready,
+            summary_path,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -92,6 +109,7 @@ impl Lagtrace {
         let status = self.proc.stop()?;
         let wall = now.at.duration_since(from.at).as_secs_f64().max(1e-9);
         let tck = procfs::clock_ticks_per_sec();
+        let summary_json = read_summary(&self.summary_path)?;
         Ok(LagtraceRun {
             cpu_share: now.ticks.saturating_sub(from.ticks) as f64 / tck / wall,
             cpu_share_sched: now.sched_ns.saturating_sub(from.sched_ns) as f64 / 1e9 / wall,
@@ -99,15 +117,25 @@ impl Lagtrace {
             peak_rss_kib,
             window_s: wall,
             status,
-            stdout: self.proc.stdout(),
             stderr: self.proc.stderr(),
+            summary_json,
         })
     }
 }
 
+/// The `--summary-json` file of a run (Null when lagtrace wrote none, e.g.
+/// it failed), removed once read.
+fn read_summary(path: &Path) -> Result<Value> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(Value::Null);
+    };
+    let _ = std::fs::remove_file(path);
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
 impl LagtraceRun {
     pub fn summary(&self) -> Vec<SummaryRow> {
-        parse_summary(&self.stdout)
+        summary_rows(&self.summary_json)
     }
 
     /// Loop iterations in the summary, all threads.
@@ -124,13 +152,11 @@ impl LagtraceRun {
             .collect()
     }
 
-    /// Kernel events it reported lost (its "... lost ..." warning), else 0.
+    /// Kernel events it lost to a full ring buffer (its summary's health).
     pub fn lost(&self) -> u64 {
-        self.stderr
-            .iter()
-            .filter(|l| l.contains("lost"))
-            .map(|l| first_number(l.split_once("warning:").map_or(l, |(_, r)| r)).unwrap_or(1))
-            .sum()
+        self.summary_json["health"]["lost_events"]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// One-line description of how it ended, for the report.
@@ -153,51 +179,22 @@ pub struct SummaryRow {
     pub spans: u64,
 }
 
-/// Parses the `== lag summary: pid N (...) ==` blocks. A row is
-/// `name[tid]  iterations  p50 p90 p99 max  spans  ...`, where the
-/// durations carry units separated by a space (`90 µs`).
-pub fn parse_summary(stdout: &[String]) -> Vec<SummaryRow> {
-    let mut rows = Vec::new();
-    let mut pid = None;
-    for line in stdout {
-        if let Some(rest) = line.strip_prefix("== lag summary: pid ") {
-            pid = first_number(rest).and_then(|p| u32::try_from(p).ok());
-            continue;
-        }
-        let Some(pid) = pid else { continue };
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(row) = parse_row(pid, line) {
-            rows.push(row);
-        }
-    }
-    rows
-}
-
-fn parse_row(pid: u32, line: &str) -> Option<SummaryRow> {
-    // The first `[digits]` followed by whitespace ends the thread column.
-    let (open, close) = line.match_indices('[').find_map(|(i, _)| {
-        let close = i + line[i..].find(']')?;
-        let digits = &line[i + 1..close];
-        let after = line[close + 1..].chars().next();
-        (!digits.is_empty()
-            && digits.bytes().all(|b| b.is_ascii_digit())
-            && after.is_some_and(char::is_whitespace))
-        .then_some((i, close))
-    })?;
-    let tid = line[open + 1..close].parse().ok()?;
-    let mut fields = line[close + 1..].split_whitespace();
-    let iterations = fields.next()?.parse().ok()?;
-    // p50..max are four durations of two tokens each; then the span count.
-    let spans = fields.nth(8)?.parse().ok()?;
-    Some(SummaryRow {
-        pid,
-        thread: line[..open].to_owned(),
-        tid,
-        iterations,
-        spans,
-    })
+/// The thread rows of a `--summary-json` object.
+pub fn summary_rows(summary: &Value) -> Vec<SummaryRow> {
+    let num = |v: &Value| v.as_u64().unwrap_or(0);
+    summary["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["threads"].as_array().into_iter().flatten())
+        .map(|t| SummaryRow {
+            pid: num(&t["pid"]) as u32,
+            thread: t["thread"].as_str().unwrap_or("").to_owned(),
+            tid: num(&t["tid"]) as u32,
+            iterations: num(&t["iterations"]),
+            spans: num(&t["spans"]),
+        })
+        .collect()
 }
 
 fn cpu_mark(pid: u32) -> Result<CpuMark> {
@@ -218,17 +215,16 @@ mod tests {
     }
 
     #[test]
-    fn parses_the_summary() {
-        let out = lines(
-            "17:14:09.471  python3[7538]  blocked 20 ms  foo\n\
-             \n\
-             == lag summary: pid 7272 (python3), traced 4.00 s ==\n\
-             thread[tid]            iterations       p50       p90       p99       max  spans span total   longest   lag%\n\
-             python3[7272]               19617     90 µs    147 µs    295 µs    4.3 ms      3     120 ms     50 ms   0.0%\n\
-             my thread[x][7280]             12      1 ms      2 ms      3 ms    1.50 s      0       0 ns      0 ns   0.0%\n",
-        );
+    fn reads_the_summary_json() {
+        let v: Value = serde_json::from_str(
+            r#"{"wall_ns":4000000000,"processes":[{"pid":7272,"threads":[
+                {"pid":7272,"tid":7272,"thread":"python3","iterations":19617,"spans":3},
+                {"pid":7272,"tid":7280,"thread":"my thread[x]","iterations":12,"spans":0}]}],
+              "health":{"lost_events":42}}"#,
+        )
+        .unwrap();
         assert_eq!(
-            parse_summary(&out),
+            summary_rows(&v),
             [
                 SummaryRow {
                     pid: 7272,
@@ -250,18 +246,21 @@ mod tests {
 
     #[test]
     fn counts_lost_events() {
-        let run = |stderr: &str| LagtraceRun {
+        let run = |stderr: &str, lost: u64| LagtraceRun {
             cpu_share: 0.0,
             cpu_share_sched: 0.0,
             startup_cpu_s: 0.0,
             peak_rss_kib: 0,
             window_s: 1.0,
             status: std::process::Command::new("true").status().unwrap(),
-            stdout: vec![],
             stderr: lines(stderr),
+            summary_json: serde_json::json!({ "health": { "lost_events": lost } }),
         };
-        assert_eq!(run("lagtrace: tracing pid 1").lost(), 0);
-        let r = run("lagtrace: warning: 42 kernel events lost to a full ring buffer");
+        assert_eq!(run("lagtrace: tracing pid 1", 0).lost(), 0);
+        let r = run(
+            "lagtrace: warning: 42 kernel events lost to a full ring buffer",
+            42,
+        );
         assert_eq!(r.lost(), 42);
         assert_eq!(r.warnings().len(), 1);
     }
