@@ -168,6 +168,48 @@ pub struct ThreadState {
     pub hist: [u64; HIST_BUCKETS],
 }
 
+/// On-, off-CPU and runqueue time of an open iteration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhaseTimes {
+    pub on_cpu_ns: u64,
+    pub off_cpu_ns: u64,
+    pub runqueue_ns: u64,
+}
+
+impl ThreadState {
+    /// The phase accounting of the open iteration as of `now`: the times
+    /// closed so far, plus the time since the last scheduler transition
+    /// charged to the phase the thread is in. The one definition: the
+    /// kernel closes phases with it ([`ThreadState::close_phase`]) and
+    /// userspace reads an iteration still open with it.
+    #[inline(always)]
+    pub fn phase_times(&self, now: u64) -> PhaseTimes {
+        let d = now.saturating_sub(self.phase_since_ns);
+        let mut p = PhaseTimes {
+            on_cpu_ns: self.on_cpu_ns,
+            off_cpu_ns: self.off_cpu_ns,
+            runqueue_ns: self.runqueue_ns,
+        };
+        match self.phase {
+            PHASE_OFF_CPU => p.off_cpu_ns += d,
+            PHASE_RUNQUEUE => p.runqueue_ns += d,
+            _ => p.on_cpu_ns += d,
+        }
+        p
+    }
+
+    /// Add the time since the last scheduler transition to the current
+    /// phase, and start timing the next one at `now`.
+    #[inline(always)]
+    pub fn close_phase(&mut self, now: u64) {
+        let p = self.phase_times(now);
+        self.on_cpu_ns = p.on_cpu_ns;
+        self.off_cpu_ns = p.off_cpu_ns;
+        self.runqueue_ns = p.runqueue_ns;
+        self.phase_since_ns = now;
+    }
+}
+
 /// The histogram bucket of a duration: 4 sub-buckets per power of two.
 ///
 /// Written without loops or `leading_zeros` so that the BPF verifier accepts
@@ -499,6 +541,46 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_add_up_to_the_iteration() {
+        let mut t = ThreadState {
+            tgid: 1,
+            flags: THREAD_IN_ITER,
+            iteration: 1,
+            iter_start_ns: 100,
+            phase: PHASE_ON_CPU,
+            nbuf: 0,
+            phase_since_ns: 100,
+            on_cpu_ns: 0,
+            off_cpu_ns: 0,
+            runqueue_ns: 0,
+            pending_kind: 0,
+            in_futex_wait: 0,
+            pending_since_ns: 0,
+            samples: 0,
+            samples_dropped: 0,
+            iterations: 0,
+            max_ns: 0,
+            sum_ns: 0,
+            hist: [0; HIST_BUCKETS],
+        };
+        t.close_phase(130);
+        t.phase = PHASE_OFF_CPU;
+        t.close_phase(180);
+        t.phase = PHASE_RUNQUEUE;
+        let open = t.phase_times(200);
+        assert_eq!(
+            (open.on_cpu_ns, open.off_cpu_ns, open.runqueue_ns),
+            (30, 50, 20)
+        );
+        assert_eq!(t.runqueue_ns, 0, "reading does not charge");
+        t.close_phase(200);
+        assert_eq!(
+            t.on_cpu_ns + t.off_cpu_ns + t.runqueue_ns,
+            200 - t.iter_start_ns
+        );
+    }
 
     #[test]
     fn buckets_are_monotonic_and_invert() {

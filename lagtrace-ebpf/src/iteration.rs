@@ -17,10 +17,9 @@ use aya_ebpf::{
 };
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
-    CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader,
-    PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS,
-    SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples,
-    ThreadState, hist_bucket,
+    CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_ON_CPU,
+    SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS, SampleEvent, SpanEvent, StackSample,
+    THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -201,16 +200,11 @@ pub fn end_at_exit(t: &mut ThreadState, tid: u32, now: u64) {
     }
 }
 
-/// Add the time since the last scheduler transition to the current phase.
+/// Add the time since the last scheduler transition to the current phase
+/// (defined once, in lagtrace-common, for both sides).
 #[inline(always)]
 pub fn close_phase(t: &mut ThreadState, now: u64) {
-    let d = now.saturating_sub(t.phase_since_ns);
-    match t.phase {
-        PHASE_OFF_CPU => t.off_cpu_ns += d,
-        PHASE_RUNQUEUE => t.runqueue_ns += d,
-        _ => t.on_cpu_ns += d,
-    }
-    t.phase_since_ns = now;
+    t.close_phase(now);
 }
 
 fn emit_span(t: &ThreadState, tid: u32, now: u64, kind: u32) {

@@ -5,8 +5,7 @@ use std::{collections::HashMap, time::Instant};
 
 use aya::maps::{MapData, RingBuf};
 use lagtrace_common::{
-    EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
-    THREAD_IN_ITER, ThreadState,
+    EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_ON_CPU, THREAD_IN_ITER, ThreadState,
 };
 
 use super::{flood::SpanBudget, targets::Targets};
@@ -209,20 +208,14 @@ impl Pipeline {
         probes: &Probes,
     ) -> RawSpan {
         // The accounting so far, plus the phase the thread is in now.
-        let open = now.saturating_sub(t.phase_since_ns);
-        let (mut on, mut off, mut rq) = (t.on_cpu_ns, t.off_cpu_ns, t.runqueue_ns);
-        match t.phase {
-            PHASE_OFF_CPU => off += open,
-            PHASE_RUNQUEUE => rq += open,
-            _ => on += open,
-        }
+        let phases = t.phase_times(now);
         let mut ev = lagtrace_common::SpanEvent {
             iteration: t.iteration,
             start_ns: t.iter_start_ns,
             end_ns: now,
-            on_cpu_ns: on,
-            off_cpu_ns: off,
-            runqueue_ns: rq,
+            on_cpu_ns: phases.on_cpu_ns,
+            off_cpu_ns: phases.off_cpu_ns,
+            runqueue_ns: phases.runqueue_ns,
             samples: t.samples,
             samples_dropped: t.samples_dropped,
             ..Default::default()

@@ -7,6 +7,11 @@
 //! `co_firstlineno`) and re-reads it when the entry was last checked more
 //! than `RECHECK` ago; a mismatch drops the entry and reads the object
 //! anew. This is a read per code object per `RECHECK`, not per sample.
+//!
+//! Reads run on the [`Reader`] thread, never on the caller's (the thread
+//! that drains the ring buffer): a code object whose read has not answered
+//! within the reader's wait is `[unknown python]` for now, and named from
+//! the late answer on a later look-up.
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
@@ -16,6 +21,7 @@ use super::{
     layout::{CodeLayout, LineTable},
     linetable::line_of,
     mem::Mem,
+    reader::{Pending, Poll, Reader},
 };
 
 /// Longest name or file name kept, in characters; longer ones end in "…".
@@ -124,44 +130,89 @@ struct Entry {
 /// Bound on remembered lines per code object.
 const MAX_LINES: usize = 4096;
 
+/// Most reads awaiting a late answer per process; past it, more code
+/// objects stay unknown until the reader catches up.
+const MAX_PENDING: usize = 256;
+
+type ReadResult = std::io::Result<CodeInfo>;
+
 /// Code objects of one process, by address.
 pub struct CodeCache {
     mem: Mem,
     layout: CodeLayout,
     codes: HashMap<u64, Entry>,
+    reader: Reader,
+    /// Reads that did not answer within the reader's wait.
+    pending: HashMap<u64, Pending<ReadResult>>,
     /// Reads of whole code objects, and entries dropped as stale.
     pub reads: u64,
     pub stale: u64,
+    /// Reads that answered after the caller had stopped waiting.
+    pub late: u64,
 }
 
 impl CodeCache {
-    pub fn new(pid: u32, layout: CodeLayout) -> Self {
+    pub fn new(pid: u32, layout: CodeLayout, reader: Reader) -> Self {
         Self {
             mem: Mem { pid },
             layout,
             codes: HashMap::new(),
+            reader,
+            pending: HashMap::new(),
             reads: 0,
             stale: 0,
+            late: 0,
         }
+    }
+
+    /// Whether the cached entry at `code` still holds: its fingerprint is
+    /// re-read (on the reader thread) once per `RECHECK`. With no answer in
+    /// time the entry is kept and checked again on the next look-up.
+    fn recheck(&mut self, code: u64, now: Instant) {
+        let Some(e) = self.codes.get_mut(&code) else {
+            return;
+        };
+        if now.duration_since(e.checked) < RECHECK {
+            return;
+        }
+        let (mem, layout) = (self.mem, self.layout);
+        match self.reader.run(move || fingerprint(&mem, &layout, code)).0 {
+            Poll::Ready(Ok(f)) if f == e.info.fingerprint => e.checked = now,
+            Poll::NotYet => {}
+            _ => {
+                self.stale += 1;
+                self.codes.remove(&code);
+            }
+        }
+    }
+
+    /// The answer of a read of `code`: a new one, or one started earlier.
+    fn read(&mut self, code: u64) -> Poll<ReadResult> {
+        if let Some(p) = self.pending.get(&code) {
+            let answer = p.poll();
+            if !matches!(answer, Poll::NotYet) {
+                self.pending.remove(&code);
+                self.late += 1;
+            }
+            return answer;
+        }
+        self.reads += 1;
+        let (mem, layout) = (self.mem, self.layout);
+        let (answer, pending) = self.reader.run(move || read_code(&mem, &layout, code));
+        if matches!(answer, Poll::NotYet) && self.pending.len() < MAX_PENDING {
+            self.pending.insert(code, pending);
+        }
+        answer
     }
 
     /// The code object at `code`, from the cache when its fingerprint holds.
     pub fn get(&mut self, code: u64) -> Option<&CodeInfo> {
         let now = Instant::now();
-        if let Some(e) = self.codes.get_mut(&code)
-            && now.duration_since(e.checked) >= RECHECK
-        {
-            match fingerprint(&self.mem, &self.layout, code) {
-                Ok(f) if f == e.info.fingerprint => e.checked = now,
-                _ => {
-                    self.stale += 1;
-                    self.codes.remove(&code);
-                }
-            }
-        }
+        self.recheck(code, now);
         if !self.codes.contains_key(&code) {
-            self.reads += 1;
-            let info = read_code(&self.mem, &self.layout, code).ok()?;
+            let Poll::Ready(Ok(info)) = self.read(code) else {
+                return None;
+            };
             if self.codes.len() >= MAX_CODES {
                 self.codes.clear();
             }

@@ -13,6 +13,7 @@ pub mod interp;
 pub mod layout;
 pub mod linetable;
 pub mod mem;
+pub mod reader;
 mod table;
 pub mod walk;
 
@@ -30,11 +31,13 @@ pub use super::frame::python_short_path as short_path;
 #[derive(Default)]
 pub struct PyFrames {
     procs: HashMap<u32, (Interpreter, code::CodeCache)>,
+    /// Code objects are read on this thread, not the caller's.
+    reader: reader::Reader,
 }
 
 impl PyFrames {
     pub fn add(&mut self, it: Interpreter) {
-        let cache = code::CodeCache::new(it.pid, it.layout.code);
+        let cache = code::CodeCache::new(it.pid, it.layout.code, self.reader.clone());
         self.procs.insert(it.pid, (it, cache));
     }
 
