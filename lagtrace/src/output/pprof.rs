@@ -107,7 +107,8 @@ struct Builder {
     profile: Profile,
     strings: HashMap<String, i64>,
     functions: HashMap<(i64, i64), u64>,
-    locations: HashMap<Frame, u64>,
+    /// By (function, line).
+    locations: HashMap<(u64, i64), u64>,
 }
 
 impl Builder {
@@ -142,9 +143,6 @@ impl Builder {
     /// (the label where there is no source file, so unknown addresses and
     /// kernel frames stay told apart).
     fn location(&mut self, f: &Frame) -> u64 {
-        if let Some(&id) = self.locations.get(f) {
-            return id;
-        }
         // Files as labels show them (what a recorded file keeps), so a
         // report writes the same profile as the live run.
         let (name, file) = match (f.short_file(), f.kind) {
@@ -164,15 +162,15 @@ impl Builder {
                 filename: file,
             });
         }
-        let id = self.profile.location.len() as u64 + 1;
-        self.profile.location.push(Location {
-            id,
-            line: vec![Line {
-                function_id,
-                line: i64::from(f.line.unwrap_or(0)),
-            }],
-        });
-        self.locations.insert(f.clone(), id);
+        let line = i64::from(f.line.unwrap_or(0));
+        let next = self.profile.location.len() as u64 + 1;
+        let id = *self.locations.entry((function_id, line)).or_insert(next);
+        if id == next {
+            self.profile.location.push(Location {
+                id,
+                line: vec![Line { function_id, line }],
+            });
+        }
         id
     }
 

@@ -27,16 +27,19 @@ pub struct Recorded {
 
 /// Read a recorded file.
 pub fn read(path: &Path) -> Result<Recorded> {
-    let file = File::open(path).map_err(|e| Error::Output {
+    let file = File::open(path).map_err(|e| Error::Recording {
         path: path.to_path_buf(),
-        source: e,
+        what: format!("cannot read it ({e}); pass a file written by `lagtrace --spans`"),
     })?;
     let mut out = Recorded::default();
     let (mut bad, mut after_summary) = (0u64, 0u64);
     let mut last_bad: Option<usize> = None;
     let mut n = 0usize;
     for line in BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let line = line.map_err(|e| Error::Recording {
+            path: path.to_path_buf(),
+            what: format!("cannot read it ({e})"),
+        })?;
         n += 1;
         let text = String::from_utf8_lossy(&line);
         if text.trim().is_empty() {
