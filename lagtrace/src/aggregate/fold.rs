@@ -151,6 +151,7 @@ pub(crate) mod tests {
             samples,
             kind,
             weight_ns,
+            offset_ns: 0,
         }
     }
 

@@ -6,9 +6,11 @@
 //! Spans are in start order. Each span's stacks stand under a root frame
 //! named by its start time and duration (`span 12:00:01.234, 120 ms`), then
 //! the `[off-cpu]`-style marker of their kind. A span record keeps its
-//! stacks counted, not each sample's time, so within a span the stacks come
-//! heaviest first. Weights are nanoseconds: on-CPU samples times the
-//! sampling period, off-CPU stacks their time off the CPU.
+//! stacks counted, each with the time of its first sample (`offset_ns`), so
+//! within a span the stacks come in the order they first appeared (a stack
+//! seen again later is counted at its first place). Weights are
+//! nanoseconds: on-CPU samples times the sampling period, off-CPU stacks
+//! their time off the CPU.
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
@@ -111,8 +113,10 @@ impl SpeedscopeFile {
 impl Recorder for SpeedscopeFile {
     fn record(&mut self, span: &Span) -> Result<()> {
         let root = self.frame(span_frame_name(span), None);
+        let mut order: Vec<&crate::spans::StackCount> = span.stacks.iter().collect();
+        order.sort_by_key(|s| s.offset_ns);
         let mut stacks = Vec::with_capacity(span.stacks.len());
-        for st in &span.stacks {
+        for st in order {
             let mut ids = vec![root];
             if let Some(m) = st.kind.marker() {
                 ids.push(self.frame(m.to_string(), None));

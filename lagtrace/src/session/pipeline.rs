@@ -157,7 +157,7 @@ impl Pipeline {
         let ev = &raw.event;
         let pid = ev.header.tgid;
         let tid = ev.header.tid;
-        let stacks = self.symbolizer.stacks(pid, &raw.samples);
+        let stacks = self.symbolizer.stacks(pid, &raw.samples, ev.start_ns);
         let thread = self.names.get(pid, tid, &ev.comm);
         let target = self.target(pid);
         Span {

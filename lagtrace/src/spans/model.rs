@@ -49,13 +49,16 @@ pub struct StackCount {
     pub kind: StackKind,
     /// Off-CPU and runqueue: time until the thread ran again, in ns.
     pub weight_ns: u64,
+    /// When its first sample was taken, in ns from the span's start: a
+    /// span's stacks in this order are its timeline (speedscope).
+    pub offset_ns: u64,
 }
 
 impl Serialize for StackCount {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let labels: Vec<String> = self.frames.iter().map(Frame::label).collect();
         let kinds: Vec<FrameKind> = self.frames.iter().map(|f| f.kind).collect();
-        let mut st = s.serialize_struct("StackCount", 5)?;
+        let mut st = s.serialize_struct("StackCount", 6)?;
         st.serialize_field("frames", &labels)?;
         st.serialize_field("kinds", &kinds)?;
         st.serialize_field("samples", &self.samples)?;
@@ -65,6 +68,7 @@ impl Serialize for StackCount {
         } else {
             st.serialize_field("weight_ns", &self.weight_ns)?;
         }
+        st.serialize_field("offset_ns", &self.offset_ns)?;
         st.end()
     }
 }
@@ -80,6 +84,8 @@ struct StackJson {
     kind: StackKind,
     #[serde(default)]
     weight_ns: u64,
+    #[serde(default)]
+    offset_ns: u64,
 }
 
 impl<'de> Deserialize<'de> for StackCount {
@@ -99,6 +105,7 @@ impl<'de> Deserialize<'de> for StackCount {
             samples: j.samples,
             kind: j.kind,
             weight_ns: j.weight_ns,
+            offset_ns: j.offset_ns,
         })
     }
 }

@@ -130,13 +130,18 @@ impl StackSymbolizer {
             .map(|(t, _)| t)
     }
 
-    /// Group a span's samples by kind and frames.
-    pub fn stacks(&mut self, pid: u32, samples: &[Sample]) -> Vec<StackCount> {
+    /// Group the samples of a span that started at monotonic `start_ns`
+    /// by kind and frames.
+    pub fn stacks(&mut self, pid: u32, samples: &[Sample], start_ns: u64) -> Vec<StackCount> {
         let framed: Vec<(&SampleRec, Vec<Frame>)> = samples
             .iter()
             .map(|s| (&s.rec, self.frames(pid, s)))
             .collect();
-        group(framed.into_iter())
+        let mut stacks = group(framed.into_iter());
+        for s in &mut stacks {
+            s.offset_ns = s.offset_ns.saturating_sub(start_ns);
+        }
+        stacks
     }
 
     /// See [`NativeSymbolizer::refresh`].
@@ -150,21 +155,24 @@ impl StackSymbolizer {
     }
 }
 
-/// Count identical (kind, frames) pairs; heaviest first.
+/// Count identical (kind, frames) pairs; heaviest first. Each keeps the
+/// monotonic time of its first sample in `offset_ns`.
 pub fn group<'a>(items: impl Iterator<Item = (&'a SampleRec, Vec<Frame>)>) -> Vec<StackCount> {
-    let mut map: HashMap<(StackKind, Vec<Frame>), (u64, u64)> = HashMap::new();
+    let mut map: HashMap<(StackKind, Vec<Frame>), (u64, u64, u64)> = HashMap::new();
     for (rec, frames) in items {
-        let e = map.entry((rec.kind, frames)).or_default();
+        let e = map.entry((rec.kind, frames)).or_insert((0, 0, u64::MAX));
         e.0 += 1;
         e.1 += rec.weight_ns;
+        e.2 = e.2.min(rec.ts_ns);
     }
     let mut out: Vec<StackCount> = map
         .into_iter()
-        .map(|((kind, frames), (samples, weight_ns))| StackCount {
+        .map(|((kind, frames), (samples, weight_ns, first))| StackCount {
             frames,
             samples,
             kind,
             weight_ns,
+            offset_ns: first,
         })
         .collect();
     out.sort_by(|a, b| {
