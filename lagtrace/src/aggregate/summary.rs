@@ -118,7 +118,10 @@ impl SummaryBuilder {
                         .names
                         .get(&tid)
                         .cloned()
-                        .unwrap_or_else(|| tid.to_string()),
+                        .or_else(|| {
+                            crate::target::read_comm(pid, Some(tid)).filter(|n| !n.is_empty())
+                        })
+                        .unwrap_or_else(|| crate::target::unnamed(crate::target::ThreadRole::Loop)),
                     iterations: s.iterations,
                     p50_ns: q(0.5),
                     p90_ns: q(0.9),

@@ -29,6 +29,8 @@ pub(super) struct Pipeline {
     pub targets: Targets,
     pub clock: WallClock,
     pub threshold_ns: u64,
+    /// The weight of one on-CPU sample (JSON `weight_ns` of on-CPU stacks).
+    pub period_ns: u64,
     /// Scheduler accounting is on, so spans can be classified.
     pub sched: bool,
     pub assembler: Assembler,
@@ -162,7 +164,8 @@ impl Pipeline {
         let ev = &raw.event;
         let pid = ev.header.tgid;
         let tid = ev.header.tid;
-        let stacks = self.symbolizer.stacks(pid, &raw.samples);
+        let mut stacks = self.symbolizer.stacks(pid, &raw.samples);
+        crate::spans::weigh_on_cpu(&mut stacks, self.period_ns);
         let thread = self.names.get(pid, tid, &ev.comm);
         let target = self.target(pid);
         Span {

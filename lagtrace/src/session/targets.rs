@@ -218,6 +218,35 @@ impl Targets {
         notes
     }
 
+    /// Adopt the descendants the named targets already had at attach
+    /// (`--children` on a pre-fork master): all of them, however long
+    /// their Python readers take to set up. Returns notes for the user.
+    pub fn adopt_existing(
+        &mut self,
+        probes: &mut Probes,
+        python: &mut PyFrames,
+        flag: Model,
+    ) -> Vec<String> {
+        let roots: Vec<u32> = self.list.iter().map(|t| t.pid).collect();
+        let found: Vec<(u32, String)> = super::descendants::descendants(&roots)
+            .into_iter()
+            .filter_map(|pid| Some((pid, crate::target::read_comm(pid, None)?)))
+            .collect();
+        let mut notes = Vec::new();
+        // Each call adopts for one slice; go on while it makes progress.
+        loop {
+            let before = self.list.len();
+            notes.extend(self.adopt_children(probes, python, flag, &found));
+            let left = found
+                .iter()
+                .any(|(p, _)| !self.list.iter().any(|t| t.pid == *p));
+            if !left || self.list.len() == before {
+                break;
+            }
+        }
+        notes
+    }
+
     /// A child that exited leaves the kernel's table, which has room for
     /// [`lagtrace_common::MAX_TARGETS`] processes.
     pub fn release(&self, pid: u32, probes: &mut Probes) {

@@ -5,4 +5,4 @@ pub mod cause;
 pub mod model;
 
 pub use assemble::{Assembler, RawSpan, Sample};
-pub use model::{PyStack, Span, StackCount, StackKind};
+pub use model::{PyStack, Span, StackCount, StackKind, weigh_on_cpu};

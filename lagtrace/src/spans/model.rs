@@ -41,8 +41,17 @@ pub struct StackCount {
     pub samples: u64,
     pub kind: StackKind,
     /// Off-CPU and runqueue: time until the thread ran again, in ns.
+    /// On-CPU: samples × the sampling period (see [`weigh_on_cpu`]), so
+    /// consumers can sum time over stacks of every kind.
     #[serde(skip_serializing_if = "is_zero")]
     pub weight_ns: u64,
+}
+
+/// Give on-CPU stacks their time: samples × the sampling period.
+pub fn weigh_on_cpu(stacks: &mut [StackCount], period_ns: u64) {
+    for s in stacks.iter_mut().filter(|s| s.kind == StackKind::OnCpu) {
+        s.weight_ns = s.samples.saturating_mul(period_ns);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
