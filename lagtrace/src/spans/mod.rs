@@ -1,6 +1,7 @@
 //! Span assembly: pairing the kernel's sample batches with the span they
 //! belong to, and the `Span` record every output consumes.
 pub mod assemble;
+pub mod blame;
 pub mod cause;
 pub mod model;
 

@@ -6,6 +6,7 @@
 //! sample and its time; `native` caches them by file and offset.
 pub(crate) mod cache;
 pub mod cpython;
+pub mod frame;
 pub mod merge;
 pub mod native;
 pub mod perf_map;

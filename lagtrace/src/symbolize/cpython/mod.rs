@@ -39,7 +39,13 @@ pub fn short_path(path: &str) -> &str {
 #[derive(Default)]
 pub struct PyFrames {
     procs: HashMap<u32, (Interpreter, code::CodeCache)>,
+    /// The full path of each `dir/file.py` named so far, for the blame
+    /// rules (`spans::blame`: stdlib, site-packages, `--app-prefix`).
+    pub paths: HashMap<String, String>,
 }
+
+/// Most full paths remembered (distinct Python files of all targets).
+const MAX_PATHS: usize = 65_536;
 
 impl PyFrames {
     pub fn add(&mut self, it: Interpreter) {
@@ -73,7 +79,15 @@ impl PyFrames {
         let Some((_, cache)) = self.procs.get_mut(&pid) else {
             return "[unknown python]".into();
         };
-        match cache.get_line(rec.code, rec.instr_offset) {
+        let found = cache.get_line(rec.code, rec.instr_offset);
+        if let Some((c, _)) = &found
+            && self.paths.len() < MAX_PATHS
+            && !self.paths.contains_key(short_path(&c.filename))
+        {
+            self.paths
+                .insert(short_path(&c.filename).to_string(), c.filename.clone());
+        }
+        match found {
             Some((c, Some(line))) => format!("{} ({}:{line})", c.name, short_path(&c.filename)),
             Some((c, None)) => format!("{} ({})", c.name, short_path(&c.filename)),
             None => "[unknown python]".into(),
