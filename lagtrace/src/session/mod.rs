@@ -179,6 +179,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         clock,
         threshold_ns,
         period_ns: period_ns(args.frequency),
+        blame_rules: crate::spans::blame::Rules {
+            app_prefixes: args.app_prefix.clone(),
+        },
         sched: !args.no_sched,
         assembler: Assembler::new(),
         symbolizer,

@@ -31,6 +31,8 @@ pub(super) struct Pipeline {
     pub threshold_ns: u64,
     /// The weight of one on-CPU sample (JSON `weight_ns` of on-CPU stacks).
     pub period_ns: u64,
+    /// What counts as the user's code (`--app-prefix`).
+    pub blame_rules: crate::spans::blame::Rules,
     /// Scheduler accounting is on, so spans can be classified.
     pub sched: bool,
     pub assembler: Assembler,
@@ -168,7 +170,7 @@ impl Pipeline {
         crate::spans::weigh_on_cpu(&mut stacks, self.period_ns);
         let thread = self.names.get(pid, tid, &ev.comm);
         let target = self.target(pid);
-        Span {
+        let mut span = Span {
             pid,
             ns_pid: target.and_then(|t| t.ns_pid),
             tid,
@@ -184,10 +186,17 @@ impl Pipeline {
             samples_dropped: u64::from(ev.samples_dropped) + raw.samples_capped,
             unfinished,
             cause: None,
+            blame: None,
             task: self.symbolizer.busiest_task(pid, &raw.samples),
             stacks,
             start_mono_ns: ev.start_ns,
-        }
+        };
+        let blamer = crate::spans::blame::Blamer {
+            rules: &self.blame_rules,
+            py_paths: &self.symbolizer.python.paths,
+        };
+        span.blame = crate::spans::culprit::of(&span, &blamer);
+        span
     }
 
     fn finish_span(&mut self, mut span: Span) -> Result<()> {

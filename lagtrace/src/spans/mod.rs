@@ -3,6 +3,7 @@
 pub mod assemble;
 pub mod blame;
 pub mod cause;
+pub mod culprit;
 pub mod model;
 
 pub use assemble::{Assembler, RawSpan, Sample};

@@ -79,6 +79,9 @@ pub struct Span {
     /// `cpu`, `blocked` or `runqueue`, with the blocking call where known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The user code the span's time is blamed on (`spans::culprit`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blame: Option<super::culprit::Culprit>,
     /// The asyncio Task that ran during the span, where known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
