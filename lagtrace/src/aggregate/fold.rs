@@ -57,7 +57,7 @@ impl Folded {
             }
             for f in &stack.frames {
                 path.push(';');
-                path.push_str(&sanitize::folded(f));
+                path.push_str(&sanitize::folded(&f.label()));
             }
             self.insert(path, &root, weight);
         }
@@ -144,7 +144,10 @@ pub(crate) mod tests {
 
     pub fn stack(frames: &[&str], samples: u64, kind: StackKind, weight_ns: u64) -> StackCount {
         StackCount {
-            frames: frames.iter().map(|s| s.to_string()).collect(),
+            frames: frames
+                .iter()
+                .map(|s| crate::symbolize::Frame::parse(s))
+                .collect(),
             samples,
             kind,
             weight_ns,

@@ -71,6 +71,8 @@ mod tests {
         }
         assert_eq!(v["duration_ns"], 100_000_000);
         assert_eq!(v["stacks"][0]["frames"][1], "burn");
+        assert_eq!(v["stacks"][0]["kinds"][0], "python");
+        assert_eq!(v["stacks"][0]["kinds"][1], "native");
         assert_eq!(v["stacks"][0]["samples"], 4);
         assert_eq!(v["stacks"][0]["kind"], "on-cpu");
         assert!(v.get("unfinished").is_none());

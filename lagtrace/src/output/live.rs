@@ -28,14 +28,16 @@ pub fn hot_frames(span: &Span) -> Option<(String, StackKind)> {
         }
         // With Python frames, the hot code is Python code: name the
         // innermost Python function and its caller, not interpreter internals.
-        let python = stack.frames.iter().any(|f| f.contains(".py:"));
-        let mut user = stack.frames.iter().rev().filter(|f| {
-            !f.ends_with("_[k]") && !f.starts_with('[') && (!python || f.contains(".py:"))
-        });
+        let python = stack.frames.iter().any(|f| f.is_python());
+        let mut user = stack
+            .frames
+            .iter()
+            .rev()
+            .filter(|f| f.is_user_code() && (!python || f.is_python()));
         let Some(leaf) = user.next() else { continue };
         let key = match user.next() {
-            Some(caller) => format!("{leaf} ← {caller}"),
-            None => leaf.clone(),
+            Some(caller) => format!("{} ← {}", leaf.label(), caller.label()),
+            None => leaf.label(),
         };
         let weight = if stack.kind == StackKind::OnCpu {
             stack.samples

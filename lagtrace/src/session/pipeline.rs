@@ -191,11 +191,7 @@ impl Pipeline {
             stacks,
             start_mono_ns: ev.start_ns,
         };
-        let blamer = crate::spans::blame::Blamer {
-            rules: &self.blame_rules,
-            py_paths: &self.symbolizer.python.paths,
-        };
-        span.blame = crate::spans::culprit::of(&span, &blamer);
+        span.blame = crate::spans::culprit::of(&span, &self.blame_rules);
         span
     }
 

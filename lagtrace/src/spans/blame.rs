@@ -16,8 +16,6 @@
 //! whose file or module starts with one of the prefixes are user code.
 //! Classification reads the typed fields of a [`Frame`] (kind, module,
 //! file, function), never a label's suffix. Pure: no I/O.
-use std::collections::HashMap;
-
 use crate::symbolize::frame::{Frame, FrameKind};
 
 /// Python packages of the standard library (a `dir/file.py` path whose
@@ -94,13 +92,6 @@ pub struct Rules {
     pub app_prefixes: Vec<String>,
 }
 
-/// The rules with what the symbolizer knows: the full path of each Python
-/// `dir/file.py` it named.
-pub struct Blamer<'a> {
-    pub rules: &'a Rules,
-    pub py_paths: &'a HashMap<String, String>,
-}
-
 /// What a stack's time is blamed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blame {
@@ -139,15 +130,10 @@ fn is_python_lib_dir(dir: &str) -> bool {
         .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-impl Blamer<'_> {
-    /// The full path of a frame's file, where known.
-    fn full_path<'f>(&'f self, file: &'f str) -> &'f str {
-        self.py_paths.get(file).map_or(file, String::as_str)
-    }
-
+impl Rules {
     fn under_prefix(&self, f: &Frame) -> bool {
-        let file = f.file.as_deref().map(|p| self.full_path(p));
-        self.rules.app_prefixes.iter().any(|p| {
+        let file = f.file.as_deref();
+        self.app_prefixes.iter().any(|p| {
             file.is_some_and(|x| x.starts_with(p.as_str()))
                 || f.module
                     .as_deref()
@@ -160,7 +146,7 @@ impl Blamer<'_> {
         if !is_code(f) {
             return false;
         }
-        if !self.rules.app_prefixes.is_empty() {
+        if !self.app_prefixes.is_empty() {
             return self.under_prefix(f);
         }
         match f.kind {
@@ -175,7 +161,7 @@ impl Blamer<'_> {
         let Some(file) = f.file.as_deref() else {
             return true;
         };
-        let full = self.full_path(file);
+        let full = file;
         if full.starts_with('<') {
             return false; // <frozen importlib._bootstrap>, <string>
         }

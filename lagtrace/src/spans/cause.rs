@@ -2,6 +2,7 @@
 //! frame) or `runqueue` (runnable, waiting for a CPU), from the span's time
 //! accounting and its heaviest stacks. Pure: it reads a `Span`.
 use super::model::{Span, StackCount, StackKind};
+use crate::symbolize::{Frame, FrameKind};
 
 /// A share at or above this makes one kind the whole story.
 const DOMINANT: f64 = 0.8;
@@ -9,9 +10,12 @@ const DOMINANT: f64 = 0.8;
 pub const STOPPED: &str = "stopped (SIGSTOP or a debugger)";
 
 /// The syscall a kernel stack is in: `__x64_sys_recvfrom_[k]` → `recvfrom`.
-fn syscall_of(frames: &[String]) -> Option<String> {
+fn syscall_of(frames: &[Frame]) -> Option<String> {
     frames.iter().rev().find_map(|f| {
-        let f = f.strip_suffix("_[k]")?;
+        if f.kind != FrameKind::Kernel {
+            return None;
+        }
+        let f = f.function.as_str();
         let name = f
             .strip_prefix("__x64_sys_")
             .or_else(|| f.strip_prefix("__arm64_sys_"))
@@ -21,11 +25,11 @@ fn syscall_of(frames: &[String]) -> Option<String> {
 }
 
 /// What the thread waited in when no syscall shows: a page fault, a lock.
-fn kernel_wait_of(frames: &[String]) -> Option<&'static str> {
+fn kernel_wait_of(frames: &[Frame]) -> Option<&'static str> {
     let has = |needle: &str| {
         frames
             .iter()
-            .any(|f| f.ends_with("_[k]") && f.contains(needle))
+            .any(|f| f.kind == FrameKind::Kernel && f.function.contains(needle))
     };
     if has("page_fault") {
         Some("page fault")
@@ -38,17 +42,9 @@ fn kernel_wait_of(frames: &[String]) -> Option<&'static str> {
 
 /// The innermost frame of the program itself: a Python frame when there is
 /// one, else the innermost named native frame.
-pub fn innermost_user_frame(frames: &[String]) -> Option<&str> {
-    let user = || {
-        frames
-            .iter()
-            .rev()
-            .filter(|f| !f.ends_with("_[k]") && !f.starts_with('['))
-    };
-    user()
-        .find(|f| f.contains(".py:"))
-        .or_else(|| user().next())
-        .map(String::as_str)
+pub fn innermost_user_frame(frames: &[Frame]) -> Option<&Frame> {
+    let user = || frames.iter().rev().filter(|f| f.is_user_code());
+    user().find(|f| f.is_python()).or_else(|| user().next())
 }
 
 fn heaviest(span: &Span, kind: StackKind) -> Option<&StackCount> {
@@ -91,7 +87,7 @@ fn blocked_detail(span: &Span, group: bool) -> String {
         };
     }
     match innermost_user_frame(&stack.frames) {
-        Some(user) => format!("blocked in {what} ← {user}"),
+        Some(user) => format!("blocked in {what} ← {}", user.label()),
         None => format!("blocked in {what}"),
     }
 }

@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{
-    blame::{self, Blamer},
+    blame::{self, Rules},
     model::{Span, StackKind},
 };
-use crate::symbolize::frame::Frame;
 
 /// The span's culprit, as the JSON `blame` field carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,7 +51,7 @@ fn blamed_kinds(span: &Span) -> [StackKind; 2] {
 }
 
 /// The culprit of `span`, if any of its stacks has a user frame.
-pub fn of(span: &Span, blamer: &Blamer) -> Option<Culprit> {
+pub fn of(span: &Span, rules: &Rules) -> Option<Culprit> {
     let kinds = blamed_kinds(span);
     let any = span.stacks.iter().any(|s| kinds.contains(&s.kind));
     let chosen = |s: &&super::StackCount| !any || kinds.contains(&s.kind);
@@ -62,8 +61,7 @@ pub fn of(span: &Span, blamer: &Blamer) -> Option<Culprit> {
         if stack.kind == StackKind::Stopped {
             continue;
         }
-        let frames: Vec<Frame> = stack.frames.iter().map(|f| Frame::parse(f)).collect();
-        let Some(b) = blamer.blame(&frames) else {
+        let Some(b) = rules.blame(&stack.frames) else {
             continue;
         };
         let weight = stack.weight_ns.max(stack.samples);
@@ -102,7 +100,6 @@ pub fn of(span: &Span, blamer: &Blamer) -> Option<Culprit> {
 mod tests {
     use super::*;
     use crate::aggregate::fold::tests::{span_with, stack};
-    use crate::spans::blame::Rules;
 
     #[test]
     fn a_mostly_cpu_span_with_runqueue_is_blamed_on_its_code() {
@@ -136,15 +133,7 @@ mod tests {
         ]);
         s.on_cpu_ns = 7_000_000;
         s.runqueue_ns = 5_000_000;
-        let (rules, paths) = (Rules::default(), HashMap::new());
-        let c = of(
-            &s,
-            &Blamer {
-                rules: &rules,
-                py_paths: &paths,
-            },
-        )
-        .unwrap();
+        let c = of(&s, &Rules::default()).unwrap();
         assert_eq!(c.function, "handler");
         assert_eq!(c.group, "handler (app.py)");
         assert_eq!(c.kind, StackKind::OnCpu);

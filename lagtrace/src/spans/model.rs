@@ -3,7 +3,9 @@
 //! ones (`pid`, `tid`, `thread`, `start_unix_ns`, `duration_ns`) never change.
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer, ser::SerializeStruct};
+
+use crate::symbolize::{Frame, FrameKind};
 
 /// Python frames of one sample, outermost first, as `function (dir/file.py:line)`.
 pub type PyStack = Arc<[String]>;
@@ -33,17 +35,19 @@ impl StackKind {
 }
 
 /// One distinct stack of a span and its weight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// In JSON, `frames` holds each frame's [`Frame::label`] (the strings
+/// scripts have always read) and `kinds` the parallel [`FrameKind`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackCount {
     /// Outermost first.
-    pub frames: Vec<String>,
+    pub frames: Vec<Frame>,
     /// On-CPU: samples. Off-CPU and runqueue: times the thread left the CPU there.
     pub samples: u64,
     pub kind: StackKind,
     /// Off-CPU and runqueue: time until the thread ran again, in ns.
     /// On-CPU: samples × the sampling period (see [`weigh_on_cpu`]), so
     /// consumers can sum time over stacks of every kind.
-    #[serde(skip_serializing_if = "is_zero")]
     pub weight_ns: u64,
 }
 
@@ -51,6 +55,24 @@ pub struct StackCount {
 pub fn weigh_on_cpu(stacks: &mut [StackCount], period_ns: u64) {
     for s in stacks.iter_mut().filter(|s| s.kind == StackKind::OnCpu) {
         s.weight_ns = s.samples.saturating_mul(period_ns);
+    }
+}
+
+impl Serialize for StackCount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let labels: Vec<String> = self.frames.iter().map(Frame::label).collect();
+        let kinds: Vec<FrameKind> = self.frames.iter().map(|f| f.kind).collect();
+        let mut st = s.serialize_struct("StackCount", 5)?;
+        st.serialize_field("frames", &labels)?;
+        st.serialize_field("kinds", &kinds)?;
+        st.serialize_field("samples", &self.samples)?;
+        st.serialize_field("kind", &self.kind)?;
+        if is_zero(&self.weight_ns) {
+            st.skip_field("weight_ns")?;
+        } else {
+            st.serialize_field("weight_ns", &self.weight_ns)?;
+        }
+        st.end()
     }
 }
 

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::perf_map::PerfMap;
+use super::{frame::Frame, perf_map::PerfMap};
 use crate::clock::WallClock;
 
 /// Past this many cached frames a process's cache starts over.
@@ -70,9 +70,9 @@ impl Mapping {
     }
 
     /// `[unknown] (libfoo.so+0x1a2b)`, or `[unknown] 0x7f..` for anonymous memory.
-    pub fn unknown(&self, addr: u64) -> String {
-        match self.name() {
-            Some(name) => format!("[unknown] ({name}+{:#x})", self.file_offset(addr)),
+    pub fn unknown(&self, addr: u64) -> Frame {
+        match &self.path {
+            Some(path) => Frame::unknown_native(Some(path.clone()), self.file_offset(addr)),
             None => unknown_addr(addr),
         }
     }
@@ -102,8 +102,9 @@ impl Mapping {
     }
 }
 
-pub fn unknown_addr(addr: u64) -> String {
-    format!("[unknown] {addr:#x}")
+/// `[unknown] 0x7f..`: code in no mapping known.
+pub fn unknown_addr(addr: u64) -> Frame {
+    Frame::unknown_native(None, addr)
 }
 
 /// Parse the text of `/proc/PID/maps`; lines that do not parse are skipped.
@@ -167,7 +168,7 @@ pub struct PidCache {
     /// cost one read each.
     pub rereads: (Option<Instant>, u32),
     /// Frames (outermost first) per piece of code.
-    pub frames: HashMap<FrameKey, Vec<String>>,
+    pub frames: HashMap<FrameKey, Vec<Frame>>,
     pub perf_map: PerfMap,
     /// When the perf map was last looked at, and how often this second.
     pub perf_map_reads: (Option<Instant>, u32),
@@ -285,7 +286,7 @@ impl PidCache {
         true
     }
 
-    pub fn insert(&mut self, key: FrameKey, frames: Vec<String>) {
+    pub fn insert(&mut self, key: FrameKey, frames: Vec<Frame>) {
         if self.frames.len() >= MAX_CACHED {
             self.frames.clear();
         }
@@ -341,11 +342,14 @@ mod tests {
         assert_eq!(maps[1].path.as_deref(), Some("/opt/my lib/libfoo.so"));
         assert!(maps[1].deleted && !maps[0].deleted);
         assert_eq!(
-            maps[1].unknown(0x7f0000001a2b),
+            maps[1].unknown(0x7f0000001a2b).label(),
             "[unknown] (libfoo.so+0x2a2b)"
         );
         assert_eq!(maps[2].path, None);
-        assert_eq!(maps[2].unknown(0x7f0000010010), "[unknown] 0x7f0000010010");
+        assert_eq!(
+            maps[2].unknown(0x7f0000010010).label(),
+            "[unknown] 0x7f0000010010"
+        );
         assert_eq!(maps[3].name(), Some("[vdso]"));
         assert_eq!((maps[0].dev, maps[0].inode), ((8, 1), 1234));
     }

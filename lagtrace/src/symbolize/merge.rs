@@ -15,15 +15,19 @@
 //! innermost eval frame are the leaves; with no eval frame at all, only
 //! the frames of the interrupted instruction itself are trusted as leaves.
 
+use super::frame::{Frame, FrameKind};
+
 /// True for the interpreter's bytecode loop, where Python frames live.
-pub fn is_eval_frame(frame: &str) -> bool {
-    frame.starts_with("_PyEval_EvalFrameDefault")
-        || frame.starts_with("_PyEval_EvalFrame ")
-        || frame.starts_with("PyEval_EvalFrameEx")
+pub fn is_eval_frame(frame: &Frame) -> bool {
+    let f = frame.function.as_str();
+    frame.kind == FrameKind::Native
+        && (f.starts_with("_PyEval_EvalFrameDefault")
+            || f == "_PyEval_EvalFrame"
+            || f.starts_with("PyEval_EvalFrameEx"))
 }
 
 /// Python frames split into one group per eval call, outermost first.
-fn groups(python: &[(String, bool)]) -> Vec<&[(String, bool)]> {
+fn groups(python: &[(Frame, bool)]) -> Vec<&[(Frame, bool)]> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=python.len() {
@@ -38,11 +42,9 @@ fn groups(python: &[(String, bool)]) -> Vec<&[(String, bool)]> {
 /// Eval frames that are the real bytecode loop: `_PyEval_EvalFrame` calls
 /// `_PyEval_EvalFrameDefault` (one Python call, two native frames), so only
 /// the innermost of adjacent eval frames counts.
-fn eval_positions(native: &[String]) -> Vec<usize> {
+fn eval_positions(native: &[Frame]) -> Vec<usize> {
     (0..native.len())
-        .filter(|&i| {
-            is_eval_frame(&native[i]) && !native.get(i + 1).is_some_and(|f| is_eval_frame(f))
-        })
+        .filter(|&i| is_eval_frame(&native[i]) && !native.get(i + 1).is_some_and(is_eval_frame))
         .collect()
 }
 
@@ -51,15 +53,15 @@ fn eval_positions(native: &[String]) -> Vec<usize> {
 /// outermost first; `leaf` the frames of the interrupted instruction alone;
 /// `kernel` outermost first.
 pub fn merge(
-    python: &[(String, bool)],
-    native: &[String],
-    leaf: &[String],
-    kernel: &[String],
-) -> Vec<String> {
+    python: &[(Frame, bool)],
+    native: &[Frame],
+    leaf: &[Frame],
+    kernel: &[Frame],
+) -> Vec<Frame> {
     let names = || python.iter().map(|(n, _)| n.clone());
     let evals = eval_positions(native);
     let groups = groups(python);
-    let mut out: Vec<String> = Vec::new();
+    let mut out: Vec<Frame> = Vec::new();
     if !python.is_empty() && python[0].1 && evals.len() == groups.len() {
         let mut next = 0;
         for (g, &at) in groups.iter().zip(&evals) {
@@ -81,7 +83,7 @@ pub fn merge(
             Some(&i) => out.extend(native[i + 1..].iter().cloned()),
             None => out.extend(
                 leaf.iter()
-                    .filter(|f| !f.starts_with("[unknown]") && !is_eval_frame(f))
+                    .filter(|f| !f.is_unknown() && !is_eval_frame(f))
                     .cloned(),
             ),
         }
@@ -94,12 +96,12 @@ pub fn merge(
 mod tests {
     use super::*;
 
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
+    fn v(s: &[&str]) -> Vec<Frame> {
+        s.iter().map(|x| Frame::parse(x)).collect()
     }
 
-    fn py(s: &[(&str, bool)]) -> Vec<(String, bool)> {
-        s.iter().map(|(n, e)| (n.to_string(), *e)).collect()
+    fn py(s: &[(&str, bool)]) -> Vec<(Frame, bool)> {
+        s.iter().map(|(n, e)| (Frame::parse(n), *e)).collect()
     }
 
     #[test]

@@ -22,16 +22,17 @@ use crate::{
     spans::{Sample, StackCount, StackKind},
 };
 
+pub use frame::{Frame, FrameKind};
 pub use native::NativeSymbolizer;
 
 /// Native frames of one sample, split as `merge` needs them.
 struct NativeFrames {
     /// User frames, outermost first.
-    user: Vec<String>,
+    user: Vec<Frame>,
     /// The frames of the interrupted instruction alone (with its inlines).
-    leaf: Vec<String>,
-    /// Kernel frames, outermost first, with the `_[k]` suffix.
-    kernel: Vec<String>,
+    leaf: Vec<Frame>,
+    /// Kernel frames, outermost first.
+    kernel: Vec<Frame>,
 }
 
 /// The frame that stands first in a Python stack whose kernel walk ended
@@ -83,13 +84,13 @@ impl StackSymbolizer {
     /// entered from C; `None` when the kernel found none (not a Python
     /// thread, or not a Python target). A walk that did not reach the
     /// outermost frame starts with a [`truncation_marker`].
-    pub fn python_frames(&mut self, pid: u32, rec: &SampleRec) -> Option<Vec<(String, bool)>> {
+    pub fn python_frames(&mut self, pid: u32, rec: &SampleRec) -> Option<Vec<(Frame, bool)>> {
         if rec.py.is_empty() {
             return None;
         }
-        let mut out: Vec<(String, bool)> = Vec::with_capacity(rec.py.len() + 1);
+        let mut out: Vec<(Frame, bool)> = Vec::with_capacity(rec.py.len() + 1);
         if let Some(marker) = truncation_marker(rec.py_end) {
-            out.push((marker.into(), false));
+            out.push((Frame::marker(marker), false));
         }
         for f in rec.py.iter().rev() {
             out.push((self.python.frame(pid, f), f.flags & PY_FRAME_ENTRY != 0));
@@ -99,14 +100,14 @@ impl StackSymbolizer {
 
     /// Frames (outermost first) of one sample: native frames from its
     /// addresses, merged with its Python frames when it has them.
-    pub fn frames(&mut self, pid: u32, sample: &Sample) -> Vec<String> {
+    pub fn frames(&mut self, pid: u32, sample: &Sample) -> Vec<Frame> {
         let n = self.native_frames(pid, &sample.rec);
         let mut frames = match self.python_frames(pid, &sample.rec) {
             Some(py) => merge::merge(&py, &n.user, &n.leaf, &n.kernel),
             None => n.user.into_iter().chain(n.kernel).collect(),
         };
         if frames.is_empty() {
-            frames.push("[no stack]".into());
+            frames.push(Frame::marker("[no stack]"));
         }
         frames
     }
@@ -118,7 +119,7 @@ impl StackSymbolizer {
             let Some(py) = self.python_frames(pid, &s.rec) else {
                 continue;
             };
-            let names: Vec<String> = py.into_iter().map(|(n, _)| n).collect();
+            let names: Vec<Frame> = py.into_iter().map(|(n, _)| n).collect();
             if let Some(task) = python::task_of(&names) {
                 *counts.entry(task).or_default() += 1;
             }
@@ -131,7 +132,7 @@ impl StackSymbolizer {
 
     /// Group a span's samples by kind and frames.
     pub fn stacks(&mut self, pid: u32, samples: &[Sample]) -> Vec<StackCount> {
-        let framed: Vec<(&SampleRec, Vec<String>)> = samples
+        let framed: Vec<(&SampleRec, Vec<Frame>)> = samples
             .iter()
             .map(|s| (&s.rec, self.frames(pid, s)))
             .collect();
@@ -150,8 +151,8 @@ impl StackSymbolizer {
 }
 
 /// Count identical (kind, frames) pairs; heaviest first.
-pub fn group<'a>(items: impl Iterator<Item = (&'a SampleRec, Vec<String>)>) -> Vec<StackCount> {
-    let mut map: HashMap<(StackKind, Vec<String>), (u64, u64)> = HashMap::new();
+pub fn group<'a>(items: impl Iterator<Item = (&'a SampleRec, Vec<Frame>)>) -> Vec<StackCount> {
+    let mut map: HashMap<(StackKind, Vec<Frame>), (u64, u64)> = HashMap::new();
     for (rec, frames) in items {
         let e = map.entry((rec.kind, frames)).or_default();
         e.0 += 1;
@@ -189,7 +190,7 @@ mod tests {
             weight_ns: 5,
             ..Default::default()
         };
-        let f = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let f = |s: &[&str]| s.iter().map(|x| Frame::parse(x)).collect::<Vec<_>>();
         let out = group(
             [
                 (&on, f(&["a", "b"])),

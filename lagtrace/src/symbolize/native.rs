@@ -14,7 +14,6 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     os::fd::AsRawFd,
-    path::Component,
 };
 
 use blazesym::{
@@ -27,6 +26,7 @@ use blazesym::{
 
 use super::{
     cache::{FrameKey, MAX_CACHED, Mapping, PidCache, lookup_addrs, uncached, unknown_addr},
+    frame::Frame,
     untrusted,
 };
 
@@ -56,7 +56,7 @@ const MAX_OPEN_FILES: usize = 512;
 pub struct NativeSymbolizer {
     symbolizer: Symbolizer,
     pids: HashMap<u32, PidCache>,
-    kernel: HashMap<u64, String>,
+    kernel: HashMap<u64, Frame>,
     /// Mapped files opened and checked, by (major, minor, inode), shared by
     /// all targets: blazesym reads them as `/proc/self/fd/N`.
     files: HashMap<FileId, File>,
@@ -93,7 +93,7 @@ impl NativeSymbolizer {
         ts_ns: u64,
         user_ips: &[u64],
         kernel_ips: &[u64],
-    ) -> Vec<String> {
+    ) -> Vec<Frame> {
         let user = lookup_addrs(user_ips);
         let kernel = lookup_addrs(kernel_ips);
         let mut out = Vec::new();
@@ -106,8 +106,8 @@ impl NativeSymbolizer {
         self.resolve_kernel(&kernel);
         for &a in kernel.iter().rev() {
             match self.kernel.get(&a) {
-                Some(name) => out.push(name.clone()),
-                None => out.push(format!("{}_[k]", unknown_addr(a))),
+                Some(f) => out.push(f.clone()),
+                None => out.push(Frame::unknown_kernel(a)),
             }
         }
         out
@@ -163,7 +163,7 @@ impl NativeSymbolizer {
     }
 
     /// The frames of each address (innermost first, as given).
-    fn resolve_user(&mut self, pid: u32, ts_ns: u64, addrs: &[u64]) -> Vec<Vec<String>> {
+    fn resolve_user(&mut self, pid: u32, ts_ns: u64, addrs: &[u64]) -> Vec<Vec<Frame>> {
         let cache = self.pids.entry(pid).or_default();
         // The sample must be older than the newest read of the maps, to
         // know what was mapped when it was taken.
@@ -177,7 +177,7 @@ impl NativeSymbolizer {
         // return address) stops at its first frame outside executable code.
         let whole = addrs.len();
         let addrs = &addrs[..code_prefix(cache, addrs)];
-        let mut out: Vec<Option<Vec<String>>> = vec![None; addrs.len()];
+        let mut out: Vec<Option<Vec<Frame>>> = vec![None; addrs.len()];
         let mut by_file: HashMap<FileId, (Mapping, Vec<(usize, u64)>)> = HashMap::new();
         let mut vdso: Vec<(usize, u64)> = Vec::new();
         for (i, &a) in addrs.iter().enumerate() {
@@ -251,18 +251,19 @@ impl NativeSymbolizer {
             let results = symbolize(&self.symbolizer, &src, &just);
             let cache = self.pids.entry(pid).or_default();
             for (k, &(i, a)) in vdso.iter().enumerate() {
-                let frames = named(&results, k).map_or_else(|| vec![unknown_addr(a)], sym_frames);
+                let frames = named(&results, k)
+                    .map_or_else(|| vec![unknown_addr(a)], |s| sym_frames(s, Some("[vdso]")));
                 cache.insert(FrameKey::Vdso(a), frames.clone());
                 out[i] = Some(frames);
             }
         }
-        let mut named: Vec<Vec<String>> = out
+        let mut named: Vec<Vec<Frame>> = out
             .into_iter()
             .zip(addrs)
             .map(|(f, &a)| f.unwrap_or_else(|| vec![unknown_addr(a)]))
             .collect();
         if addrs.len() < whole {
-            named.push(vec![NOT_CODE.to_string()]);
+            named.push(vec![Frame::marker(NOT_CODE)]);
         }
         named
     }
@@ -274,7 +275,7 @@ impl NativeSymbolizer {
         m: &Mapping,
         owners: &[u32],
         want: &[(usize, u64)],
-    ) -> Vec<Option<Vec<String>>> {
+    ) -> Vec<Option<Vec<Frame>>> {
         let Some(path) = self.open_file(pid, m, owners) else {
             return vec![None; want.len()];
         };
@@ -292,7 +293,7 @@ impl NativeSymbolizer {
                 Vec::new()
             });
         (0..want.len())
-            .map(|k| named(&results, k).map(sym_frames))
+            .map(|k| named(&results, k).map(|s| sym_frames(s, m.path.as_deref())))
             .collect()
     }
 
@@ -338,8 +339,11 @@ impl NativeSymbolizer {
         });
         let results = symbolize(&self.symbolizer, &src, &todo);
         for (i, &a) in todo.iter().enumerate() {
-            let name = named(&results, i).map_or_else(|| unknown_addr(a), |s| s.name.to_string());
-            self.kernel.insert(a, format!("{name}_[k]"));
+            let frame = named(&results, i).map_or_else(
+                || Frame::unknown_kernel(a),
+                |s| Frame::kernel(s.name.to_string()),
+            );
+            self.kernel.insert(a, frame);
         }
     }
 }
@@ -351,11 +355,11 @@ fn is_file(m: &Mapping) -> bool {
 
 /// The name a JIT wrote in its perf map for `addr`, read again (within a
 /// budget) when the address is not in it yet.
-fn jit_name(pid: u32, cache: &mut PidCache, addr: u64) -> Option<String> {
+fn jit_name(pid: u32, cache: &mut PidCache, addr: u64) -> Option<Frame> {
     if cache.perf_map.lookup(addr).is_none() && cache.may_read_perf_map() {
         cache.perf_map.refresh(pid);
     }
-    cache.perf_map.lookup(addr).map(str::to_string)
+    cache.perf_map.lookup(addr).map(Frame::jit)
 }
 
 /// One blazesym call for a batch; on error (e.g. the process exited) every
@@ -377,36 +381,28 @@ fn named<'r, 's>(results: &'r [Symbolized<'s>], i: usize) -> Option<&'r Sym<'s>>
         .filter(|s| !s.name.is_empty())
 }
 
-/// The function and the functions inlined into it at this address, outer first.
-fn sym_frames(sym: &Sym<'_>) -> Vec<String> {
+/// The function and the functions inlined into it at this address, outer
+/// first, in `module` (the mapped file's path).
+fn sym_frames(sym: &Sym<'_>, module: Option<&str>) -> Vec<Frame> {
     let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-    frames.push(frame(&sym.name, sym.code_info.as_deref()));
+    frames.push(frame(&sym.name, sym.code_info.as_deref(), module));
     for f in sym.inlined.iter() {
-        frames.push(frame(&f.name, f.code_info.as_ref()));
+        frames.push(Frame {
+            inlined: true,
+            ..frame(&f.name, f.code_info.as_ref(), module)
+        });
     }
     frames
 }
 
-/// `function (dir/file.c:12)` where the line is known, else `function`.
-fn frame(name: &str, code: Option<&CodeInfo<'_>>) -> String {
-    match code.and_then(|c| Some((c, c.line?))) {
-        Some((c, line)) => format!("{name} ({}:{line})", short_path(c)),
-        None => name.to_string(),
-    }
-}
-
-/// The file's base name and at most one parent directory.
-fn short_path(code: &CodeInfo<'_>) -> String {
-    let path = code.to_path();
-    let mut names = path.components().rev().map_while(|c| match c {
-        Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-        _ => None,
-    });
-    match (names.next(), names.next()) {
-        (Some(file), Some(dir)) => format!("{dir}/{file}"),
-        (Some(file), None) => file,
-        _ => code.file.to_string_lossy().into_owned(),
-    }
+/// `function (dir/file.c:12)` where the line is known, else `function`:
+/// the source file is kept whole, only its label shortens it.
+fn frame(name: &str, code: Option<&CodeInfo<'_>>, module: Option<&str>) -> Frame {
+    let (file, line) = match code.and_then(|c| Some((c, c.line?))) {
+        Some((c, line)) => (Some(c.to_path().to_string_lossy().into_owned()), Some(line)),
+        None => (None, None),
+    };
+    Frame::native(name, file, line, module.map(str::to_string))
 }
 
 #[cfg(test)]
@@ -416,6 +412,10 @@ mod tests {
 
     fn now() -> u64 {
         crate::clock::WallClock::now_mono_ns()
+    }
+
+    fn labels(frames: Vec<Frame>) -> Vec<String> {
+        frames.iter().map(Frame::label).collect()
     }
 
     #[inline(never)]
@@ -443,7 +443,14 @@ mod tests {
         let outer = other_noinline_fn as *const () as u64;
         let (mut s, pid) = (NativeSymbolizer::new(), process::id());
         // `outer + 1` stands for a return address into `other_noinline_fn`.
-        let frames = s.frames(pid, now(), &[inner, outer + 1], &[]);
+        let typed = s.frames(pid, now(), &[inner, outer + 1], &[]);
+        // Every frame names the mapped file it runs in: this test binary.
+        let exe = fs::read_link("/proc/self/exe").unwrap();
+        for f in &typed {
+            assert_eq!(f.module.as_deref(), exe.to_str(), "{f:?}");
+            assert_eq!(f.kind, super::super::FrameKind::Native);
+        }
+        let frames = labels(typed);
         let text = frames.join(" | ");
         assert!(frames[0].contains("other_noinline_fn"), "{text}");
         // In release builds inlined helpers (black_box) may follow it.
@@ -454,7 +461,7 @@ mod tests {
             "no file:line in {text}"
         );
         assert_eq!(
-            s.frames(pid, now(), &[inner, outer + 1], &[]),
+            labels(s.frames(pid, now(), &[inner, outer + 1], &[])),
             frames,
             "cached"
         );
@@ -469,7 +476,11 @@ mod tests {
         let (mut s, pid) = (NativeSymbolizer::new(), process::id());
         // Innermost first: code, code, a data page read as a return
         // address, then more "frames" that the garbage led to.
-        let frames = s.frames(pid, now(), &[inner, outer + 1, data + 9, outer + 1], &[]);
+        let frames: Vec<String> = s
+            .frames(pid, now(), &[inner, outer + 1, data + 9, outer + 1], &[])
+            .iter()
+            .map(Frame::label)
+            .collect();
         let text = frames.join(" | ");
         assert_eq!(frames[0], NOT_CODE, "{text}");
         assert!(frames[1].contains("other_noinline_fn"), "{text}");
@@ -504,9 +515,9 @@ mod tests {
             ..Process::new(Pid::from(pid))
         });
         let theirs = symbolize(&symbolizer, &src, &addrs);
-        for (i, frames) in ours.iter().enumerate() {
-            let want = named(&theirs, i).map(sym_frames);
-            assert_eq!(Some(frames), want.as_ref(), "address {:#x}", addrs[i]);
+        for (i, frames) in ours.into_iter().enumerate() {
+            let want = named(&theirs, i).map(|s| labels(sym_frames(s, None)));
+            assert_eq!(Some(labels(frames)), want, "address {:#x}", addrs[i]);
         }
     }
 
@@ -524,13 +535,16 @@ mod tests {
         };
         let frames =
             NativeSymbolizer::new().frames(process::id(), now(), &[], &[addr + 4, addr + 8]);
-        assert_eq!(frames, ["do_nanosleep_[k]", "do_nanosleep_[k]"]);
+        assert_eq!(labels(frames), ["do_nanosleep_[k]", "do_nanosleep_[k]"]);
     }
 
     #[test]
     fn unknown_addresses_and_replaced_files() {
         let (mut s, pid) = (NativeSymbolizer::new(), process::id());
-        assert_eq!(s.frames(pid, now(), &[0x10], &[]), ["[unknown] 0x10"]);
+        assert_eq!(
+            labels(s.frames(pid, now(), &[0x10], &[])),
+            ["[unknown] 0x10"]
+        );
         // A mapped file deleted since: what is on disk must not name it.
         let path = std::env::temp_dir().join(format!("lagtrace-deleted-{pid}.bin"));
         fs::write(&path, [0u8; 4096]).unwrap();
@@ -541,31 +555,31 @@ mod tests {
         // Mapped after the first read of the maps: known from the next one.
         s.pids.get_mut(&pid).unwrap().reread_maps(pid).unwrap();
         let want = format!("[unknown] (lagtrace-deleted-{pid}.bin+0x10)");
-        assert_eq!(s.frames(pid, now(), &[page + 0x10], &[]), [want]);
+        assert_eq!(labels(s.frames(pid, now(), &[page + 0x10], &[])), [want]);
         // A process that is gone: no panic, and unknown user frames.
         let mut child = process::Command::new("true").spawn().unwrap();
         child.wait().unwrap();
         let frames = NativeSymbolizer::new().frames(child.id(), now(), &[0x7f00_0000_1000], &[]);
-        assert_eq!(frames, ["[unknown] 0x7f0000001000"]);
+        assert_eq!(labels(frames), ["[unknown] 0x7f0000001000"]);
     }
 
     #[test]
     fn jit_frames_come_from_the_perf_map() {
         let (mut s, pid, page) = (NativeSymbolizer::new(), process::id(), map_page(-1));
         let unknown = format!("[unknown] {:#x}", page + 0x10);
-        assert_eq!(s.frames(pid, now(), &[page + 0x10], &[]), [unknown]);
+        assert_eq!(labels(s.frames(pid, now(), &[page + 0x10], &[])), [unknown]);
         // Written after the first look-up: the cached unknown must expire.
         let map = format!("/tmp/perf-{pid}.map");
         fs::write(&map, format!("{page:x} 1000 py::fake_jit:/app/x.py\n")).unwrap();
         let frames = s.frames(pid, now(), &[page + 0x10], &[]);
         let _ = fs::remove_file(&map);
-        assert_eq!(frames, ["py::fake_jit:/app/x.py"]);
+        assert_eq!(labels(frames), ["py::fake_jit:/app/x.py"]);
         // JIT code in memory mapped after the last read of the maps.
         let late = map_page(-1);
         fs::write(&map, format!("{late:x} 1000 py::late_jit:/app/y.py\n")).unwrap();
         s.pids.get_mut(&pid).unwrap().reread_maps(pid).unwrap();
         let frames = s.frames(pid, now() - 1_000_000_000, &[late + 0x10], &[]);
         let _ = fs::remove_file(&map);
-        assert_eq!(frames, ["py::late_jit:/app/y.py"]);
+        assert_eq!(labels(frames), ["py::late_jit:/app/y.py"]);
     }
 }

@@ -1,6 +1,7 @@
 //! Which targets run CPython, and which asyncio task a Python stack ran in.
 //! The frames themselves are read by the kernel at each sample and resolved
 //! in `cpython/`.
+use super::frame::Frame;
 use crate::target::exe_name;
 
 /// True if the process runs CPython: its executable is named python*, or
@@ -15,15 +16,18 @@ pub fn is_python(pid: u32) -> bool {
 /// The running asyncio task of a Python stack (outermost first): the
 /// coroutine that the event loop's `Handle._run` (or the pure-Python
 /// `Task.__step`) called.
-pub fn task_of(stack: &[String]) -> Option<String> {
+pub fn task_of(stack: &[Frame]) -> Option<String> {
     // 3.11+ names methods by qualified name (`Handle._run`), older ones `_run`.
+    let in_file = |f: &Frame, file: &str| f.file.as_deref().is_some_and(|p| p.ends_with(file));
     let run = stack.iter().rposition(|f| {
-        f.contains("_run (asyncio/events.py")
-            || f.contains("__step_run_and_handle_result (asyncio/tasks.py")
-            || f.contains("__step (asyncio/tasks.py")
+        f.is_python()
+            && ((f.function.ends_with("_run") && in_file(f, "asyncio/events.py"))
+                || ((f.function.ends_with("__step_run_and_handle_result")
+                    || f.function.ends_with("__step"))
+                    && in_file(f, "asyncio/tasks.py")))
     })?;
     let coro = stack.get(run + 1)?;
-    Some(coro.clone())
+    Some(coro.label())
 }
 
 #[cfg(test)]
@@ -32,7 +36,7 @@ mod tests {
 
     #[test]
     fn task_is_the_coroutine_under_the_loop() {
-        let s: Vec<String> = [
+        let s: Vec<Frame> = [
             "<module> (app/main.py:1)",
             "run_forever (asyncio/base_events.py:607)",
             "_run (asyncio/events.py:80)",
@@ -40,7 +44,7 @@ mod tests {
             "loads (json/__init__.py:346)",
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(|s| Frame::parse(s))
         .collect();
         assert_eq!(
             task_of(&s).as_deref(),

@@ -45,17 +45,28 @@ fn on_cpu_python(spans: &[Value]) -> (u64, u64) {
             }
             let n = st["samples"].as_u64().unwrap_or(0);
             total += n;
-            let py = st["frames"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|f| f.as_str().is_some_and(|f| f.contains(".py:")));
-            if !py {
+            if python_frames(st) == 0 {
                 without += n;
             }
         }
     }
     (total, without)
+}
+
+/// Named Python frames of one JSON stack, by its `kinds` array (files
+/// older than it: by the `.py:` in the label).
+fn python_frames(st: &Value) -> usize {
+    let labels = st["frames"].as_array().into_iter().flatten();
+    match st["kinds"].as_array() {
+        Some(kinds) => kinds
+            .iter()
+            .zip(labels)
+            .filter(|(k, f)| *k == "python" && *f != "[unknown python]")
+            .count(),
+        None => labels
+            .filter(|f| f.as_str().is_some_and(|f| f.contains(".py:")))
+            .count(),
+    }
 }
 
 /// The deepest Python stack of the spans' on-CPU samples.
@@ -64,14 +75,7 @@ fn python_depth(spans: &[Value]) -> usize {
         .iter()
         .flat_map(|s| s["stacks"].as_array().into_iter().flatten())
         .filter(|st| st["kind"] == "on-cpu")
-        .map(|st| {
-            st["frames"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|f| f.as_str().is_some_and(|f| f.contains(".py:")))
-                .count()
-        })
+        .map(python_frames)
         .max()
         .unwrap_or(0)
 }

@@ -22,30 +22,15 @@ use lagtrace_common::PyFrameRec;
 
 pub use interp::{InterpError, Interpreter};
 
-/// `dir/file.py`: the file and its parent folder, which tells
-/// `json/decoder.py` from `app/decoder.py` without a full path.
-pub fn short_path(path: &str) -> &str {
-    let mut cut = path.len();
-    for _ in 0..2 {
-        match path[..cut].rfind('/') {
-            Some(i) => cut = i,
-            None => return path,
-        }
-    }
-    &path[cut + 1..]
-}
+use super::frame::Frame;
+
+pub use super::frame::python_short_path as short_path;
 
 /// The Python targets of a trace and their code objects.
 #[derive(Default)]
 pub struct PyFrames {
     procs: HashMap<u32, (Interpreter, code::CodeCache)>,
-    /// The full path of each `dir/file.py` named so far, for the blame
-    /// rules (`spans::blame`: stdlib, site-packages, `--app-prefix`).
-    pub paths: HashMap<String, String>,
 }
-
-/// Most full paths remembered (distinct Python files of all targets).
-const MAX_PATHS: usize = 65_536;
 
 impl PyFrames {
     pub fn add(&mut self, it: Interpreter) {
@@ -73,29 +58,24 @@ impl PyFrames {
             .fold((0, 0), |(r, s), (_, c)| (r + c.reads, s + c.stale))
     }
 
-    /// One frame's name: `qualname (dir/file.py:line)`, or `[unknown python]`
+    /// One frame: `qualname (dir/file.py:line)`, or `[unknown python]`
     /// when its code object cannot be read.
-    pub fn frame(&mut self, pid: u32, rec: &PyFrameRec) -> String {
+    pub fn frame(&mut self, pid: u32, rec: &PyFrameRec) -> Frame {
         let Some((_, cache)) = self.procs.get_mut(&pid) else {
-            return "[unknown python]".into();
+            return Frame::unknown_python();
         };
-        let found = cache.get_line(rec.code, rec.instr_offset);
-        if let Some((c, _)) = &found
-            && self.paths.len() < MAX_PATHS
-            && !self.paths.contains_key(short_path(&c.filename))
-        {
-            self.paths
-                .insert(short_path(&c.filename).to_string(), c.filename.clone());
-        }
-        match found {
-            Some((c, Some(line))) => format!("{} ({}:{line})", c.name, short_path(&c.filename)),
-            Some((c, None)) => format!("{} ({})", c.name, short_path(&c.filename)),
-            None => "[unknown python]".into(),
+        match cache.get_line(rec.code, rec.instr_offset) {
+            Some((c, line)) => Frame::python(
+                c.name.clone(),
+                c.filename.clone(),
+                line.and_then(|l| u32::try_from(l).ok()),
+            ),
+            None => Frame::unknown_python(),
         }
     }
 
     /// A sample's Python frames (innermost first in `recs`), outermost first.
-    pub fn frames(&mut self, pid: u32, recs: &[PyFrameRec]) -> Vec<String> {
+    pub fn frames(&mut self, pid: u32, recs: &[PyFrameRec]) -> Vec<Frame> {
         recs.iter().rev().map(|r| self.frame(pid, r)).collect()
     }
 }

@@ -87,7 +87,11 @@ fn resolves_a_known_function_on_every_version() {
                 let ts =
                     walk::thread_state(&mem, &it, Pick::FirstWithFrame).ok_or("no thread state")?;
                 let (recs, end) = walk::walk(&mem, &it, ts);
-                let names = frames.frames(pid, &recs);
+                let names: Vec<String> = frames
+                    .frames(pid, &recs)
+                    .iter()
+                    .map(crate::symbolize::frame::Frame::label)
+                    .collect();
                 let path = script.to_string_lossy();
                 let file = super::short_path(&path);
                 let expect = [
