@@ -115,9 +115,17 @@ fn is_interpreter(f: &Frame) -> bool {
         && (f.function.starts_with("_Py")
             || f.function.starts_with("Py")
             || f.function.starts_with("method_vectorcall")
-            || f.module
-                .as_deref()
-                .is_some_and(|m| base_name(m).starts_with("libpython")))
+            || f.module.as_deref().is_some_and(|m| {
+                let base = base_name(m);
+                base.starts_with("libpython") || is_python_exe(base)
+            }))
+}
+
+/// `python3.12`, `python3`, `python`: an interpreter executable (which
+/// holds libpython and its built-in modules when statically linked).
+fn is_python_exe(base: &str) -> bool {
+    base.strip_prefix("python")
+        .is_some_and(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.'))
 }
 
 fn base_name(path: &str) -> &str {
@@ -182,15 +190,25 @@ impl Rules {
     pub fn blame(&self, frames: &[Frame]) -> Option<Blame> {
         let at = frames.iter().rposition(|f| self.is_user(f))?;
         let frame = frames[at].clone();
+        // Under Python code the Python frames tell what it called (C
+        // extension frames vary sample by sample); elsewhere the innermost
+        // code outside the interpreter.
+        let python = frame.kind == FrameKind::Python;
         let leaf = frames
             .iter()
             .rev()
-            .find(|f| is_code(f) && !is_interpreter(f))
+            .find(|f| {
+                if python {
+                    f.kind == FrameKind::Python && is_code(f)
+                } else {
+                    is_code(f) && !is_interpreter(f)
+                }
+            })
             .filter(|l| *l != &frame)
             .cloned();
         let via = frames[at + 1..]
             .iter()
-            .find(|f| is_code(f))
+            .find(|f| is_code(f) && (!python || f.kind == FrameKind::Python))
             .and_then(library_of);
         Some(Blame { frame, leaf, via })
     }
@@ -204,6 +222,15 @@ fn js_is_user(f: &Frame) -> bool {
 }
 
 fn native_is_user(f: &Frame) -> bool {
+    // Extension modules of installed packages and of the stdlib.
+    if f.module.as_deref().is_some_and(|m| {
+        m.contains("/site-packages/")
+            || m.contains("/dist-packages/")
+            || m.contains("/node_modules/")
+            || m.split('/').any(is_python_lib_dir)
+    }) {
+        return false;
+    }
     if f.module
         .as_deref()
         .is_some_and(|m| RUNTIME_OBJECTS.iter().any(|r| base_name(m).starts_with(r)))

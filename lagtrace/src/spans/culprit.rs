@@ -55,8 +55,16 @@ pub fn of(span: &Span, rules: &Rules) -> Option<Culprit> {
     let kinds = blamed_kinds(span);
     let any = span.stacks.iter().any(|s| kinds.contains(&s.kind));
     let chosen = |s: &&super::StackCount| !any || kinds.contains(&s.kind);
-    // Weight per blame function; the heaviest stack of each for the details.
-    let mut groups: HashMap<String, (u64, u64, blame::Blame, StackKind)> = HashMap::new();
+    // Weight per blame function, and per leaf under it; the heaviest stack
+    // of each function gives its line and kind.
+    struct Group {
+        weight: u64,
+        top: u64,
+        blame: blame::Blame,
+        kind: StackKind,
+        leaves: HashMap<Option<String>, u64>,
+    }
+    let mut groups: HashMap<String, Group> = HashMap::new();
     for stack in span.stacks.iter().filter(chosen) {
         if stack.kind == StackKind::Stopped {
             continue;
@@ -65,32 +73,54 @@ pub fn of(span: &Span, rules: &Rules) -> Option<Culprit> {
             continue;
         };
         let weight = stack.weight_ns.max(stack.samples);
-        let e = groups
+        let g = groups
             .entry(blame::group_key(&b.frame))
-            .or_insert_with(|| (0, 0, b.clone(), stack.kind));
-        e.0 += weight;
-        if weight > e.1 {
-            e.1 = weight;
-            e.2 = b;
-            e.3 = stack.kind;
+            .or_insert_with(|| Group {
+                weight: 0,
+                top: 0,
+                blame: b.clone(),
+                kind: stack.kind,
+                leaves: HashMap::new(),
+            });
+        g.weight += weight;
+        *g.leaves
+            .entry(b.leaf.as_ref().map(blame::display_leaf))
+            .or_default() += weight;
+        if weight > g.top {
+            g.top = weight;
+            g.blame = b;
+            g.kind = stack.kind;
         }
     }
-    let (group, (_, _, b, kind)) = groups
+    let (group, g) = groups
         .into_iter()
-        .max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.0.cmp(&a.0)))?;
-    let kind = if kind == StackKind::Runqueue {
+        .max_by(|a, b| a.1.weight.cmp(&b.1.weight).then_with(|| b.0.cmp(&a.0)))?;
+    let leaf = g
+        .leaves
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .and_then(|(l, _)| l);
+    let b = blame::Blame {
+        leaf: None,
+        ..g.blame
+    };
+    let kind = if g.kind == StackKind::Runqueue {
         StackKind::OnCpu
     } else {
-        kind
+        g.kind
+    };
+    let text = match &leaf {
+        Some(l) => format!("{} → {l}", blame::display(&b.frame)),
+        None => blame::display(&b.frame),
     };
     Some(Culprit {
         function: b.frame.function.clone(),
         file: b.frame.file.clone(),
         line: b.frame.line,
-        leaf: b.leaf.as_ref().map(blame::display_leaf),
+        leaf,
         via: b.via.clone(),
         kind,
-        text: blame::describe(&b),
+        text,
         frame_text: blame::display(&b.frame),
         group,
     })
