@@ -148,3 +148,91 @@ fn existing_prefork_workers_are_traced_with_children() {
     }
     report("pre-fork workers running before attach", &errors);
 }
+
+/// Node with `--perf-basic-prof`: the JS function that spins is the blame
+/// of each span, and at least 80% of its on-CPU samples name it.
+#[test]
+fn node_with_a_perf_map_blames_the_js_function() {
+    let test = "node_with_a_perf_map_blames_the_js_function";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(node) = tool_or_skip(test, &["node"]) else {
+        return;
+    };
+    let script = targets_dir().join("node_stalls.js");
+    let mut target = Target::start(
+        &node,
+        &[
+            "--perf-basic-prof",
+            script.to_str().unwrap(),
+            "--stalls-ms",
+            "80,150,250",
+        ],
+    );
+    let pid = target.pid;
+    let fin = trace_scenario(&mut target, &[]);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let stalls = target.stalls();
+    assert_stalls_reported(&fin.spans, &stalls, 50);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        let (mut named, mut all) = (0u64, 0u64);
+        for st in span["stacks"].as_array().unwrap() {
+            if st["kind"] != "on-cpu" {
+                continue;
+            }
+            let n = st["samples"].as_u64().unwrap();
+            all += n;
+            if st["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f.as_str().unwrap().contains("blockTheLoop"))
+            {
+                named += n;
+            }
+        }
+        let share = named as f64 / all.max(1) as f64;
+        eprintln!(
+            "NODE {}: {named}/{all} samples name blockTheLoop ({:.0}%), blame {}",
+            t.label,
+            share * 100.0,
+            span["blame"]["text"]
+        );
+        assert!(share >= 0.8, "{}: {share:.2}: {span}", t.label);
+        assert!(
+            blame(span, "function").contains("blockTheLoop"),
+            "{}: {}",
+            t.label,
+            span["blame"]
+        );
+    }
+}
+
+/// Node without flags: the start of the trace says how to get JS names.
+#[test]
+fn node_without_a_perf_map_is_told_how_to_name_js() {
+    let test = "node_without_a_perf_map_is_told_how_to_name_js";
+    if !root_or_skip(test) {
+        return;
+    }
+    let Some(node) = tool_or_skip(test, &["node"]) else {
+        return;
+    };
+    let script = targets_dir().join("node_stalls.js");
+    let target = Target::start(&node, &[script.to_str().unwrap(), "--stalls-ms", "60"]);
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    let fin = lt.stop();
+    let hints: Vec<&String> = fin
+        .stderr
+        .iter()
+        .filter(|l| l.contains("--perf-basic-prof"))
+        .collect();
+    assert_eq!(hints.len(), 1, "said once: {:?}", fin.stderr);
+    assert!(
+        hints[0].contains(&format!("pid {pid} is node")),
+        "{hints:?}"
+    );
+}

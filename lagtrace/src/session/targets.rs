@@ -51,6 +51,13 @@ fn is_node(pid: u32) -> bool {
     exe_name(pid).is_some_and(|n| n.starts_with("node"))
 }
 
+/// True if the process has written a perf map (`/tmp/perf-NSPID.map` in
+/// its own root), as node does with `--perf-basic-prof`.
+fn has_perf_map(pid: u32) -> bool {
+    let ns_pid = crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid);
+    std::path::Path::new(&format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")).exists()
+}
+
 /// The kernel model for a process: `--model`, or judged from the process.
 pub fn model_for(pid: u32, flag: Model) -> u32 {
     match flag {
@@ -144,6 +151,12 @@ impl Targets {
                     t.pid
                 ),
             });
+        }
+        if is_node(t.pid) && !has_perf_map(t.pid) {
+            note = Some(format!(
+                "pid {} is node without a perf map: JS functions show as [unknown]; start node with --perf-basic-prof (and --interpreted-frames-native-stack) to name them",
+                t.pid
+            ));
         }
         probes.add_target(t.pid, model)?;
         Ok(note)
