@@ -236,3 +236,49 @@ fn node_without_a_perf_map_is_told_how_to_name_js() {
         "{hints:?}"
     );
 }
+
+/// Two `--pid`: every `time.sleep` span of both targets keeps its Python
+/// frames (the bug seen with py-spy: 2 of 3 lost them; single pid: all).
+#[test]
+fn two_pids_keep_their_python_frames() {
+    let test = "two_pids_keep_their_python_frames";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let script = targets_dir().join("asyncio_stalls.py");
+    let args = [
+        script.to_str().unwrap(),
+        "--mode",
+        "sleep",
+        "--stalls-ms",
+        "80,120,160",
+    ];
+    let mut a = Target::start(&py, &args);
+    let mut b = Target::start(&py, &args);
+    let (pa, pb) = (a.pid.to_string(), b.pid.to_string());
+    let lt = Lagtrace::attach(&["--pid", &pa, "--pid", &pb, "--threshold", "50ms"]);
+    a.run_scenario(patience(Duration::from_secs(60)));
+    b.run_scenario(patience(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let mut named = 0;
+    for target in [&a, &b] {
+        let stalls = target.stalls();
+        assert_eq!(stalls.len(), 3);
+        for t in &stalls {
+            let span = matching_span(&fin.spans, t);
+            assert_eq!(span.len(), 1, "{t:?}");
+            assert_eq!(
+                blame(span[0], "function"),
+                "legacy_sync_call",
+                "pid {}: {}",
+                target.pid,
+                span[0]
+            );
+            named += 1;
+        }
+    }
+    eprintln!("TWO PIDS: {named} of 6 sleep spans named legacy_sync_call");
+}
