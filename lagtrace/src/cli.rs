@@ -89,6 +89,13 @@ pub struct Args {
     #[arg(long)]
     pub children: bool,
 
+    /// Code under PATH is the application's own: lines name the innermost
+    /// frame whose file or module starts with PATH (repeatable). Default:
+    /// everything but the standard library, site-/dist-packages,
+    /// node:internal, V8, libc and the Rust runtime crates.
+    #[arg(long = "app-prefix", value_name = "PATH")]
+    pub app_prefix: Vec<String>,
+
     /// Where a loop iteration ends: `epoll` (asyncio, Node.js, uvloop: at epoll
     /// waits), `worker` (tokio-style workers: at epoll and futex waits) or
     /// `auto` (worker for tokio binaries, epoll otherwise).

@@ -136,33 +136,70 @@ pub fn exe_id(pid: u32) -> Option<(u64, u64)> {
 }
 
 /// Thread names, looked up once per thread and remembered after it exits
-/// (up to [`MAX_NAMES`] threads; past that the memory starts over).
+/// (up to [`MAX_NAMES`] threads; past that the memory starts over). A
+/// thread without a name gets its role instead (see [`unnamed`]).
 #[derive(Default)]
 pub struct ThreadNames {
     names: HashMap<u32, String>,
+    /// Per process: its loop threads are tokio workers.
+    workers: HashMap<u32, bool>,
 }
 
 /// Most thread names remembered: a process that churns threads for days
 /// must not grow lagtrace.
 const MAX_NAMES: usize = 65_536;
 
+/// What lagtrace knows a traced thread to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadRole {
+    /// Runs an event loop (epoll model: Python, Node.js, C loops).
+    Loop,
+    /// A runtime worker that parks on futexes (tokio).
+    Worker,
+}
+
+/// The name shown for a thread that has none (an empty comm): its role in
+/// angle brackets, so it reads `<loop>[27120]` and never passes for a name.
+pub fn unnamed(role: ThreadRole) -> String {
+    match role {
+        ThreadRole::Loop => "<loop>".into(),
+        ThreadRole::Worker => "<worker>".into(),
+    }
+}
+
 impl ThreadNames {
     pub fn get(&mut self, pid: u32, tid: u32, kernel_comm: &[u8]) -> String {
         if self.names.len() >= MAX_NAMES && !self.names.contains_key(&tid) {
             self.names.clear();
+            self.workers.clear();
         }
-        self.names
-            .entry(tid)
-            .or_insert_with(|| {
-                read_comm(pid, Some(tid)).unwrap_or_else(|| {
-                    let end = kernel_comm
-                        .iter()
-                        .position(|&b| b == 0)
-                        .unwrap_or(kernel_comm.len());
-                    String::from_utf8_lossy(&kernel_comm[..end]).into_owned()
-                })
+        if let Some(name) = self.names.get(&tid) {
+            return name.clone();
+        }
+        let name = read_comm(pid, Some(tid))
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| {
+                let end = kernel_comm
+                    .iter()
+                    .position(|&b| b == 0)
+                    .unwrap_or(kernel_comm.len());
+                String::from_utf8_lossy(&kernel_comm[..end]).into_owned()
+            });
+        let name = if name.trim().is_empty() {
+            let worker = *self
+                .workers
+                .entry(pid)
+                .or_insert_with(|| looks_like_tokio(pid));
+            unnamed(if worker {
+                ThreadRole::Worker
+            } else {
+                ThreadRole::Loop
             })
-            .clone()
+        } else {
+            name
+        };
+        self.names.insert(tid, name.clone());
+        name
     }
 }
 
@@ -235,6 +272,14 @@ mod tests {
         let s = "42 (a b) c) S 1 42 42 0 -1 4194560 0 0";
         assert_eq!(stat_fields(s).unwrap()[0], "S");
         assert_eq!(stat_fields(s).unwrap()[6], "4194560");
+    }
+
+    #[test]
+    fn a_thread_without_a_name_shows_its_role() {
+        let mut names = ThreadNames::default();
+        let gone = u32::MAX - 1;
+        assert_eq!(names.get(gone, gone, &[0; 16]), "<loop>");
+        assert_eq!(names.get(gone, gone - 1, b"uv-loop\0"), "uv-loop");
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub(crate) mod tests {
             samples_dropped: 0,
             unfinished: false,
             cause: None,
+            blame: None,
             task: None,
             stacks,
             start_mono_ns: 0,

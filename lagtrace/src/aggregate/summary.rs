@@ -32,8 +32,8 @@ pub struct SummaryBuilder {
     threads: BTreeMap<u32, (u32, ThreadState)>,
     spans: BTreeMap<u32, (u64, u64, u64)>,
     names: BTreeMap<u32, String>,
-    /// (pid, cause) → (spans, total lag).
-    causes: BTreeMap<(u32, String), (u64, u64)>,
+    /// (pid, cause) → (spans, total lag, runqueue time).
+    causes: BTreeMap<(u32, String), (u64, u64, u64)>,
 }
 
 /// One line of the top causes.
@@ -42,6 +42,8 @@ pub struct CauseRow {
     pub cause: String,
     pub spans: u64,
     pub total_ns: u64,
+    /// Of `total_ns`, the time the spans waited for a CPU.
+    pub runqueue_ns: u64,
 }
 
 impl SummaryBuilder {
@@ -56,6 +58,7 @@ impl SummaryBuilder {
         let c = self.causes.entry((span.pid, key)).or_default();
         c.0 += 1;
         c.1 += span.duration_ns;
+        c.2 += span.runqueue_ns.min(span.duration_ns);
         let e = self.spans.entry(span.tid).or_default();
         e.0 += 1;
         e.1 += span.duration_ns;
@@ -82,10 +85,11 @@ impl SummaryBuilder {
             .causes
             .iter()
             .filter(|((p, _), _)| *p == pid)
-            .map(|((_, cause), (spans, total))| CauseRow {
+            .map(|((_, cause), (spans, total, rq))| CauseRow {
                 cause: cause.clone(),
                 spans: *spans,
                 total_ns: *total,
+                runqueue_ns: *rq,
             })
             .collect();
         rows.sort_by(|a, b| {
@@ -141,7 +145,10 @@ impl SummaryBuilder {
                         .names
                         .get(&tid)
                         .cloned()
-                        .unwrap_or_else(|| tid.to_string()),
+                        .or_else(|| {
+                            crate::target::read_comm(pid, Some(tid)).filter(|n| !n.is_empty())
+                        })
+                        .unwrap_or_else(|| crate::target::unnamed(crate::target::ThreadRole::Loop)),
                     iterations: s.iterations,
                     p50_ns: q(0.5),
                     p90_ns: q(0.9),

@@ -102,4 +102,16 @@ mod tests {
         assert!(v.get("unfinished").is_none());
         assert!(v["stacks"][0].get("weight_ns").is_none());
     }
+
+    #[test]
+    fn on_cpu_stacks_weigh_samples_times_period() {
+        let mut s = span_with(vec![
+            stack(&["burn"], 4, StackKind::OnCpu, 0),
+            stack(&["sleep"], 1, StackKind::OffCpu, 7_000),
+        ]);
+        crate::spans::weigh_on_cpu(&mut s.stacks, 1_000_000);
+        let v: serde_json::Value = serde_json::from_str(&to_line(&s)).unwrap();
+        assert_eq!(v["stacks"][0]["weight_ns"], 4_000_000);
+        assert_eq!(v["stacks"][1]["weight_ns"], 7_000);
+    }
 }

@@ -102,12 +102,15 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
     if let Some(task) = &span.task {
         line.push_str(&format!("  task {task}"));
     }
-    // A blocked cause already names its frame; CPU time gets its hot code.
-    let blocked_only = span
-        .cause
-        .as_deref()
-        .is_some_and(|c| c.starts_with("blocked") && !c.contains('%'));
-    if !blocked_only && let Some((hot, kind)) = hot_frames(span) {
+    // The blame frame leads (in the cause, or after it); without one a
+    // blocked cause already names its frame and CPU time gets its hot code.
+    let cause = span.cause.as_deref().unwrap_or_default();
+    let named = cause.starts_with("blocked") && !cause.contains('%');
+    if let Some(b) = &span.blame {
+        if !cause.contains(&b.frame_text) {
+            line.push_str(&format!("  {}", b.text));
+        }
+    } else if !named && let Some((hot, kind)) = hot_frames(span) {
         let tag = if kind == StackKind::OnCpu {
             ""
         } else {

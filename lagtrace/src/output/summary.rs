@@ -83,13 +83,15 @@ pub fn render_causes(rows: &[CauseRow]) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let mut out = String::from("top causes by total lag:\n");
+    // Runqueue time is a share of each row, not a cause of its own.
+    let mut out = String::from("top causes by total lag (rq: share waiting for a CPU):\n");
     for r in rows {
         out.push_str(&format!(
-            "  {:>9} in {:>3} span{}  {}\n",
+            "  {:>9} in {:>3} span{}  rq {:>3.0}%  {}\n",
             fmt_ns(r.total_ns),
             r.spans,
             if r.spans == 1 { " " } else { "s" },
+            r.runqueue_ns as f64 * 100.0 / r.total_ns.max(1) as f64,
             sanitize::terminal(&r.cause)
         ));
     }

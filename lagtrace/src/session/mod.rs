@@ -4,6 +4,7 @@
 //! aggregation → outputs. Everything here runs on one tokio task, so no
 //! state is shared between threads. `pipeline.rs` holds the steps,
 //! `targets.rs` the traced processes.
+mod descendants;
 pub mod flood;
 mod pipeline;
 mod record;
@@ -87,7 +88,7 @@ pub fn period_ns(frequency: u64) -> u64 {
 pub async fn run(args: &Args) -> Result<Outcome> {
     check_privileges()?;
     let threshold_ns = args.threshold.as_nanos() as u64;
-    let (targets, mut notes) = Targets::open(&args.pids)?;
+    let (mut targets, mut notes) = Targets::open(&args.pids)?;
     let models: Vec<u32> = targets
         .iter()
         .map(|t| model_for(t.pid, args.model))
@@ -118,6 +119,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let mut symbolizer = StackSymbolizer::new();
     for (t, &model) in targets.iter().zip(&models) {
         notes.extend(targets.enroll(t, model, &mut probes, &mut symbolizer.python)?);
+    }
+    if args.children {
+        notes.extend(targets.adopt_existing(&mut probes, &mut symbolizer.python, args.model));
     }
     // Unwind tables before attaching, so the first samples unwind fully.
     let mut tables = UnwindTables::new();
@@ -175,6 +179,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         targets,
         clock,
         threshold_ns,
+        period_ns: period_ns(args.frequency),
+        blame_rules: crate::spans::blame::Rules {
+            app_prefixes: args.app_prefix.clone(),
+        },
         sched: !args.no_sched,
         assembler: Assembler::new(),
         symbolizer,

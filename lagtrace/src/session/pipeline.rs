@@ -28,6 +28,10 @@ pub(super) struct Pipeline {
     pub targets: Targets,
     pub clock: WallClock,
     pub threshold_ns: u64,
+    /// The weight of one on-CPU sample (JSON `weight_ns` of on-CPU stacks).
+    pub period_ns: u64,
+    /// What counts as the user's code (`--app-prefix`).
+    pub blame_rules: crate::spans::blame::Rules,
     /// Scheduler accounting is on, so spans can be classified.
     pub sched: bool,
     pub assembler: Assembler,
@@ -157,10 +161,11 @@ impl Pipeline {
         let ev = &raw.event;
         let pid = ev.header.tgid;
         let tid = ev.header.tid;
-        let stacks = self.symbolizer.stacks(pid, &raw.samples, ev.start_ns);
+        let mut stacks = self.symbolizer.stacks(pid, &raw.samples, ev.start_ns);
+        crate::spans::weigh_on_cpu(&mut stacks, self.period_ns);
         let thread = self.names.get(pid, tid, &ev.comm);
         let target = self.target(pid);
-        Span {
+        let mut span = Span {
             pid,
             ns_pid: target.and_then(|t| t.ns_pid),
             tid,
@@ -176,11 +181,14 @@ impl Pipeline {
             samples_dropped: u64::from(ev.samples_dropped) + raw.samples_capped,
             unfinished,
             cause: None,
+            blame: None,
             task: self.symbolizer.busiest_task(pid, &raw.samples),
             stacks,
             start_mono_ns: ev.start_ns,
             extra: Default::default(),
-        }
+        };
+        span.blame = crate::spans::culprit::of(&span, &self.blame_rules);
+        span
     }
 
     fn finish_span(&mut self, mut span: Span) -> Result<()> {

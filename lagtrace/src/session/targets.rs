@@ -51,6 +51,13 @@ fn is_node(pid: u32) -> bool {
     exe_name(pid).is_some_and(|n| n.starts_with("node"))
 }
 
+/// True if the process has written a perf map (`/tmp/perf-NSPID.map` in
+/// its own root), as node does with `--perf-basic-prof`.
+fn has_perf_map(pid: u32) -> bool {
+    let ns_pid = crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid);
+    std::path::Path::new(&format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")).exists()
+}
+
 /// The kernel model for a process: `--model`, or judged from the process.
 pub fn model_for(pid: u32, flag: Model) -> u32 {
     match flag {
@@ -145,6 +152,12 @@ impl Targets {
                 ),
             });
         }
+        if is_node(t.pid) && !has_perf_map(t.pid) {
+            note = Some(format!(
+                "pid {} is node without a perf map: JS functions show as [unknown]; start node with --perf-basic-prof (and --interpreted-frames-native-stack) to name them",
+                t.pid
+            ));
+        }
         probes.add_target(t.pid, model)?;
         Ok(note)
     }
@@ -214,6 +227,35 @@ impl Targets {
                 self.exes.insert(pid, id);
             }
             self.list.push(t);
+        }
+        notes
+    }
+
+    /// Adopt the descendants the named targets already had at attach
+    /// (`--children` on a pre-fork master): all of them, however long
+    /// their Python readers take to set up. Returns notes for the user.
+    pub fn adopt_existing(
+        &mut self,
+        probes: &mut Probes,
+        python: &mut PyFrames,
+        flag: Model,
+    ) -> Vec<String> {
+        let roots: Vec<u32> = self.list.iter().map(|t| t.pid).collect();
+        let found: Vec<(u32, String)> = super::descendants::descendants(&roots)
+            .into_iter()
+            .filter_map(|pid| Some((pid, crate::target::read_comm(pid, None)?)))
+            .collect();
+        let mut notes = Vec::new();
+        // Each call adopts for one slice; go on while it makes progress.
+        loop {
+            let before = self.list.len();
+            notes.extend(self.adopt_children(probes, python, flag, &found));
+            let left = found
+                .iter()
+                .any(|(p, _)| !self.list.iter().any(|t| t.pid == *p));
+            if !left || self.list.len() == before {
+                break;
+            }
         }
         notes
     }

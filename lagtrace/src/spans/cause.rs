@@ -56,7 +56,8 @@ fn heaviest(span: &Span, kind: StackKind) -> Option<&StackCount> {
 
 /// `blocked in recvfrom ← fetch_blocking (app/client.py:12)`, or `stopped`
 /// when most of the time off the CPU was a stop (SIGSTOP, a debugger).
-fn blocked_detail(span: &Span) -> String {
+/// `group`: name the blame function without its line (summary rows).
+fn blocked_detail(span: &Span, group: bool) -> String {
     let weight = |k| {
         span.stacks
             .iter()
@@ -74,6 +75,17 @@ fn blocked_detail(span: &Span) -> String {
     let what = syscall_of(&stack.frames)
         .or_else(|| kernel_wait_of(&stack.frames).map(str::to_string))
         .unwrap_or_else(|| "the kernel".into());
+    if let Some(c) = span.blame.as_ref().filter(|c| c.kind == StackKind::OffCpu) {
+        let (who, via) = if group {
+            (&c.group, None)
+        } else {
+            (&c.frame_text, c.via.as_ref())
+        };
+        return match via {
+            Some(lib) => format!("blocked in {what} ← {who} via {lib}"),
+            None => format!("blocked in {what} ← {who}"),
+        };
+    }
     match innermost_user_frame(&stack.frames) {
         Some(user) => format!("blocked in {what} ← {}", user.label()),
         None => format!("blocked in {what}"),
@@ -83,9 +95,13 @@ fn blocked_detail(span: &Span) -> String {
 /// The cause line of a span, with percentages when the time is mixed.
 pub fn classify(span: &Span) -> String {
     let total = (span.on_cpu_ns + span.off_cpu_ns + span.runqueue_ns).max(1) as f64;
+    let cpu = match span.blame.as_ref().filter(|c| c.kind == StackKind::OnCpu) {
+        Some(c) => format!("cpu in {}", c.text),
+        None => "cpu".to_string(),
+    };
     let parts = [
-        (span.on_cpu_ns as f64 / total, "cpu".to_string()),
-        (span.off_cpu_ns as f64 / total, blocked_detail(span)),
+        (span.on_cpu_ns as f64 / total, cpu),
+        (span.off_cpu_ns as f64 / total, blocked_detail(span, false)),
         (span.runqueue_ns as f64 / total, "runqueue".to_string()),
     ];
     if let Some((_, label)) = parts.iter().find(|(share, _)| *share >= DOMINANT) {
@@ -100,12 +116,20 @@ pub fn classify(span: &Span) -> String {
         .join(", ")
 }
 
-/// The key spans are grouped by in the summary's top causes: the dominant
-/// kind with its detail, without percentages.
+/// The key spans are grouped by in the summary's top causes: the blame
+/// function (not its line) under the dominant of on-CPU and off-CPU time;
+/// runqueue time counts with the code that waited (the summary shows its
+/// share apart). Without a blame frame: the dominant kind with its detail.
 pub fn cause_key(span: &Span, hot: Option<&str>) -> String {
+    if let Some(c) = &span.blame {
+        return match c.kind {
+            StackKind::OffCpu => blocked_detail(span, true),
+            _ => format!("cpu in {}", c.group),
+        };
+    }
     let total = (span.on_cpu_ns + span.off_cpu_ns + span.runqueue_ns).max(1);
     if span.off_cpu_ns * 2 >= total {
-        blocked_detail(span)
+        blocked_detail(span, false)
     } else if span.runqueue_ns * 2 >= total {
         "runqueue (waiting for a CPU)".into()
     } else {

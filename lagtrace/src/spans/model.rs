@@ -48,10 +48,19 @@ pub struct StackCount {
     pub samples: u64,
     pub kind: StackKind,
     /// Off-CPU and runqueue: time until the thread ran again, in ns.
+    /// On-CPU: samples × the sampling period (see [`weigh_on_cpu`]), so
+    /// consumers can sum time over stacks of every kind.
     pub weight_ns: u64,
     /// When its first sample was taken, in ns from the span's start: a
     /// span's stacks in this order are its timeline (speedscope).
     pub offset_ns: u64,
+}
+
+/// Give on-CPU stacks their time: samples × the sampling period.
+pub fn weigh_on_cpu(stacks: &mut [StackCount], period_ns: u64) {
+    for s in stacks.iter_mut().filter(|s| s.kind == StackKind::OnCpu) {
+        s.weight_ns = s.samples.saturating_mul(period_ns);
+    }
 }
 
 impl Serialize for StackCount {
@@ -135,6 +144,9 @@ pub struct Span {
     /// `cpu`, `blocked` or `runqueue`, with the blocking call where known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cause: Option<String>,
+    /// The user code the span's time is blamed on (`spans::culprit`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub blame: Option<super::culprit::Culprit>,
     /// The asyncio Task that ran during the span, where known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub task: Option<String>,
@@ -148,20 +160,9 @@ pub struct Span {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The span's blame frame, where the span names one: a `blame` field as a
-/// label string, or as an object with a `label` or `function`.
-// The blame frame is issue #13's: until `Span` types it, it is read here,
-// the one place, from the recorded field.
+/// The span's blame function, for filters and labels.
 pub fn blame_of(span: &Span) -> Option<String> {
-    match span.extra.get("blame")? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Object(o) => o
-            .get("label")
-            .or_else(|| o.get("function"))
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
-        _ => None,
-    }
+    span.blame.as_ref().map(|b| b.function.clone())
 }
 
 fn is_zero(v: &u64) -> bool {

@@ -33,6 +33,23 @@ use super::{
 /// A file by (major, minor, inode).
 type FileId = (u32, u32, u64);
 
+/// The outermost frame of a native stack cut where it left executable code.
+pub const NOT_CODE: &str = "[unwind stopped: not code]";
+
+/// How many of `addrs` (innermost first) to keep: up to the first one after
+/// the leaf that no executable mapping holds. Without a read of the maps
+/// (the process is gone) nothing is cut.
+fn code_prefix(cache: &PidCache, addrs: &[u64]) -> usize {
+    if !cache.maps_read || cache.maps.is_empty() {
+        return addrs.len();
+    }
+    addrs
+        .iter()
+        .skip(1)
+        .position(|&a| !cache.find(a).is_some_and(|m| m.exec))
+        .map_or(addrs.len(), |i| i + 1)
+}
+
 /// Most target files held open for blazesym at once.
 const MAX_OPEN_FILES: usize = 512;
 
@@ -156,6 +173,10 @@ impl NativeSymbolizer {
         {
             log::debug!("reading /proc/{pid}/maps: {e}");
         }
+        // An unwind that ran into data (a heap pointer, log text read as a
+        // return address) stops at its first frame outside executable code.
+        let whole = addrs.len();
+        let addrs = &addrs[..code_prefix(cache, addrs)];
         let mut out: Vec<Option<Vec<Frame>>> = vec![None; addrs.len()];
         let mut by_file: HashMap<FileId, (Mapping, Vec<(usize, u64)>)> = HashMap::new();
         let mut vdso: Vec<(usize, u64)> = Vec::new();
@@ -236,10 +257,15 @@ impl NativeSymbolizer {
                 out[i] = Some(frames);
             }
         }
-        out.into_iter()
+        let mut named: Vec<Vec<Frame>> = out
+            .into_iter()
             .zip(addrs)
             .map(|(f, &a)| f.unwrap_or_else(|| vec![unknown_addr(a)]))
-            .collect()
+            .collect();
+        if addrs.len() < whole {
+            named.push(vec![Frame::marker(NOT_CODE)]);
+        }
+        named
     }
 
     /// Frames for file offsets of one mapped file; `None` where unnamed.
@@ -440,6 +466,33 @@ mod tests {
             "cached"
         );
         assert!(s.frames(pid, now(), &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn an_unwind_into_data_is_cut_at_the_first_frame_outside_code() {
+        let inner = some_noinline_fn as *const () as u64;
+        let outer = other_noinline_fn as *const () as u64;
+        let data = map_page(-1);
+        let (mut s, pid) = (NativeSymbolizer::new(), process::id());
+        // Innermost first: code, code, a data page read as a return
+        // address, then more "frames" that the garbage led to.
+        let frames: Vec<String> = s
+            .frames(pid, now(), &[inner, outer + 1, data + 9, outer + 1], &[])
+            .iter()
+            .map(Frame::label)
+            .collect();
+        let text = frames.join(" | ");
+        assert_eq!(frames[0], NOT_CODE, "{text}");
+        assert!(frames[1].contains("other_noinline_fn"), "{text}");
+        assert_eq!(
+            frames
+                .iter()
+                .filter(|f| f.contains("other_noinline_fn"))
+                .count(),
+            1,
+            "nothing past the data page is kept: {text}"
+        );
+        assert!(!text.contains("[unknown]"), "{text}");
     }
 
     #[test]

@@ -27,6 +27,18 @@ pub fn task_of(stack: &[Frame]) -> Option<String> {
                     && in_file(f, "asyncio/tasks.py")))
     })?;
     let coro = stack.get(run + 1)?;
+    // A framework's per-request wrapper (aiohttp's
+    // `RequestHandler._handle_request`, uvicorn's `run_asgi`) runs every
+    // request: name the first user frame it called, the handler.
+    let rules = crate::spans::blame::Rules::default();
+    if coro.is_python()
+        && !rules.is_user(coro)
+        && let Some(handler) = stack[run + 1..]
+            .iter()
+            .find(|f| f.is_python() && rules.is_user(f))
+    {
+        return Some(handler.label());
+    }
     Some(coro.label())
 }
 
@@ -51,5 +63,34 @@ mod tests {
             Some("decode_response (app/client.py:88)")
         );
         assert_eq!(task_of(&s[..2]), None);
+    }
+
+    #[test]
+    fn a_framework_wrapper_task_is_named_by_its_handler() {
+        let site = "/venv/lib/python3.12/site-packages";
+        let s = vec![
+            Frame::python(
+                "run_forever",
+                "/usr/lib/python3.12/asyncio/base_events.py",
+                Some(607),
+            ),
+            Frame::python(
+                "Handle._run",
+                "/usr/lib/python3.12/asyncio/events.py",
+                Some(84),
+            ),
+            Frame::python(
+                "RequestHandler._handle_request",
+                format!("{site}/aiohttp/web_protocol.py"),
+                Some(577),
+            ),
+            Frame::python("_handle", format!("{site}/aiohttp/web_app.py"), Some(569)),
+            Frame::python("catalog_handler", "/srv/frontend.py", Some(23)),
+            Frame::python("load_catalog", "/srv/frontend.py", Some(18)),
+        ];
+        assert_eq!(
+            task_of(&s).as_deref(),
+            Some("catalog_handler (srv/frontend.py:23)")
+        );
     }
 }

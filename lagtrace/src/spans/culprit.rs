@@ -1,0 +1,172 @@
+//! The culprit of a whole span: the blame frame ([`blame`](super::blame))
+//! its time is spent under, weighed over its stacks. A span mostly off the
+//! CPU is blamed by its off-CPU stacks, otherwise by its on-CPU stacks and
+//! the stacks it was preempted in (runqueue time is the same code waiting
+//! for a CPU, so it counts with it, not as a cause of its own). Pure.
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    blame::{self, Rules},
+    model::{Span, StackKind},
+};
+
+/// The span's culprit, as the JSON `blame` field carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Culprit {
+    /// The blame function, in full (`load_catalog`, `app::handler::{{closure}}`).
+    pub function: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// The innermost frame of the heaviest stack under it, shortened
+    /// (`json.raw_decode`, `__libc_recv`), where it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<String>,
+    /// The library the blame frame called into (`requests`, `aiohttp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// Which stacks it was found in: `on-cpu` or `off-cpu`.
+    pub kind: StackKind,
+    /// The line form: `load_catalog (frontend.py:18) → json.raw_decode`.
+    pub text: String,
+    /// The blame frame alone: `load_catalog (frontend.py:18)`. Recorded,
+    /// so that `lagtrace report` words causes as the live run did.
+    #[serde(rename = "frame")]
+    pub frame_text: String,
+    /// The summary's grouping key: function and file, no line.
+    pub group: String,
+}
+
+/// Which stack kinds speak for a span: off-CPU ones when it was mostly
+/// blocked, else on-CPU and runqueue ones.
+fn blamed_kinds(span: &Span) -> [StackKind; 2] {
+    if span.off_cpu_ns > span.on_cpu_ns {
+        [StackKind::OffCpu, StackKind::OffCpu]
+    } else {
+        [StackKind::OnCpu, StackKind::Runqueue]
+    }
+}
+
+/// The culprit of `span`, if any of its stacks has a user frame.
+pub fn of(span: &Span, rules: &Rules) -> Option<Culprit> {
+    let kinds = blamed_kinds(span);
+    let any = span.stacks.iter().any(|s| kinds.contains(&s.kind));
+    let chosen = |s: &&super::StackCount| !any || kinds.contains(&s.kind);
+    // Weight per blame function, and per leaf under it; the heaviest stack
+    // of each function gives its line and kind.
+    struct Group {
+        weight: u64,
+        top: u64,
+        blame: blame::Blame,
+        kind: StackKind,
+        leaves: HashMap<Option<String>, u64>,
+    }
+    let mut groups: HashMap<String, Group> = HashMap::new();
+    for stack in span.stacks.iter().filter(chosen) {
+        if stack.kind == StackKind::Stopped {
+            continue;
+        }
+        let Some(b) = rules.blame(&stack.frames) else {
+            continue;
+        };
+        let weight = stack.weight_ns.max(stack.samples);
+        let g = groups
+            .entry(blame::group_key(&b.frame))
+            .or_insert_with(|| Group {
+                weight: 0,
+                top: 0,
+                blame: b.clone(),
+                kind: stack.kind,
+                leaves: HashMap::new(),
+            });
+        g.weight += weight;
+        *g.leaves
+            .entry(b.leaf.as_ref().map(blame::display_leaf))
+            .or_default() += weight;
+        if weight > g.top {
+            g.top = weight;
+            g.blame = b;
+            g.kind = stack.kind;
+        }
+    }
+    let (group, g) = groups
+        .into_iter()
+        .max_by(|a, b| a.1.weight.cmp(&b.1.weight).then_with(|| b.0.cmp(&a.0)))?;
+    let leaf = g
+        .leaves
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
+        .and_then(|(l, _)| l);
+    let b = blame::Blame {
+        leaf: None,
+        ..g.blame
+    };
+    let kind = if g.kind == StackKind::Runqueue {
+        StackKind::OnCpu
+    } else {
+        g.kind
+    };
+    let text = match &leaf {
+        Some(l) => format!("{} → {l}", blame::display(&b.frame)),
+        None => blame::display(&b.frame),
+    };
+    Some(Culprit {
+        function: b.frame.function.clone(),
+        file: b.frame.file.clone(),
+        line: b.frame.line,
+        leaf,
+        via: b.via.clone(),
+        kind,
+        text,
+        frame_text: blame::display(&b.frame),
+        group,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::fold::tests::{span_with, stack};
+
+    #[test]
+    fn a_mostly_cpu_span_with_runqueue_is_blamed_on_its_code() {
+        let mut s = span_with(vec![
+            stack(
+                &[
+                    "main (app.py:1)",
+                    "handler (app.py:9)",
+                    "loads (json/__init__.py:346)",
+                ],
+                6,
+                StackKind::OnCpu,
+                6_000_000,
+            ),
+            stack(
+                &[
+                    "main (app.py:1)",
+                    "handler (app.py:10)",
+                    "loads (json/__init__.py:346)",
+                ],
+                1,
+                StackKind::Runqueue,
+                5_000_000,
+            ),
+            stack(
+                &["main (app.py:1)", "logit (app.py:30)", "write"],
+                1,
+                StackKind::OnCpu,
+                1_000_000,
+            ),
+        ]);
+        s.on_cpu_ns = 7_000_000;
+        s.runqueue_ns = 5_000_000;
+        let c = of(&s, &Rules::default()).unwrap();
+        assert_eq!(c.function, "handler");
+        assert_eq!(c.group, "handler (app.py)");
+        assert_eq!(c.kind, StackKind::OnCpu);
+        assert_eq!(c.text, "handler (app.py:9) → json.loads");
+    }
+}
