@@ -102,9 +102,10 @@ impl NativeSymbolizer {
     /// Read the maps of a process again, so that each mapping's time window
     /// stays fine-grained. Called on every drain tick: a process that has
     /// changed its file mappings is read each time, others every 100 ms.
-    pub fn refresh(&mut self, pid: u32) {
+    /// True if it has: it wants the short drain tick.
+    pub fn refresh(&mut self, pid: u32) -> bool {
         let Some(cache) = self.pids.get_mut(&pid) else {
-            return;
+            return false;
         };
         let due = cache.churns
             || crate::clock::WallClock::now_mono_ns().saturating_sub(cache.read_after_ns)
@@ -115,6 +116,7 @@ impl NativeSymbolizer {
         {
             log::debug!("reading /proc/{pid}/maps: {e}");
         }
+        cache.churns
     }
 
     /// Load the symbols and debug info of every file a process maps, so the
