@@ -18,8 +18,8 @@ use aya_ebpf::{
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
     CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_ON_CPU,
-    SAMPLE_F_BUFFERED, SAMPLE_ON_CPU, SAMPLE_SLOTS, SampleEvent, SpanEvent, StackSample,
-    THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState, hist_bucket,
+    SAMPLE_F_BUFFERED, SAMPLE_SLOTS, SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER,
+    THREAD_OVER, TargetConfig, ThreadSamples, ThreadState, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -329,11 +329,10 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSampl
     }
     t.flags |= THREAD_OVER;
     flush(t, tid);
-    // An on-CPU sample wakes userspace, which reads its Python frames while
-    // the code runs (at most the sampling rate). A wait's sample does not:
-    // a preemption answered by a wakeup would feed itself.
-    // SAFETY: `s` points at a map value (see above).
-    let kind = unsafe { (*s).kind };
-    let wake = if kind == SAMPLE_ON_CPU { 0 } else { NO_WAKEUP };
-    send(t, tid, s, wake);
+    // No sample wakes userspace: it drains the ring buffer every 10 ms
+    // (`DRAIN_TICK`), and since the Python frames are read here, nothing
+    // of a sample needs userspace while the code still runs. Span events
+    // wake it. (A wakeup per on-CPU sample cost lagtrace a context switch
+    // per sample during a stall storm.)
+    send(t, tid, s, NO_WAKEUP);
 }

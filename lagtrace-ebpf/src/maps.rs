@@ -10,6 +10,8 @@ use lagtrace_common::{
     UNWIND_MAX_ROWS, UnwindRow,
 };
 
+use crate::python::PyFrameBuf;
+
 /// Index 0 holds the run-time [`Config`].
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -63,6 +65,9 @@ pub static PY_TARGETS: HashMap<u32, PyTarget> = HashMap::with_max_entries(MAX_PY
 /// use; least recently used entries go when it is full.
 #[map]
 pub static PY_TSTATE: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_THREADS * 16, 0);
+/// Per-CPU buffer each Python frame is read into whole (`python.rs`).
+#[map]
+pub static PY_FRAME_BUF: PerCpuArray<PyFrameBuf> = PerCpuArray::with_max_entries(1, 0);
 /// Compact unwind rows of every file with a table, each file's rows sorted
 /// by address in one range (`UnwindMapping::row_start`, `row_count`).
 #[map]

@@ -14,23 +14,30 @@
 //! thread's fs base (`task->thread.fsbase`): no tid matching, so threads of
 //! 3.8–3.10 and of containers are told apart as well.
 //!
+//! Each frame is read with one `bpf_probe_read_user` of the bytes its
+//! fields span (`frame_span`), into a per-CPU buffer, and the fields are
+//! taken from there: a helper call per field cost about four times as
+//! much per frame (see bench/PYFRAMES.md).
+//!
 //! It must not trust the target: every loop is bounded, a failed read ends
 //! the walk with `STACK_END_READ_ERROR`, a frame that points to itself with
 //! `STACK_END_BAD_FRAME`.
+use core::mem::size_of;
+
 use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::bpf_loop,
+        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
     },
 };
 use lagtrace_common::{
-    MAX_PY_FRAMES, PY_FRAME_ENTRY, PY_INSTR_LASTI_BYTES, PY_INSTR_LASTI_UNITS, PY_OFF_NONE,
-    PyFrameRec, PyOffsets, PyTarget, STACK_END_BAD_FRAME, STACK_END_DEPTH, STACK_END_NONE,
-    STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
+    MAX_PY_FRAMES, PY_FRAME_ENTRY, PY_INSTR_LASTI_BYTES, PY_INSTR_LASTI_UNITS, PY_INSTR_POINTER,
+    PY_OFF_NONE, PyFrameRec, PyOffsets, PyTarget, STACK_END_BAD_FRAME, STACK_END_DEPTH,
+    STACK_END_NONE, STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
 };
 
-use crate::maps::{PY_TARGETS, PY_TSTATE};
+use crate::maps::{PY_FRAME_BUF, PY_TARGETS, PY_TSTATE};
 
 /// Thread states looked at when searching the interpreter's list. New
 /// threads go to the head, so a loop that runs in the main thread of a
@@ -55,6 +62,18 @@ fn fsbase(t: &PyTarget) -> Option<u64> {
         let task = bpf_get_current_task();
         bpf_probe_read_kernel((task + u64::from(t.task_fsbase)) as *const u64).ok()
     }
+}
+
+/// Bytes of one frame read at once: every field the walk needs lies in
+/// them on every version (the last, `f_lasti` of 3.8's `PyFrameObject`,
+/// ends at 108).
+pub const PY_FRAME_READ: usize = 128;
+
+/// Where one frame is read to (`PY_FRAME_BUF`, per CPU): a map value, so
+/// the fields can be taken at offsets known only at run time.
+#[repr(C)]
+pub struct PyFrameBuf {
+    pub bytes: [u8; PY_FRAME_READ],
 }
 
 /// State of the search of the thread list, shared with its callback.
@@ -143,29 +162,61 @@ fn top_frame(o: &PyOffsets, ts: u64) -> Option<u64> {
     Some(f)
 }
 
-/// One frame: `None` for a read error, `Some((None, back))` for a C-stack
-/// shim frame, else its record and the next (outer) frame.
+/// The bytes of a frame the walk reads: from its start to the end of the
+/// last field it needs. 0 when that is past [`PY_FRAME_READ`].
 #[inline(always)]
-fn read_frame(o: &PyOffsets, frame: u64) -> Option<(Option<PyFrameRec>, u64)> {
-    let back: u64 = user(frame + u64::from(o.frame_back))?;
+fn frame_span(o: &PyOffsets) -> u32 {
+    let instr = if o.instr_kind == PY_INSTR_POINTER {
+        size_of::<u64>()
+    } else {
+        size_of::<i32>()
+    } as u32;
+    let mut end = (u32::from(o.frame_back) + 8)
+        .max(u32::from(o.frame_code) + 8)
+        .max(u32::from(o.frame_instr) + instr);
+    for off in [o.frame_owner, o.frame_is_entry] {
+        if off != PY_OFF_NONE {
+            end = end.max(u32::from(off) + 1);
+        }
+    }
+    if end as usize > PY_FRAME_READ { 0 } else { end }
+}
+
+/// The `T` at byte `off` of a frame read into `buf`; `None` past its end.
+#[inline(always)]
+fn field<T: Copy>(buf: &PyFrameBuf, off: u16) -> Option<T> {
+    let off = off as usize;
+    if off > PY_FRAME_READ - size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `off + size_of::<T>()` is within the buffer (checked above),
+    // and the read makes no assumption about alignment.
+    Some(unsafe { core::ptr::read_unaligned(buf.bytes.as_ptr().add(off).cast::<T>()) })
+}
+
+/// One frame, from its bytes in `buf`: `None` for a field out of range,
+/// `Some((None, back))` for a C-stack shim frame, else its record and the
+/// next (outer) frame.
+#[inline(always)]
+fn parse_frame(o: &PyOffsets, buf: &PyFrameBuf) -> Option<(Option<PyFrameRec>, u64)> {
+    let back: u64 = field(buf, o.frame_back)?;
     if o.frame_owner != PY_OFF_NONE && o.owner_cstack != u8::MAX {
-        let owner: u8 = user(frame + u64::from(o.frame_owner))?;
+        let owner: u8 = field(buf, o.frame_owner)?;
         if owner == o.owner_cstack {
             return Some((None, back));
         }
     }
-    let code: u64 = user(frame + u64::from(o.frame_code))?;
-    let at = frame + u64::from(o.frame_instr);
+    let code: u64 = field(buf, o.frame_code)?;
     let instr_offset = if o.instr_kind == PY_INSTR_LASTI_BYTES {
-        user::<i32>(at)?.max(0) as u32
+        field::<i32>(buf, o.frame_instr)?.max(0) as u32
     } else if o.instr_kind == PY_INSTR_LASTI_UNITS {
-        (user::<i32>(at)?.max(0) as u32).wrapping_mul(2)
+        (field::<i32>(buf, o.frame_instr)?.max(0) as u32).wrapping_mul(2)
     } else {
-        let p: u64 = user(at)?;
+        let p: u64 = field(buf, o.frame_instr)?;
         p.saturating_sub(code + u64::from(o.code_adaptive)) as u32
     };
     let entry = if o.frame_is_entry != PY_OFF_NONE {
-        user::<u8>(frame + u64::from(o.frame_is_entry))? != 0
+        field::<u8>(buf, o.frame_is_entry)? != 0
     } else {
         // Before 3.11 every Python frame has its own eval call.
         o.frame_owner == PY_OFF_NONE
@@ -180,13 +231,40 @@ fn read_frame(o: &PyOffsets, frame: u64) -> Option<(Option<PyFrameRec>, u64)> {
     ))
 }
 
+/// One frame read whole into `buf` (`span` bytes, see [`frame_span`]).
+#[inline(always)]
+fn read_frame(
+    o: &PyOffsets,
+    buf: &mut PyFrameBuf,
+    span: u32,
+    frame: u64,
+) -> Option<(Option<PyFrameRec>, u64)> {
+    // 1..=PY_FRAME_READ for the verifier, branch-free: `walk` checked
+    // that `span` is in that range (a compare would be turned into a
+    // wrapping subtraction whose bounds the verifier loses).
+    let span = (span.wrapping_sub(1) & (PY_FRAME_READ as u32 - 1)) + 1;
+    // SAFETY: `buf` is a per-CPU map value of PY_FRAME_READ bytes and
+    // `span` is at most that; bpf_probe_read_user fails cleanly (no fault)
+    // where nothing is mapped.
+    let r =
+        unsafe { probe_read_user_raw(buf.bytes.as_mut_ptr().cast(), span, frame as *const c_void) };
+    if r != 0 {
+        return None;
+    }
+    parse_frame(o, buf)
+}
+
 /// State of the frame loop, shared with its `bpf_loop` callback.
 #[repr(C)]
 struct Walk {
     o: PyOffsets,
     s: *mut StackSample,
+    /// This CPU's frame buffer (`PY_FRAME_BUF`).
+    buf: *mut PyFrameBuf,
     frame: u64,
     len: u32,
+    /// Bytes read per frame ([`frame_span`]).
+    span: u32,
     end: u8,
 }
 
@@ -194,9 +272,11 @@ struct Walk {
 /// The verifier checks a `bpf_loop` callback once, not once per turn.
 extern "C" fn step(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Walk` that `walk` passed to bpf_loop, on its
-    // stack for the whole loop; `w.s` is the sample it was given.
+    // stack for the whole loop; `w.s` is the sample it was given and
+    // `w.buf` this CPU's frame buffer, both map values.
     let w = unsafe { &mut *(ctx as *mut Walk) };
     let s = unsafe { &mut *w.s };
+    let buf = unsafe { &mut *w.buf };
     let frame = w.frame;
     if frame == 0 {
         w.end = STACK_END_ROOT;
@@ -207,7 +287,7 @@ extern "C" fn step(_i: u64, ctx: *mut c_void) -> i64 {
         w.end = STACK_END_DEPTH;
         return 1;
     }
-    let Some((rec, back)) = read_frame(&w.o, frame) else {
+    let Some((rec, back)) = read_frame(&w.o, buf, w.span, frame) else {
         w.end = STACK_END_READ_ERROR;
         return 1;
     };
@@ -252,11 +332,18 @@ pub fn walk(s: &mut StackSample) {
         s.py_end = STACK_END_READ_ERROR;
         return;
     };
+    let span = frame_span(&t.offsets);
+    let Some(buf) = PY_FRAME_BUF.get_ptr_mut(0).filter(|_| span != 0) else {
+        s.py_end = STACK_END_READ_ERROR;
+        return;
+    };
     let mut w = Walk {
         o: t.offsets,
         s: s as *mut StackSample,
+        buf,
         frame,
         len: 0,
+        span,
         // Still walking after the last turn: shim frames took the turns.
         end: STACK_END_BAD_FRAME,
     };

@@ -15,7 +15,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior, interval, sleep_until},
+    time::{Instant, MissedTickBehavior, interval, interval_at, sleep_until},
 };
 
 use self::{
@@ -57,6 +57,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// lagtrace, see the kernel's `NO_WAKEUP`), and threads waiting off the CPU
 /// get their Python stacks read.
 const DRAIN_TICK: Duration = Duration::from_millis(10);
+/// The drain tick while no target changes its file mappings (whose windows
+/// need the short one, see symbolize/cache.rs): spans wake lagtrace, and
+/// each wakeup costs it more than an empty drain does.
+const DRAIN_TICK_STABLE: Duration = Duration::from_millis(40);
 /// Thread snapshots (histograms) are read every this many ticks.
 const SNAPSHOT_TICKS: u32 = 10;
 
@@ -272,10 +276,16 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             }
             _ = drain_tick.tick() => {
                 // Mapping windows stay fine-grained (see symbolize/cache.rs).
+                let mut churns = false;
                 for pid in p.targets.iter().map(|t| t.pid).collect::<Vec<_>>() {
-                    p.symbolizer.refresh(pid);
+                    churns |= p.symbolizer.refresh(pid);
                 }
                 more = p.drain(events.get_mut(), DRAIN_SLICE)?;
+                let every = if churns { DRAIN_TICK } else { DRAIN_TICK_STABLE };
+                if drain_tick.period() != every {
+                    drain_tick = interval_at(Instant::now() + every, every);
+                    drain_tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+                }
             }
             guard = events.readable_mut(), if !more => {
                 let mut guard = guard.map_err(|e| Error::io("polling the ring buffer", e))?;

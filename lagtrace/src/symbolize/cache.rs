@@ -36,6 +36,13 @@ const MAX_RETIRED: usize = 512;
 pub const MAX_GAP_NS: u64 = 50_000_000;
 /// Re-reads allowed per second and process.
 const REREADS_PER_SECOND: u32 = 200;
+/// How long the newest read of a process never seen changing its file
+/// mappings stands for "now": the drain tick reads such a process this
+/// often anyway (`NativeSymbolizer::refresh`), so samples between two reads
+/// cost no read of their own. Reading the maps of a Python process costs
+/// about 100 µs of kernel formatting; once per span it was a third of
+/// lagtrace's CPU during a stall storm.
+pub const STABLE_FRESH_NS: u64 = 100_000_000;
 
 /// One line of `/proc/PID/maps`, and when it was surely mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +271,18 @@ impl PidCache {
         }
         self.maps = new;
         Ok(())
+    }
+
+    /// Whether the newest read may stand for the maps at any later time:
+    /// the process was never seen changing its file mappings, and the read
+    /// is recent (or another would be over the budget), and every address
+    /// of the sample is in it (a library loaded since must be read).
+    pub fn newest_stands_for_now(&self, addrs: &[u64]) -> bool {
+        if self.churns || !self.maps_read {
+            return false;
+        }
+        let fresh = WallClock::now_mono_ns().saturating_sub(self.read_after_ns) < STABLE_FRESH_NS;
+        (fresh || !self.may_reread()) && addrs.iter().all(|&a| self.find(a).is_some())
     }
 
     /// Whether another re-read fits the budget of this second.

@@ -145,8 +145,8 @@ impl StackSymbolizer {
     }
 
     /// See [`NativeSymbolizer::refresh`].
-    pub fn refresh(&mut self, pid: u32) {
-        self.native.refresh(pid);
+    pub fn refresh(&mut self, pid: u32) -> bool {
+        self.native.refresh(pid)
     }
 
     /// See [`NativeSymbolizer::warm_up`].

@@ -25,7 +25,10 @@ use blazesym::{
 };
 
 use super::{
-    cache::{FrameKey, MAX_CACHED, Mapping, PidCache, lookup_addrs, uncached, unknown_addr},
+    cache::{
+        FrameKey, MAX_CACHED, Mapping, PidCache, STABLE_FRESH_NS, lookup_addrs, uncached,
+        unknown_addr,
+    },
     frame::Frame,
     untrusted,
 };
@@ -116,20 +119,21 @@ impl NativeSymbolizer {
     /// Read the maps of a process again, so that each mapping's time window
     /// stays fine-grained. Called on every drain tick: a process that has
     /// changed its file mappings is read each time, others every 100 ms.
-    pub fn refresh(&mut self, pid: u32) {
-        const STABLE_EVERY_NS: u64 = 100_000_000;
+    /// True if it has: it wants the short drain tick.
+    pub fn refresh(&mut self, pid: u32) -> bool {
         let Some(cache) = self.pids.get_mut(&pid) else {
-            return;
+            return false;
         };
         let due = cache.churns
             || crate::clock::WallClock::now_mono_ns().saturating_sub(cache.read_after_ns)
-                >= STABLE_EVERY_NS;
+                >= STABLE_FRESH_NS;
         if due
             && cache.may_reread()
             && let Err(e) = cache.reread_maps(pid)
         {
             log::debug!("reading /proc/{pid}/maps: {e}");
         }
+        cache.churns
     }
 
     /// Load the symbols and debug info of every file a process maps, so the
@@ -167,12 +171,17 @@ impl NativeSymbolizer {
         let cache = self.pids.entry(pid).or_default();
         // The sample must be older than the newest read of the maps, to
         // know what was mapped when it was taken.
+        // A process never seen changing its file mappings is read on the
+        // drain tick, not per sample (see `STABLE_FRESH_NS`).
+        let mut newest_is_now = cache.newest_stands_for_now(addrs);
         if (!cache.maps_read || ts_ns > cache.read_ns())
+            && !newest_is_now
             && cache.may_reread()
             && let Err(e) = cache.reread_maps(pid)
         {
             log::debug!("reading /proc/{pid}/maps: {e}");
         }
+        newest_is_now |= !cache.churns && !cache.may_reread();
         // An unwind that ran into data (a heap pointer, log text read as a
         // return address) stops at its first frame outside executable code.
         let whole = addrs.len();
@@ -181,15 +190,12 @@ impl NativeSymbolizer {
         let mut by_file: HashMap<FileId, (Mapping, Vec<(usize, u64)>)> = HashMap::new();
         let mut vdso: Vec<(usize, u64)> = Vec::new();
         for (i, &a) in addrs.iter().enumerate() {
-            // Over the re-read budget the newest read stands for "now", but
-            // only in a process never seen changing its file mappings.
+            // Recently read or over the re-read budget, the newest read
+            // stands for "now", but only in a process never seen changing
+            // its file mappings.
             let m = cache
                 .find_at(a, ts_ns)
-                .or_else(|| {
-                    (!cache.churns && !cache.may_reread())
-                        .then(|| cache.find(a))
-                        .flatten()
-                })
+                .or_else(|| newest_is_now.then(|| cache.find(a)).flatten())
                 .cloned();
             let Some(m) = m else {
                 // JIT code: the perf map names an address whichever

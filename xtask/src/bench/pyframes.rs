@@ -87,6 +87,19 @@ struct Depth {
     sample_events: u64,
     switch_ns: u64,
     switch_events: u64,
+    /// `on_cpu_sample`'s mean run time while the target idled: what a run
+    /// that only filters costs (other tasks, the other CPU).
+    filter_ns: f64,
+}
+
+impl Depth {
+    /// Run time per target sample with the filter-only runs taken out:
+    /// the runs beyond the span's on-CPU samples are charged `filter_ns` each.
+    fn net_us(&self) -> f64 {
+        let others = self.sample_events.saturating_sub(self.samples) as f64;
+        let net = (self.sample_ns as f64 - others * self.filter_ns).max(0.0);
+        net / 1e3 / self.samples.max(1) as f64
+    }
 }
 
 /// One long stall at a recursion depth, with the BPF counters around it.
@@ -120,7 +133,15 @@ fn measure_depth(ctx: &Ctx, depth: u32) -> Result<Depth> {
     let args = vec!["--spans".to_owned(), spans_file.display().to_string()];
     let lt = Lagtrace::start(&ctx.lagtrace, pid, &args)?;
     let ids = bpfstats::prog_ids_of(lt.pid());
+    // The target idles in its loop here: every run only filters.
+    let idle = bpfstats::snapshot(&ids)?;
+    proc::sleep(Duration::from_secs(1))?;
     let a = bpfstats::snapshot(&ids)?;
+    let filter_ns = bpfstats::delta(&idle, &a)
+        .iter()
+        .find(|c| c.name == "on_cpu_sample")
+        .and_then(|c| c.ns_per_event())
+        .unwrap_or(0.0);
     proc::signal(pid, libc::SIGUSR1)?;
     target.wait_line("`DONE`", Duration::from_secs(60), |s, l| {
         s == Stream::Stdout && l == "DONE"
@@ -137,7 +158,10 @@ fn measure_depth(ctx: &Ctx, depth: u32) -> Result<Depth> {
             .map_or((0, 0), |c| (c.run_time_ns, c.events))
     };
     let spans = spans(&spans_file);
-    let samples: u64 = spans.iter().filter_map(|s| s["samples"].as_u64()).sum();
+    // On-CPU samples only: a span's `samples` also counts the runqueue and
+    // off-CPU stacks taken at its context switches, which a loaded host
+    // multiplies and which `on_cpu_sample` did not take.
+    let (samples, _) = on_cpu_python(&spans);
     let (sample_ns, sample_events) = cost("on_cpu_sample");
     let (switch_ns, switch_events) = cost("sched_switch");
     Ok(Depth {
@@ -147,6 +171,7 @@ fn measure_depth(ctx: &Ctx, depth: u32) -> Result<Depth> {
         sample_events,
         switch_ns,
         switch_events,
+        filter_ns,
     })
 }
 
@@ -157,17 +182,21 @@ pub fn section_pyframes(ctx: &Ctx) -> Result<Section> {
          recurses to the given depth and burns the CPU for {STALL_MS} ms inside one loop \
          iteration; lagtrace samples it at 499 Hz, and every sample walks the Python frames. \
          With `kernel.bpf_stats_enabled=1` (restored afterwards), *µs per target sample* is \
-         the `on_cpu_sample` program's whole run time over the stall ÷ the span's samples: \
+         the `on_cpu_sample` program's whole run time over the stall ÷ the span's on-CPU samples: \
          an upper bound, since it also carries the program's runs on the other CPU, which \
-         only filter. *ns/event* is the plain per-run average.\n\n",
+         only filter. *Net* charges those extra runs at the program's mean run time over \
+         the second before the stall, while the target idled (every run only filtered), \
+         and takes them out. *ns/event* is the plain per-run average.\n\n",
         ctx.python.version,
         ctx.python.path.display()
     );
     let mut t = Table::new(&[
         "Python frames in the stack",
-        "target samples",
+        "target on-CPU samples",
         "`on_cpu_sample` runs",
         "µs per target sample (upper bound)",
+        "µs per target sample (net)",
+        "filter-only run ns",
         "`on_cpu_sample` ns/event",
         "`sched_switch` ns/event",
     ]);
@@ -183,12 +212,15 @@ pub fn section_pyframes(ctx: &Ctx) -> Result<Section> {
                 d.samples.to_string(),
                 d.sample_events.to_string(),
                 format!("{per_sample:.1}"),
+                format!("{:.1}", d.net_us()),
+                format!("{:.0}", d.filter_ns),
                 format!("{:.0}", d.sample_ns as f64 / d.sample_events.max(1) as f64),
                 format!("{:.0}", d.switch_ns as f64 / d.switch_events.max(1) as f64),
             ]);
             if total == 60 {
                 headline.push(format!(
-                    "kernel Python walk: ≤ {per_sample:.1} µs per sample with a {}-frame Python stack",
+                    "kernel Python walk: ≤ {per_sample:.1} µs per sample ({:.1} µs net of filter-only runs) with a {}-frame Python stack",
+                    d.net_us(),
                     d.frames
                 ));
             }
