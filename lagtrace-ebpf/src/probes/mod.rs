@@ -1,8 +1,10 @@
 //! One file per probe. Each entry point only delegates to its `try_` function.
 pub mod epoll;
 pub mod exit;
+pub mod fentry;
 pub mod fork;
 pub mod futex;
 pub mod sample;
 pub mod sched;
 pub mod stacks;
+pub mod syscalls;
