@@ -65,7 +65,10 @@ fn mode_works(flag: &str, pid: u32) -> bool {
         lines[0].contains("cannot work on this kernel") && lines[0].contains("--attach auto"),
         "--attach {flag} failed otherwise: {stderr}"
     );
-    eprintln!("SKIP mode {flag}: {}", lines[0]);
+    eprintln!(
+        "SKIP every_attach_mode_gives_the_truth --attach {flag}: {}",
+        lines[0]
+    );
     false
 }
 

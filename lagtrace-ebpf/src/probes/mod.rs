@@ -6,5 +6,6 @@ pub mod fork;
 pub mod futex;
 pub mod sample;
 pub mod sched;
+pub mod sched_btf;
 pub mod stacks;
 pub mod syscalls;

@@ -150,6 +150,21 @@ pub fn task_fsbase_offset() -> Result<u32, BtfError> {
     parse(&data)?.offset("task_struct", &["thread", "fsbase"])
 }
 
+/// Offsets of `pid` and of the scheduler state (`__state`, 5.14+, or
+/// `state` before) in `task_struct`, for the tp_btf sched programs.
+pub fn task_sched_offsets() -> Result<(u32, u32), BtfError> {
+    let data = std::fs::read(VMLINUX).map_err(|source| BtfError::Read {
+        path: VMLINUX,
+        source,
+    })?;
+    let t = parse(&data)?;
+    let pid = t.offset("task_struct", &["pid"])?;
+    let state = t
+        .offset("task_struct", &["__state"])
+        .or_else(|_| t.offset("task_struct", &["state"]))?;
+    Ok((pid, state))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -77,6 +77,9 @@ pub struct Probes {
     pub features: Features,
     /// How iterations are hooked, once attached, and why (`-v`).
     pub mode: Option<(AttachMode, String)>,
+    /// `task_struct` offsets were found in BTF (the tp_btf sched programs
+    /// need them).
+    pub(super) task_offsets_known: bool,
 }
 
 /// The two program types whose stack capture has a fallback variant.
@@ -116,6 +119,11 @@ impl Probes {
         let features = Features::probe();
         log::info!("{features}");
         features.require()?;
+        // 0 when unknown: the tp_btf sched programs are then not used.
+        let (task_pid_off, task_state_off) = super::btf::task_sched_offsets().unwrap_or_else(|e| {
+            log::info!("no task_struct offsets from BTF ({e}): sched by classic tracepoints");
+            (0, 0)
+        });
         let config = Config {
             threshold_ns: opts.threshold_ns,
             flags: if opts.frequency > 0 { CFG_SAMPLING } else { 0 }
@@ -127,6 +135,8 @@ impl Probes {
             wakeup_pid_off: tracefs::field_offset("sched", "sched_wakeup", "pid")?,
             fork_child_off: tracefs::field_offset("sched", "sched_process_fork", "child_pid")?,
             _pad: 0,
+            task_pid_off,
+            task_state_off,
         };
         let mut ebpf = EbpfLoader::new()
             .load(aya::include_bytes_aligned!(concat!(
@@ -147,6 +157,7 @@ impl Probes {
             walk_refused: None,
             features,
             mode: None,
+            task_offsets_known: task_pid_off != 0,
         })
     }
 
@@ -227,7 +238,13 @@ impl Probes {
         if opts.children {
             points.push(("process_fork", "sched", "sched_process_fork".into()));
         }
-        if opts.sched {
+        let sched_btf = opts.sched
+            && opts.attach != Attach::Tracepoints
+            && self
+                .attach_sched_btf()
+                .inspect_err(|why| log::info!("off-CPU by classic tracepoints: {why}"))
+                .is_ok();
+        if opts.sched && !sched_btf {
             let switch = self.load_walker::<TracePoint>("sched_switch", "sched_switch_fp")?;
             points.push((switch, "sched", "sched_switch".into()));
             points.push(("sched_wakeup", "sched", "sched_wakeup".into()));
