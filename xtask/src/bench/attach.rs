@@ -20,7 +20,7 @@ use super::{
 use crate::util;
 
 /// `--attach` values, most host-friendly first.
-const MODES: [&str; 4] = ["fentry", "tp-btf", "raw-tp", "tracepoints"];
+const MODES: [&str; 5] = ["fentry", "tp-btf", "raw-tp", "tracepoints", "auto"];
 /// getppid calls per measurement, and measurements per mode.
 const GETPPID_CALLS: &str = "2000000";
 const GETPPID_REPEATS: usize = 5;
