@@ -182,4 +182,18 @@ mod tests {
         let thread = t.offset("task_struct", &["thread"]).unwrap();
         assert!(off > thread && off < thread + 256, "{thread} {off}");
     }
+
+    #[test]
+    fn finds_task_pid_and_state_in_the_running_kernel() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            eprintln!("SKIP finds_task_pid_and_state_in_the_running_kernel: no {VMLINUX}");
+            return;
+        }
+        let (pid, state) = task_sched_offsets().unwrap();
+        let t = parse(&std::fs::read(VMLINUX).unwrap()).unwrap();
+        // `pid` and `tgid` sit side by side in task_struct on every kernel.
+        assert_eq!(t.offset("task_struct", &["tgid"]).unwrap(), pid + 4);
+        // The state is one of the first fields (after thread_info).
+        assert!(state < 64 && state < pid, "{state} {pid}");
+    }
 }
