@@ -91,6 +91,10 @@ pub struct Config {
     pub wakeup_pid_off: u16,
     pub fork_child_off: u16,
     pub _pad: u16,
+    /// Offsets of `pid` and `__state` (`state` before 5.14) in the kernel's
+    /// `task_struct`, from its BTF, for the tp_btf sched programs.
+    pub task_pid_off: u32,
+    pub task_state_off: u32,
 }
 
 /// The first bytes of every ring-buffer record.

@@ -14,6 +14,16 @@ pub enum Model {
     Worker,
 }
 
+/// How loop iterations are hooked: see `--attach`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Attach {
+    Auto,
+    Fentry,
+    Tracepoints,
+    RawTp,
+    TpBtf,
+}
+
 /// Default threshold: half of asyncio's `slow_callback_duration` (100 ms),
 /// since a 50 ms stall already dominates a typical p99 budget.
 pub const DEFAULT_THRESHOLD: &str = "50ms";
@@ -101,6 +111,14 @@ pub struct Args {
     /// `auto` (worker for tokio binaries, epoll otherwise).
     #[arg(long, value_enum, default_value_t = Model::Auto)]
     pub model: Model,
+
+    /// How to hook loop iterations: `fentry` (trampolines on do_epoll_wait
+    /// and do_futex: only the target pays), `tracepoints` (the
+    /// syscalls:*_epoll_* tracepoints), `raw-tp` or `tp-btf` (the generic
+    /// sys_enter/sys_exit hooks, x86-64), or `auto` (fentry where the kernel
+    /// has it, else the cheapest other). The spans are the same in all.
+    #[arg(long, value_enum, default_value_t = Attach::Auto)]
+    pub attach: Attach,
 
     /// More output: -v shows kernel-side diagnostics, -vv debugging.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]

@@ -60,6 +60,14 @@ pub enum Error {
     #[error("{}: {what}", path.display())]
     Recording { path: PathBuf, what: String },
 
+    /// The running kernel cannot do what lagtrace or a flag needs; the
+    /// text names the feature and the kernel version that has it.
+    #[error("{what}")]
+    Unsupported { what: String },
+
+    #[error(transparent)]
+    MissingFeature(#[from] crate::probes::features::MissingFeature),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

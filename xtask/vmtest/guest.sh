@@ -33,6 +33,8 @@ while read -r name bin filters; do
     failed=$(grep -o '[0-9]* failed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
     # A skip line may follow the harness's `test NAME ... ` on one line.
     skipped=$(grep -o 'SKIP [a-z0-9_]*' "/tmp/$name.log" | sort -u | wc -l)
+    # What `--attach auto` chose (tests/attach_modes.rs), for the table.
+    grep -o 'auto chose [a-z_]*' "/tmp/$name.log" | sed 's/^auto chose /vmtest: attach /'
     grep -o 'SKIP [a-z0-9_]*:.*' "/tmp/$name.log" | cut -c1-300 | sed "s/^/vmtest: skip $name: /"
     echo "vmtest: result $name rc=$rc passed=$passed failed=$failed skipped=$skipped secs=$secs"
 done <"$plan"

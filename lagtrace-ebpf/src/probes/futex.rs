@@ -3,11 +3,12 @@
 //! For targets in the worker model, a futex wait ends the iteration and its
 //! return starts the next one. Other futex operations (wake, requeue) are
 //! not waits and are ignored. Epoll-model targets never get here: a lock
-//! taken inside an asyncio callback is blocking, not idling.
+//! taken inside an asyncio callback is blocking, not idling. The other
+//! attach modes call the same [`futex_entered`] and [`futex_returned`].
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use lagtrace_common::{MODEL_WORKER, THREAD_IN_ITER};
+use lagtrace_common::{MODEL_WORKER, THREAD_IN_ITER, TargetConfig};
 
 use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
 
@@ -24,32 +25,47 @@ pub fn futex_enter(ctx: TracePointContext) -> u32 {
 
 fn try_futex_enter(ctx: &TracePointContext) -> Option<u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let cfg = target(tgid)?;
+    let cfg = target((pid_tgid >> 32) as u32)?;
+    // SAFETY: OP_OFFSET is inside sys_enter_futex's record; read_at checks
+    // the read through the kernel.
+    let op: u64 = unsafe { ctx.read_at(OP_OFFSET) }.ok()?;
+    futex_entered(ctx, pid_tgid, cfg, op)?;
+    Some(0)
+}
+
+/// A thread of target `cfg` enters futex operation `op`: a wait ends the
+/// iteration of a worker-model target.
+#[inline(always)]
+pub fn futex_entered<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    cfg: &TargetConfig,
+    op: u64,
+) -> Option<()> {
     if cfg.model != MODEL_WORKER {
         return None;
     }
-    let op: u64 = unsafe { ctx.read_at(OP_OFFSET) }.ok()?;
     let cmd = op & FUTEX_CMD_MASK;
     if cmd != FUTEX_WAIT && cmd != FUTEX_WAIT_BITSET {
         return None;
     }
     let tid = pid_tgid as u32;
-    let t = thread_or_insert(ctx, tid, tgid)?;
+    let t = thread_or_insert(ctx, tid, (pid_tgid >> 32) as u32)?;
     t.in_futex_wait = 1;
     if t.flags & THREAD_IN_ITER != 0 {
         end(t, tid, now_ns());
     }
-    Some(0)
+    Some(())
 }
 
 #[tracepoint]
-pub fn futex_exit(ctx: TracePointContext) -> u32 {
-    try_futex_exit(&ctx).unwrap_or(0)
+pub fn futex_exit(_ctx: TracePointContext) -> u32 {
+    futex_returned(bpf_get_current_pid_tgid()).map_or(0, |()| 0)
 }
 
-fn try_futex_exit(_ctx: &TracePointContext) -> Option<u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
+/// A futex operation of any thread returned.
+#[inline(always)]
+pub fn futex_returned(pid_tgid: u64) -> Option<()> {
     let t = thread(pid_tgid as u32)?;
     // Only the return of a wait seen entering starts an iteration: a thread
     // that merely wakes others (a plain thread notifying the runtime) is no
@@ -59,5 +75,5 @@ fn try_futex_exit(_ctx: &TracePointContext) -> Option<u32> {
     }
     t.in_futex_wait = 0;
     begin(t, now_ns());
-    Some(0)
+    Some(())
 }

@@ -6,7 +6,7 @@
 //! thing done is a lookup of the two tids in THREADS, which holds only loop
 //! threads of targets. Field offsets come from tracefs via `Config`.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use lagtrace_common::{
     CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
@@ -46,21 +46,30 @@ fn try_sched_switch<const WALK: bool>(ctx: &TracePointContext) -> Option<u32> {
     }
     let prev: i32 = unsafe { ctx.read_at(cfg.switch_prev_pid_off as usize) }.ok()?;
     let next: i32 = unsafe { ctx.read_at(cfg.switch_next_pid_off as usize) }.ok()?;
-    switch_out::<WALK>(ctx, cfg, prev as u32);
+    if thread(prev as u32).is_some() {
+        let state: i64 = unsafe { ctx.read_at(cfg.switch_prev_state_off as usize) }.ok()?;
+        switch_out::<_, WALK>(ctx, cfg, prev as u32, state);
+    }
     switch_in(next as u32);
     Some(0)
 }
 
 /// A loop thread inside an iteration leaves the CPU: asleep, or preempted.
+/// `state` is `prev_state` as the classic tracepoint reports it (see
+/// `sched_btf.rs` for the tp_btf variant's equivalent).
 #[inline(always)]
-fn switch_out<const WALK: bool>(ctx: &TracePointContext, cfg: &Config, prev: u32) -> Option<()> {
+pub fn switch_out<C: EbpfContext, const WALK: bool>(
+    ctx: &C,
+    cfg: &Config,
+    prev: u32,
+    state: i64,
+) -> Option<()> {
     let t = thread(prev)?;
     if t.flags & THREAD_IN_ITER == 0 || t.tgid != (bpf_get_current_pid_tgid() >> 32) as u32 {
         return None;
     }
     let now = now_ns();
     close_phase(t, now);
-    let state: i64 = unsafe { ctx.read_at(cfg.switch_prev_state_off as usize) }.ok()?;
     let sleeping = state & SLEEP_STATE_MASK != 0;
     t.phase = if sleeping {
         PHASE_OFF_CPU
@@ -101,7 +110,7 @@ fn switch_out<const WALK: bool>(ctx: &TracePointContext, cfg: &Config, prev: u32
 /// A loop thread inside an iteration runs again: its wait becomes a sample
 /// weighted by the time it was away.
 #[inline(always)]
-fn switch_in(next: u32) -> Option<()> {
+pub fn switch_in(next: u32) -> Option<()> {
     let t = thread(next)?;
     if t.flags & THREAD_IN_ITER == 0 {
         return None;
@@ -130,7 +139,14 @@ fn try_sched_wakeup(ctx: &TracePointContext) -> Option<u32> {
         return None;
     }
     let pid: i32 = unsafe { ctx.read_at(cfg.wakeup_pid_off as usize) }.ok()?;
-    let t = thread(pid as u32)?;
+    woken(pid as u32)
+}
+
+/// A task was woken: a loop thread asleep inside an iteration now waits for
+/// a CPU.
+#[inline(always)]
+pub fn woken(pid: u32) -> Option<u32> {
+    let t = thread(pid)?;
     if t.flags & THREAD_IN_ITER == 0 || t.phase != PHASE_OFF_CPU {
         return None;
     }

@@ -150,6 +150,21 @@ pub fn task_fsbase_offset() -> Result<u32, BtfError> {
     parse(&data)?.offset("task_struct", &["thread", "fsbase"])
 }
 
+/// Offsets of `pid` and of the scheduler state (`__state`, 5.14+, or
+/// `state` before) in `task_struct`, for the tp_btf sched programs.
+pub fn task_sched_offsets() -> Result<(u32, u32), BtfError> {
+    let data = std::fs::read(VMLINUX).map_err(|source| BtfError::Read {
+        path: VMLINUX,
+        source,
+    })?;
+    let t = parse(&data)?;
+    let pid = t.offset("task_struct", &["pid"])?;
+    let state = t
+        .offset("task_struct", &["__state"])
+        .or_else(|_| t.offset("task_struct", &["state"]))?;
+    Ok((pid, state))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +181,19 @@ mod tests {
         let t = parse(&std::fs::read(VMLINUX).unwrap()).unwrap();
         let thread = t.offset("task_struct", &["thread"]).unwrap();
         assert!(off > thread && off < thread + 256, "{thread} {off}");
+    }
+
+    #[test]
+    fn finds_task_pid_and_state_in_the_running_kernel() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            eprintln!("SKIP finds_task_pid_and_state_in_the_running_kernel: no {VMLINUX}");
+            return;
+        }
+        let (pid, state) = task_sched_offsets().unwrap();
+        let t = parse(&std::fs::read(VMLINUX).unwrap()).unwrap();
+        // `pid` and `tgid` sit side by side in task_struct on every kernel.
+        assert_eq!(t.offset("task_struct", &["tgid"]).unwrap(), pid + 4);
+        // The state is one of the first fields (after thread_info).
+        assert!(state < 64 && state < pid, "{state} {pid}");
     }
 }

@@ -18,8 +18,13 @@ use lagtrace_common::{
     ThreadState,
 };
 
-use super::tracefs;
+use super::{
+    attach::{AttachMode, candidates},
+    features::Features,
+    tracefs,
+};
 use crate::{
+    cli::Attach,
     error::{Error, Result},
     events::SampleRec,
 };
@@ -36,6 +41,8 @@ pub struct ProbeOptions {
     pub children: bool,
     /// Some target uses the worker model: attach the futex wait points.
     pub workers: bool,
+    /// How to hook loop iterations (`--attach`).
+    pub attach: Attach,
 }
 
 /// The kernel's health counters, summed over CPUs.
@@ -66,6 +73,13 @@ pub struct Probes {
     /// Why the stack walkers (tables, Python frames) could not load here,
     /// when the frame-pointer variants were loaded instead.
     pub walk_refused: Option<String>,
+    /// What the running kernel offers (probed in [`Probes::load`]).
+    pub features: Features,
+    /// How iterations are hooked, once attached, and why (`-v`).
+    pub mode: Option<(AttachMode, String)>,
+    /// `task_struct` offsets were found in BTF (the tp_btf sched programs
+    /// need them).
+    pub(super) task_offsets_known: bool,
 }
 
 /// The two program types whose stack capture has a fallback variant.
@@ -91,8 +105,6 @@ impl Loadable for PerfEvent {
     }
 }
 
-const WAIT_SYSCALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
-
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> Error {
     move |source| Error::Map { name, source }
 }
@@ -104,6 +116,14 @@ fn attach_err(probe: String) -> impl FnOnce(aya::programs::ProgramError) -> Erro
 impl Probes {
     pub fn load(opts: &ProbeOptions) -> Result<Self> {
         let mounted_tracefs = tracefs::ensure_mounted()?;
+        let features = Features::probe();
+        log::info!("{features}");
+        features.require()?;
+        // 0 when unknown: the tp_btf sched programs are then not used.
+        let (task_pid_off, task_state_off) = super::btf::task_sched_offsets().unwrap_or_else(|e| {
+            log::info!("no task_struct offsets from BTF ({e}): sched by classic tracepoints");
+            (0, 0)
+        });
         let config = Config {
             threshold_ns: opts.threshold_ns,
             flags: if opts.frequency > 0 { CFG_SAMPLING } else { 0 }
@@ -115,6 +135,8 @@ impl Probes {
             wakeup_pid_off: tracefs::field_offset("sched", "sched_wakeup", "pid")?,
             fork_child_off: tracefs::field_offset("sched", "sched_process_fork", "child_pid")?,
             _pad: 0,
+            task_pid_off,
+            task_state_off,
         };
         let mut ebpf = EbpfLoader::new()
             .load(aya::include_bytes_aligned!(concat!(
@@ -133,6 +155,9 @@ impl Probes {
             mounted_tracefs,
             attached: Vec::new(),
             walk_refused: None,
+            features,
+            mode: None,
+            task_offsets_known: task_pid_off != 0,
         })
     }
 
@@ -205,27 +230,27 @@ impl Probes {
 
     /// Attach all programs. The targets must be set first.
     pub fn attach(&mut self, opts: &ProbeOptions) -> Result<()> {
+        let candidates = candidates(opts.attach, &self.features)?;
+        let mode = self.attach_iterations(candidates, opts.workers)?;
+        self.mode = Some(mode);
         let mut points: Vec<(&str, &str, String)> = Vec::new();
-        for sc in WAIT_SYSCALLS {
-            points.push(("epoll_exit", "syscalls", format!("sys_exit_{sc}")));
-            points.push(("epoll_enter", "syscalls", format!("sys_enter_{sc}")));
-        }
         points.push(("thread_exit", "sched", "sched_process_exit".into()));
-        if opts.workers {
-            points.push(("futex_exit", "syscalls", "sys_exit_futex".into()));
-            points.push(("futex_enter", "syscalls", "sys_enter_futex".into()));
-        }
         if opts.children {
             points.push(("process_fork", "sched", "sched_process_fork".into()));
         }
-        if opts.sched {
+        let sched_btf = opts.sched
+            && opts.attach != Attach::Tracepoints
+            && self
+                .attach_sched_btf()
+                .inspect_err(|why| log::info!("off-CPU by classic tracepoints: {why}"))
+                .is_ok();
+        if opts.sched && !sched_btf {
             let switch = self.load_walker::<TracePoint>("sched_switch", "sched_switch_fp")?;
             points.push((switch, "sched", "sched_switch".into()));
             points.push(("sched_wakeup", "sched", "sched_wakeup".into()));
         }
         for (prog, category, name) in points {
             if !tracefs::has_tracepoint(category, &name) {
-                // epoll_pwait2 is 5.11+; the others are everywhere.
                 log::warn!("tracepoint {category}:{name} does not exist on this kernel; skipped");
                 continue;
             }
@@ -286,7 +311,7 @@ impl Probes {
         self.remove_python_target(tgid);
     }
 
-    fn program<T>(&mut self, name: &str) -> Result<&mut T>
+    pub(super) fn program<T>(&mut self, name: &str) -> Result<&mut T>
     where
         for<'a> &'a mut T:
             TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,

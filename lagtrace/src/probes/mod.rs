@@ -4,9 +4,14 @@
 //! Every attachment is held by an fd-backed link, so the kernel detaches all
 //! of it when lagtrace exits, however it exits (SIGKILL included): nothing
 //! is pinned.
+pub mod attach;
 pub mod btf;
+pub mod features;
 pub mod loader;
+pub mod sched_attach;
 pub mod tracefs;
 pub mod unwind_maps;
 
+pub use attach::AttachMode;
+pub use features::Features;
 pub use loader::{Counters, ProbeOptions, Probes};

@@ -40,7 +40,7 @@ pub fn ensure_mounted() -> Result<bool> {
     Ok(true)
 }
 
-fn events_dir() -> &'static str {
+pub(crate) fn events_dir() -> &'static str {
     if populated(Path::new(TRACEFS)) {
         TRACEFS
     } else {

@@ -104,6 +104,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         children: args.children,
         // Children may be tokio binaries too: attach the futex points then.
         workers: args.children || models.contains(&lagtrace_common::MODEL_WORKER),
+        attach: args.attach,
     };
     let outputs = Outputs::open(
         args,
@@ -139,6 +140,8 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         symbolizer.warm_up(t.pid);
     }
     probes.attach(&opts)?;
+    let (mode, why) = probes.mode.clone().expect("set by attach");
+    log::info!("attach: {mode}: {why}");
     if let Some(why) = &probes.walk_refused {
         notes.push(format!(
             "this kernel refused the stack walker ({why}): native stacks by frame pointer only and no Python frames; they need Linux 5.17 or later"
@@ -158,7 +161,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         .collect();
     let console = Console::default();
     let start_line = format!(
-        "lagtrace: tracing {}: threshold {}, sampling {}, {}. Ctrl-C to stop.",
+        "lagtrace: tracing {}: threshold {}, sampling {}, attach: {mode}, {}. Ctrl-C to stop.",
         who.join(", "),
         output::fmt_ns(threshold_ns),
         if args.frequency > 0 {

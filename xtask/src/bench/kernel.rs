@@ -71,7 +71,7 @@ fn loaded_round(ctx: &Ctx, target: &Target, args: &[&str]) -> Result<(Vec<ProgCo
 }
 
 /// The spin loop's own count for one `go`: (iterations, seconds).
-fn spin_once(spin: &mut Target, secs: u64) -> Result<(u64, f64)> {
+pub(super) fn spin_once(spin: &mut Target, secs: u64) -> Result<(u64, f64)> {
     spin.proc.send("go\n")?;
     let line = spin.proc.wait_line(
         "`DONE <iterations> <ns>`",

@@ -4,6 +4,7 @@
 //! CPU and memory — and what it sees of known stalls next to the usual lag
 //! monitor. Prints a markdown report and writes it to `bench/RESULTS.md`.
 //! It measures and reports only: no timing is ever asserted.
+mod attach;
 mod bpfstats;
 mod deps;
 mod kernel;
@@ -43,7 +44,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Run only the sections whose key contains this (keys: overhead,
-    /// alternatives, kernel, self, resolution, python). The report then goes
+    /// alternatives, kernel, self, resolution, python, attach). The report then goes
     /// to target/bench/RESULTS-partial.md, not bench/RESULTS.md.
     #[arg(long)]
     pub only: Option<String>,
@@ -157,6 +158,7 @@ const SECTIONS: &[(&str, &str, SectionFn)] = &[
         "7. Soak: memory over a long attach",
         soak::section_soak,
     ),
+    ("attach", "8. Attach modes", attach::section_attach),
 ];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {

@@ -110,6 +110,17 @@ pub fn build_spin_loop(out_dir: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Compiles bench/targets/getppid_loop.c into `out_dir`.
+pub fn build_getppid_loop(out_dir: &Path) -> Result<PathBuf> {
+    let bin = out_dir.join("getppid_loop");
+    run(Command::new("gcc")
+        .args(["-O2", "-Wall", "-Wextra", "-o"])
+        .arg(&bin)
+        .arg(script("getppid_loop.c")?))
+    .context("could not compile the getppid loop")?;
+    Ok(bin)
+}
+
 /// The compiled spin loop; each `go` on its stdin spins for `secs`.
 pub fn spin_loop(bin: &Path, secs: u64) -> Result<Target> {
     let mut cmd = Command::new(bin);

@@ -51,6 +51,10 @@ const PLAN: &[(&str, &[&str])] = &[
         "errors",
         &["nothing_stays_attached_after_sigint_sigterm_or_sigkill"],
     ),
+    (
+        "attach_modes",
+        &["auto_names_its_choice", "every_attach_mode_gives_the_truth"],
+    ),
 ];
 
 #[derive(clap::Args, Debug)]
@@ -96,6 +100,8 @@ struct Row {
     failed: u32,
     /// Tests that skipped themselves, with a printed reason.
     skipped: u32,
+    /// The attach mode `lagtrace --attach auto` chose in the guest.
+    attach: String,
     secs: u64,
     ok: bool,
     note: String,
@@ -243,13 +249,17 @@ fn run_kernel(
         passed: 0,
         failed: 0,
         skipped: 0,
+        attach: "?".into(),
         secs: 0,
         ok: false,
         note: String::new(),
     };
     let mut ran = 0;
     for line in &console.lines {
-        if let Some(rest) = line.strip_prefix("vmtest: result ") {
+        if let Some(mode) = line.strip_prefix("vmtest: attach ") {
+            row.attach = mode.trim().to_string();
+            println!("  {line}");
+        } else if let Some(rest) = line.strip_prefix("vmtest: result ") {
             ran += 1;
             let field = |k: &str| {
                 rest.split_whitespace()
@@ -304,10 +314,11 @@ fn print_table(rows: &[Row]) {
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | tracepoints | {} | {}/{} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {}/{} | {} | {} | {} |",
             r.label,
             r.release,
             r.loads,
+            r.attach,
             r.accel,
             r.passed,
             r.passed + r.failed + r.skipped,
@@ -361,6 +372,7 @@ pub fn run_vmtest(args: &VmtestArgs) -> Result<()> {
                 passed: 0,
                 failed: 0,
                 skipped: 0,
+                attach: "?".into(),
                 secs: 0,
                 ok: false,
                 note: format!("{e:#}"),

@@ -1,0 +1,52 @@
+//! Off-CPU accounting by tp_btf where the kernel takes it: `sched_switch`
+//! and `sched_wakeup` fire for every context switch and wakeup on the host,
+//! and tp_btf skips the trace record the classic tracepoints format first
+//! (see `lagtrace-ebpf/src/probes/sched_btf.rs`). `--attach tracepoints`
+//! keeps the classic ones, as does any failure here.
+use aya::{Btf, programs::BtfTracePoint};
+
+use super::Probes;
+
+impl Probes {
+    /// Attach the tp_btf sched programs, or say why not; a failure leaves
+    /// nothing attached.
+    pub(super) fn attach_sched_btf(&mut self) -> Result<(), String> {
+        if !self.features.tp_btf || !self.task_offsets_known {
+            return Err("no tp_btf or no task_struct offsets in BTF".into());
+        }
+        let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+        // The walker variant needs bpf_loop; without it the frame-pointer
+        // one (the perf sampler makes the same choice on its own).
+        let switch = if self.features.bpf_loop {
+            "sched_switch_btf"
+        } else {
+            "sched_switch_btf_fp"
+        };
+        let link = {
+            let p: &mut BtfTracePoint = self.program(switch).map_err(|e| e.to_string())?;
+            p.load("sched_switch", &btf)
+                .map_err(|e| format!("loading {switch}: {e}"))?;
+            p.attach().map_err(|e| format!("attaching {switch}: {e}"))?
+        };
+        let wakeup = (|| {
+            let p: &mut BtfTracePoint = self
+                .program("sched_wakeup_btf")
+                .map_err(|e| e.to_string())?;
+            p.load("sched_wakeup", &btf)
+                .map_err(|e| format!("loading sched_wakeup_btf: {e}"))?;
+            p.attach()
+                .map(drop)
+                .map_err(|e| format!("attaching sched_wakeup_btf: {e}"))
+        })();
+        if let Err(why) = wakeup {
+            if let Ok(p) = self.program::<BtfTracePoint>(switch) {
+                let _ = p.detach(link);
+            }
+            return Err(why);
+        }
+        self.attached
+            .push("tp_btf:sched_switch, tp_btf:sched_wakeup".into());
+        log::info!("off-CPU: tp_btf sched_switch and sched_wakeup ({switch})");
+        Ok(())
+    }
+}

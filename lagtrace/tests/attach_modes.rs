@@ -1,0 +1,195 @@
+//! Every attach mode gives the same spans: for each mode the running kernel
+//! has (`--attach fentry|tp-btf|raw-tp|tracepoints`), an asyncio loop
+//! (epoll waits) and a tokio multi-thread runtime (futex waits, the worker
+//! model) are traced through their stall scenarios, and every stall is
+//! checked against the target's own truth with the accuracy bar of
+//! `assert_stalls_reported`. A mode the kernel lacks must be refused with
+//! one line that names it; at least one mode must run.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use common::*;
+
+/// `--attach` value and the name the start line prints for it.
+const MODES: [(&str, &str); 4] = [
+    ("fentry", "fentry"),
+    ("tp-btf", "tp_btf"),
+    ("raw-tp", "raw_tracepoint"),
+    ("tracepoints", "tracepoints"),
+];
+
+fn python() -> Option<PathBuf> {
+    pyenv_python("3.11").or_else(|| tool_or_skip("attach_modes", &["python3"]))
+}
+
+fn testapp(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; the apps sit next to it.
+    let exe = std::env::current_exe().expect("test exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name)
+}
+
+fn build_testapps() -> bool {
+    if std::env::var_os("LAGTRACE_TEST_PREBUILT").is_some() {
+        return testapp("tokio_stalls").exists();
+    }
+    Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "lagtrace-testapps"])
+        .status()
+        .expect("cargo build")
+        .success()
+}
+
+/// Whether this kernel takes `--attach flag`: a short run against `pid`.
+/// A refusal must be one line naming the mode and the way out.
+fn mode_works(flag: &str, pid: u32) -> bool {
+    let pid = pid.to_string();
+    let (code, _, stderr) = run_lagtrace(&["--pid", &pid, "--attach", flag, "-d", "1s"]);
+    if code == Some(0) {
+        return true;
+    }
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "--attach {flag}: one line expected: {stderr}"
+    );
+    assert!(
+        lines[0].contains("cannot work on this kernel") && lines[0].contains("--attach auto"),
+        "--attach {flag} failed otherwise: {stderr}"
+    );
+    eprintln!(
+        "SKIP every_attach_mode_gives_the_truth --attach {flag}: {}",
+        lines[0]
+    );
+    false
+}
+
+fn attach_line(fin: &Finished) -> &str {
+    fin.stderr
+        .iter()
+        .find(|l| l.starts_with("lagtrace: tracing"))
+        .map(String::as_str)
+        .unwrap_or("")
+}
+
+#[test]
+fn every_attach_mode_gives_the_truth() {
+    if !root_or_skip("every_attach_mode_gives_the_truth") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    if !build_testapps() {
+        panic!("building lagtrace-testapps failed");
+    }
+    let script = targets_dir().join("asyncio_stalls.py");
+    let mut ran = Vec::new();
+    for (flag, name) in MODES {
+        // asyncio: epoll waits.
+        let mut target = Target::start(
+            &py,
+            &[
+                script.to_str().unwrap(),
+                "--mode",
+                "cpu",
+                "--stalls-ms",
+                "80,150,300",
+            ],
+        );
+        if !mode_works(flag, target.pid) {
+            continue;
+        }
+        let fin = trace_scenario(&mut target, &["--attach", flag]);
+        assert!(
+            attach_line(&fin).contains(&format!("attach: {name},")),
+            "{flag}: {:?}",
+            fin.stderr
+        );
+        let errors = assert_stalls_reported(&fin.spans, &target.stalls(), 50);
+        assert_eq!(errors.len(), 3, "{flag}: {:?}", fin.spans);
+        report(&format!("asyncio cpu, attach {name}"), &errors);
+
+        // tokio multi-thread: futex waits end its workers' iterations.
+        let app = testapp("tokio_stalls");
+        let mut target = Target::start(
+            &app,
+            &[
+                "--flavor",
+                "multi",
+                "--block",
+                "sleep",
+                "--stalls-ms",
+                "80,150,300",
+            ],
+        );
+        let pid = target.pid.to_string();
+        let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--attach", flag]);
+        // A worker parked since before attach is seen from its next wait.
+        std::thread::sleep(Duration::from_millis(100));
+        target.run_scenario(patience(Duration::from_secs(60)));
+        std::thread::sleep(Duration::from_millis(200));
+        let fin = lt.stop();
+        assert_eq!(fin.code, Some(0), "{flag}: {:?}", fin.stderr);
+        let stalls = target.stalls();
+        let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+        assert_eq!(errors.len(), 3, "{flag}: {:?}", fin.spans);
+        for t in &stalls {
+            let on_worker = matching_span(&fin.spans, t);
+            assert_eq!(on_worker.len(), 1, "{flag}: {t:?} on its worker");
+        }
+        report(&format!("tokio multi sleep, attach {name}"), &errors);
+        ran.push(name);
+    }
+    eprintln!("attach modes checked on this kernel: {ran:?}");
+    assert!(
+        ran.contains(&"tracepoints") || ran.contains(&"fentry"),
+        "no usable attach mode ran: {ran:?}"
+    );
+}
+
+/// `auto` picks fentry where the kernel can patch the epoll wait function,
+/// and says so in the start line; `-v` says why.
+#[test]
+fn auto_names_its_choice() {
+    if !root_or_skip("auto_names_its_choice") {
+        return;
+    }
+    let Some(py) = python() else { return };
+    let script = targets_dir().join("asyncio_stalls.py");
+    let target = Target::start(&py, &[script.to_str().unwrap(), "--mode", "cpu"]);
+    let pid = target.pid.to_string();
+    let (code, _, stderr) = run_lagtrace(&["--pid", &pid, "-d", "1s", "-v"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let start = stderr
+        .lines()
+        .find(|l| l.starts_with("lagtrace: tracing"))
+        .expect("a start line");
+    let chosen = MODES
+        .iter()
+        .map(|(_, name)| *name)
+        .find(|name| start.contains(&format!("attach: {name},")))
+        .unwrap_or_else(|| panic!("no attach mode in {start:?}"));
+    let why = stderr
+        .lines()
+        .find(|l| l.contains(&format!("attach: {chosen}: ")))
+        .unwrap_or_else(|| panic!("-v must say why {chosen}: {stderr}"));
+    let features = stderr
+        .lines()
+        .find(|l| l.contains("fentry(do_epoll_wait)="))
+        .unwrap_or_else(|| panic!("-v must list the kernel's features: {stderr}"));
+    let fentry_here = features.contains("fentry(do_epoll_wait)=yes");
+    if fentry_here {
+        assert_eq!(chosen, "fentry", "{why}");
+    } else {
+        assert_ne!(chosen, "fentry", "{why}");
+        assert!(why.contains("not fentry"), "{why}");
+    }
+    eprintln!("auto chose {chosen}: {why}");
+}

@@ -1,0 +1,170 @@
+//! Section 8 (`--only attach`): what each attach mode (`lagtrace --attach
+//! …`) costs, in the same run, so the cheapest can be chosen per kernel
+//! (issue #15): the tight `epoll_wait(…, 0)` loop's rate, a syscall in a
+//! process lagtrace does not trace (`getppid`, ns per call: the host-wide
+//! cost), and target CPU per request of the asyncio and Node.js servers.
+//! A mode the kernel refuses is reported as such, not measured.
+use std::{fmt::Write as _, path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    Ctx, Section,
+    kernel::spin_once,
+    lagtrace::Lagtrace,
+    overhead::{self, Mode, Tool, compare, interleave, render},
+    report::Table,
+    stats::{Spread, ratio_cell, thousands},
+    targets,
+};
+use crate::util;
+
+/// `--attach` values, most host-friendly first.
+const MODES: [&str; 5] = ["fentry", "tp-btf", "raw-tp", "tracepoints", "auto"];
+/// getppid calls per measurement, and measurements per mode.
+const GETPPID_CALLS: &str = "2000000";
+const GETPPID_REPEATS: usize = 5;
+
+/// Median ns per getppid call over a few runs of the loop.
+fn getppid_ns(bin: &Path) -> Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..GETPPID_REPEATS {
+        let out = util::capture(Command::new(bin).arg(GETPPID_CALLS))?;
+        let ns: f64 = out
+            .trim()
+            .strip_prefix("NS_PER_CALL ")
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("getppid loop printed `{out}`"))?;
+        v.push(ns);
+    }
+    Ok(Spread::of(&v).map_or(f64::NAN, |s| s.median))
+}
+
+/// One mode on the spin loop: (iterations/s, getppid ns/call), or why the
+/// kernel refused it.
+fn spin_and_syscall(
+    ctx: &Ctx,
+    spin: &mut targets::Target,
+    getppid: &Path,
+    mode: Option<&str>,
+) -> Result<std::result::Result<(f64, f64), String>> {
+    let secs = ctx.plan.spin_secs;
+    let lt = match mode {
+        None => None,
+        Some(m) => {
+            overhead::settle(ctx)?;
+            match Lagtrace::start(&ctx.lagtrace, spin.pid, &["--attach".into(), m.into()]) {
+                Ok(lt) => Some(lt),
+                Err(e) => return Ok(Err(format!("{e:#}").lines().last().unwrap_or("").into())),
+            }
+        }
+    };
+    let (n, s) = spin_once(spin, secs)?;
+    let ns = getppid_ns(getppid)?;
+    if let Some(lt) = lt {
+        lt.stop(None)?;
+    }
+    Ok(Ok((n as f64 / s, ns)))
+}
+
+pub fn section_attach(ctx: &Ctx) -> Result<Section> {
+    let mut body = String::from(
+        "Each attach mode of lagtrace (`--attach`, default settings otherwise) on the same \
+         targets in one run. *Spin loop*: `bench/targets/spin_loop.c`, `epoll_wait(…, 0)` in a \
+         tight loop, iterations per second traced by that mode. *getppid*: \
+         `bench/targets/getppid_loop.c` in a separate, untraced process (median of 5 runs of \
+         2,000,000 calls) while lagtrace traces the idle spin loop: what every other process \
+         on the host pays per syscall. *CPU/request*: the servers' CPU time per request, \
+         interleaved rounds as in section 1.\n\n",
+    );
+    let mut headline = Vec::new();
+    let spin_bin = targets::build_spin_loop(&ctx.out)?;
+    let getppid = targets::build_getppid_loop(&ctx.out)?;
+    let mut spin = targets::spin_loop(&spin_bin, ctx.plan.spin_secs)?;
+    eprintln!("-- attach: untraced spin + getppid");
+    let (base_rate, base_ns) =
+        spin_and_syscall(ctx, &mut spin, &getppid, None)?.map_err(anyhow::Error::msg)?;
+    let mut t = Table::new(&[
+        "mode",
+        "spin loop iterations/s",
+        "spin ratio",
+        "getppid ns/call (other process)",
+        "getppid added",
+    ]);
+    t.row(vec![
+        "untraced".into(),
+        thousands(base_rate),
+        "1".into(),
+        format!("{base_ns:.1}"),
+        "—".into(),
+    ]);
+    let mut usable = Vec::new();
+    for m in MODES {
+        eprintln!("-- attach: spin + getppid, --attach {m}");
+        match spin_and_syscall(ctx, &mut spin, &getppid, Some(m))? {
+            Ok((rate, ns)) => {
+                t.row(vec![
+                    format!("`--attach {m}`"),
+                    thousands(rate),
+                    format!("{:.2}×", rate / base_rate),
+                    format!("{ns:.1}"),
+                    format!("{:+.1} ns", ns - base_ns),
+                ]);
+                headline.push(format!(
+                    "--attach {m}: spin {:.2}×, getppid elsewhere {:+.1} ns/call",
+                    rate / base_rate,
+                    ns - base_ns
+                ));
+                usable.push(m);
+            }
+            Err(why) => t.row(vec![
+                format!("`--attach {m}`"),
+                format!("refused here: {why}"),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]),
+        }
+    }
+    spin.proc.close_stdin();
+    spin.proc.stop()?;
+    let _ = writeln!(body, "{}", t.render());
+
+    let asyncio = targets::asyncio_http(&ctx.python, "asyncio_http", &[])?;
+    let node = targets::node_http()?;
+    for (name, target) in [
+        (format!("asyncio (Python {})", ctx.python.version), &asyncio),
+        (format!("Node.js {}", ctx.node), &node),
+    ] {
+        let mut modes = vec![Mode {
+            label: "untraced".into(),
+            target,
+            tool: Tool::Untraced,
+        }];
+        for m in &usable {
+            modes.push(Mode {
+                label: format!("lagtrace --attach {m}"),
+                target,
+                tool: Tool::Lagtrace(vec!["--attach".into(), (*m).into()]),
+            });
+        }
+        let results = interleave(ctx, &modes, ctx.plan.rounds)
+            .with_context(|| format!("attach rounds on {name}"))?;
+        let _ = write!(
+            body,
+            "\n### {name} HTTP server\n\n{}\n",
+            render(&modes, &results)
+        );
+        let per: Vec<String> = usable
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{m} {}", ratio_cell(compare(&results, i + 1, 0).cpu)))
+            .collect();
+        headline.push(format!("{name} CPU/request ratio: {}", per.join("; ")));
+    }
+    Ok(Section {
+        title: "8. Attach modes".into(),
+        body,
+        headline,
+    })
+}
