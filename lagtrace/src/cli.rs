@@ -22,6 +22,11 @@ pub const DEFAULT_THRESHOLD: &str = "50ms";
 pub const DEFAULT_FREQUENCY: u64 = 499;
 /// The highest sampling frequency accepted.
 pub const MAX_FREQUENCY: u64 = 4999;
+/// Default limit on processes traced by `--name`/`--cgroup`.
+pub const DEFAULT_MAX_TARGETS: u32 = 64;
+/// Highest `--max-targets`: the kernel tracks 256 loop threads with sample
+/// slots, so more processes would only share them.
+pub const MAX_SELECTED: u32 = lagtrace_common::MAX_SAMPLE_THREADS;
 /// The shortest threshold accepted. Below it nearly every loop iteration is
 /// a "span" (an `epoll_wait` returning with work costs tens of µs), which
 /// only floods the outputs: a stall is a pause someone would notice.
@@ -36,8 +41,24 @@ pub const MIN_THRESHOLD: Duration = Duration::from_micros(100);
 )]
 pub struct Args {
     /// Process to trace, by pid (repeat for several processes).
-    #[arg(short = 'p', long = "pid", required = true, value_parser = parse_pid)]
+    #[arg(short = 'p', long = "pid", value_parser = parse_pid, required_unless_present_any = ["names", "cgroups"])]
     pub pids: Vec<u32>,
+
+    /// Trace every process whose command name or command line matches this
+    /// regex, now and started later (repeatable).
+    #[arg(long = "name", value_name = "REGEX", value_parser = parse_regex)]
+    pub names: Vec<regex::Regex>,
+
+    /// Trace every process in this cgroup v2 (or below it), now and later:
+    /// a directory under the cgroup v2 mount, or a path relative to it as
+    /// /proc/PID/cgroup shows it, e.g. system.slice/api.service (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Most processes traced at once by --name and --cgroup; more matches
+    /// are not traced, with a warning.
+    #[arg(long, default_value_t = DEFAULT_MAX_TARGETS, value_parser = clap::value_parser!(u32).range(1..=MAX_SELECTED as i64))]
+    pub max_targets: u32,
 
     /// An event-loop iteration at least this long is a blocking span (e.g. 50ms, 0.2s, 500us).
     #[arg(short = 't', long, default_value = DEFAULT_THRESHOLD, value_parser = parse_threshold)]
@@ -134,6 +155,10 @@ pub fn parse_threshold(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("`{s}` is not a regex: {e}"))
+}
+
 fn parse_pid(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(0) | Err(_) => Err(format!("`{s}` is not a process id (a positive integer)")),
@@ -207,5 +232,11 @@ mod tests {
         assert!(Args::try_parse_from(["lagtrace", "--pid", "1", "-F", "100000"]).is_err());
         let two = Args::try_parse_from(["lagtrace", "-p", "1", "-p", "2"]).unwrap();
         assert_eq!(two.pids, vec![1, 2]);
+        let sel =
+            Args::try_parse_from(["lagtrace", "--name", "uvicorn", "--cgroup", "a/b"]).unwrap();
+        assert!(sel.pids.is_empty());
+        assert_eq!(sel.names.len(), 1);
+        assert!(Args::try_parse_from(["lagtrace", "--name", "("]).is_err());
+        assert!(Args::try_parse_from(["lagtrace", "--name", "x", "--max-targets", "0"]).is_err());
     }
 }

@@ -56,6 +56,10 @@ pub enum Error {
     #[error("{what}")]
     OutputPath { what: String },
 
+    /// A `--cgroup` that names no cgroup v2 directory.
+    #[error(transparent)]
+    Select(#[from] crate::session::select::SelectError),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -6,6 +6,7 @@
 //! `targets.rs` the traced processes.
 pub mod flood;
 mod pipeline;
+pub mod select;
 mod targets;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
@@ -86,7 +87,8 @@ pub fn period_ns(frequency: u64) -> u64 {
 pub async fn run(args: &Args) -> Result<Outcome> {
     check_privileges()?;
     let threshold_ns = args.threshold.as_nanos() as u64;
-    let (targets, mut notes) = Targets::open(&args.pids)?;
+    let mut selection = select::Selection::new(&args.names, &args.cgroups)?;
+    let (mut targets, mut notes) = Targets::open(&args.pids)?;
     let models: Vec<u32> = targets
         .iter()
         .map(|t| model_for(t.pid, args.model))
@@ -97,13 +99,16 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         sched: !args.no_sched,
         children: args.children,
         // Children may be tokio binaries too: attach the futex points then.
-        workers: args.children || models.contains(&lagtrace_common::MODEL_WORKER),
+        workers: args.children
+            || selection.active()
+            || models.contains(&lagtrace_common::MODEL_WORKER),
+        select: selection.active(),
     };
     let outputs = Outputs::open(
         args,
-        targets[0].pid,
+        targets.first().map_or(std::process::id(), |t| t.pid),
         period_ns(args.frequency),
-        targets.len() > 1,
+        targets.len() > 1 || selection.active(),
     )?;
     let mut probes = Probes::load(&opts)?;
     if probes.mounted_tracefs {
@@ -125,6 +130,22 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         tables.add_process(t.pid, &mut probes)?;
     }
     log_tables(&tables, t0.elapsed());
+    // Processes that match --name/--cgroup now.
+    let matching: Vec<(u32, Option<String>)> = selection
+        .scan()
+        .into_iter()
+        .map(|(pid, s)| (pid, Some(s)))
+        .collect();
+    notes.extend(select::adopt(
+        &mut selection,
+        matching,
+        &mut targets,
+        args.max_targets,
+        args.model,
+        &mut probes,
+        &mut symbolizer.python,
+        &mut tables,
+    ));
     // Parse the targets' symbols now, not while the first span streams.
     for t in targets.iter() {
         symbolizer.warm_up(t.pid);
@@ -141,12 +162,19 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         AsyncFd::register_with_interest(probes.take_events()?, tokio::io::Interest::READABLE)
     }
     .map_err(|e| Error::io("polling the ring buffer", e.into()))?;
+    let mut execs = selection
+        .active()
+        .then(|| probes.take_execs())
+        .transpose()?;
     let clock = WallClock::measure();
     let started = Instant::now();
-    let who: Vec<String> = targets
+    let mut who: Vec<String> = targets
         .iter()
         .map(|t| format!("pid {} ({})", t.pid, t.describe()))
         .collect();
+    if selection.active() {
+        who.push(format!("processes matching {}", selection.describe()));
+    }
     let console = Console::default();
     let start_line = format!(
         "lagtrace: tracing {}: threshold {}, sampling {}, {}. Ctrl-C to stop.",
@@ -159,6 +187,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         },
         match args.duration {
             Some(d) => format!("for {}", output::fmt_ns(d.as_nanos() as u64)),
+            None if selection.active() => "until Ctrl-C or SIGTERM".into(),
             None => "until the target exits".into(),
         }
     );
@@ -201,6 +230,8 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     // and no branch holds the loop for longer than a drain slice, so a flood
     // of spans cannot delay the end of the trace.
     let mut more = false;
+    // Pids that may match --name/--cgroup, to check on the next drain tick.
+    let mut selected: Vec<(u32, Option<String>)> = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -244,6 +275,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                         Err(e) => log::debug!("unwind tables of pid {pid} not refreshed: {e}"),
                     }
                 }
+                if ticks.is_multiple_of(SNAPSHOT_TICKS) {
+                    // Forks without exec stay in their parent's cgroup.
+                    selected.extend(selection.cgroup_members().into_iter().map(|(pid, s)| (pid, Some(s))));
+                }
                 for note in p.targets.check_exec(&mut probes, &mut p.symbolizer.python) {
                     eprintln!("lagtrace: {}", sanitize::line(&note));
                 }
@@ -255,11 +290,21 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                         p.targets.release(*pid, &mut probes);
                     }
                 }
-                if outcome.exited.len() == p.targets.len() {
+                if outcome.exited.len() == p.targets.len() && !selection.active() {
                     break;
                 }
             }
             _ = drain_tick.tick() => {
+                // New programs are enrolled before their loop starts.
+                if let Some(ring) = execs.as_mut() {
+                    selected.extend(select::drain_execs(ring).into_iter().map(|pid| (pid, None)));
+                }
+                if !selected.is_empty() {
+                    let found = std::mem::take(&mut selected);
+                    for note in select::adopt(&mut selection, found, &mut p.targets, args.max_targets, args.model, &mut probes, &mut p.symbolizer.python, &mut tables) {
+                        eprintln!("lagtrace: {}", sanitize::line(&note));
+                    }
+                }
                 // Mapping windows stay fine-grained (see symbolize/cache.rs).
                 for pid in p.targets.iter().map(|t| t.pid).collect::<Vec<_>>() {
                     p.symbolizer.refresh(pid);
