@@ -98,6 +98,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Model::Auto)]
     pub model: Model,
 
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics,
+    /// e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+
     /// More output: -v shows kernel-side diagnostics, -vv debugging.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -25,6 +25,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "busybox-static",
     "xz-utils",
     "zstd",
+    // A real Prometheus server scrapes `--metrics` in tests/metrics.rs.
+    "prometheus",
 ];
 /// bpf-linker versions we accept when installing.
 const BPF_LINKER_VERSION: &str = "^0.13";

@@ -11,6 +11,8 @@ pub mod flamegraph;
 pub mod folded;
 pub mod jsonl;
 pub mod live;
+pub mod metrics;
+pub mod metrics_http;
 pub mod paths;
 pub mod sanitize;
 pub mod summary;

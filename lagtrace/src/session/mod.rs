@@ -5,6 +5,7 @@
 //! state is shared between threads. `pipeline.rs` holds the steps,
 //! `targets.rs` the traced processes.
 pub mod flood;
+mod metrics;
 mod pipeline;
 pub mod select;
 mod targets;
@@ -150,6 +151,15 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     for t in targets.iter() {
         symbolizer.warm_up(t.pid);
     }
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let m = output::metrics::Metrics::default();
+            let at = output::metrics_http::serve(addr, m.clone()).await?;
+            notes.push(format!("metrics at http://{at}/metrics"));
+            Some(m)
+        }
+        None => None,
+    };
     probes.attach(&opts)?;
     if let Some(why) = &probes.walk_refused {
         notes.push(format!(
@@ -216,6 +226,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         unmapped_pcs: Default::default(),
         unread_at_exit: 0,
         unknown_pids: Vec::new(),
+        metrics,
     };
     let mut outcome = Outcome::default();
     let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
@@ -247,6 +258,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                 p.check_stuck(&threads, &probes);
                 if ticks.is_multiple_of(SNAPSHOT_TICKS) {
                     snapshot(&mut p, &mut probes, &threads);
+                    metrics::update(&mut p, &probes, &threads, &selection, &outcome.exited);
                 }
                 if args.children {
                     let seen = p.seen_pids(&threads);

@@ -49,6 +49,8 @@ pub(super) struct Pipeline {
     pub unread_at_exit: u64,
     /// Processes whose spans arrived before they were adopted (`--children`).
     pub unknown_pids: Vec<(u32, [u8; 16])>,
+    /// `--metrics`: fed every finished span.
+    pub metrics: Option<crate::output::metrics::Metrics>,
 }
 
 impl Pipeline {
@@ -194,6 +196,9 @@ impl Pipeline {
         self.console.line(&live::span_line(&span, self.multi()));
         self.summary.span(&span);
         self.outputs.record(&span);
+        if let Some(m) = &self.metrics {
+            m.span(&span);
+        }
         self.spans += 1;
         Ok(())
     }
