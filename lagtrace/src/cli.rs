@@ -72,6 +72,20 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub spans: Option<PathBuf>,
 
+    /// Rotate --spans at this size (e.g. 100MB): the file is written in
+    /// place, becomes FILE.1 when full, and SIGHUP reopens it (logrotate).
+    #[arg(long, value_name = "SIZE", requires = "spans", value_parser = crate::output::rotate::parse_size)]
+    pub spans_max_size: Option<u64>,
+
+    /// Rotated --spans files kept (FILE.1 … FILE.N); older ones are deleted.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        requires = "spans_max_size"
+    )]
+    pub spans_keep: u32,
+
     /// Write a flamegraph (SVG) of blocking spans to this file.
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,

@@ -231,6 +231,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let mut outcome = Outcome::default();
     let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
     let (mut sigint, mut sigterm) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?);
+    let mut sighup = sig(SignalKind::hangup())?;
     let deadline = args.duration.map(|d| started + d);
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -248,6 +249,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             biased;
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => {
+                // logrotate moved the files: write to new ones at their paths.
+                p.outputs.reopen();
+                log::info!("SIGHUP: output files reopened");
+            }
             _ = async { sleep_until(deadline.unwrap_or(started)).await }, if deadline.is_some() => break,
             _ = tick.tick() => {
                 ticks += 1;
