@@ -112,6 +112,16 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Model::Auto)]
     pub model: Model,
 
+    /// On SIGUSR1, write a flamegraph and a summary of the spans of this
+    /// last stretch (e.g. 10m), without stopping the trace.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub window: Duration,
+
+    /// Where SIGUSR1 snapshots go (default: the folder of the first output
+    /// file, else the current folder).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics,
     /// e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]

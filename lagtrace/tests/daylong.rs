@@ -79,3 +79,107 @@ fn rotation_loses_no_span() {
     assert_eq!(errors.len(), 8, "every stall in exactly one file");
     assert_eq!(spans.len(), 8, "no span lost or doubled across files");
 }
+
+/// Parse an SVG as XML: the root element's name, and the text of its
+/// `<title>`s (one per flamegraph frame).
+fn parse_svg(text: &str) -> (String, Vec<String>) {
+    use quick_xml::{Reader, events::Event};
+    let mut r = Reader::from_str(text);
+    let (mut root, mut titles, mut in_title) = (String::new(), Vec::new(), false);
+    loop {
+        match r
+            .read_event()
+            .unwrap_or_else(|e| panic!("invalid XML: {e}"))
+        {
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                if root.is_empty() {
+                    root = name.clone();
+                }
+                in_title = name == "title";
+            }
+            Event::Text(t) if in_title => {
+                titles.push(String::from_utf8_lossy(t.as_ref()).into_owned());
+            }
+            Event::End(_) => in_title = false,
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    (root, titles)
+}
+
+#[test]
+fn sigusr1_snapshot_while_tracing() {
+    if !root_or_skip("sigusr1_snapshot_while_tracing") {
+        return;
+    }
+    let script = targets_dir().join("asyncio_stalls.py");
+    let start = || {
+        Target::start(
+            &python(),
+            &[
+                script.to_str().unwrap(),
+                "--mode",
+                "cpu",
+                "--stalls-ms",
+                "100,200",
+            ],
+        )
+    };
+    let (mut a, mut b) = (start(), start());
+    let snaps = tempdir::Dir::new("snapshots");
+    let (pa, pb) = (a.pid.to_string(), b.pid.to_string());
+    let lt = Lagtrace::attach(&[
+        "--pid",
+        &pa,
+        "--pid",
+        &pb,
+        "--threshold",
+        "50ms",
+        "--window",
+        "10m",
+        "--snapshot-dir",
+        snaps.0.to_str().unwrap(),
+    ]);
+    a.run_scenario(patience(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    signal(lt.pid(), libc::SIGUSR1);
+    // Wait for the summary (written after the SVG).
+    let find = |ext: &str| {
+        std::fs::read_dir(&snaps.0)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(ext))
+    };
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(20));
+    while find(".summary.json").is_none() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let svg = std::fs::read_to_string(find(".svg").expect("a snapshot SVG")).unwrap();
+    let (root, titles) = parse_svg(&svg);
+    assert_eq!(root, "svg");
+    assert!(
+        titles.iter().any(|t| t.contains("burn_cpu")),
+        "the snapshot shows the stalling function: {titles:?}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(find(".summary.json").unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(summary["spans"], 2, "{summary}");
+    // The trace goes on: b's stalls after the signal are reported too.
+    b.run_scenario(patience(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
+    let after: Vec<Value> = fin
+        .spans
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(b.pid)))
+        .cloned()
+        .collect();
+    assert_stalls_reported(&after, &b.stalls(), 50);
+    assert_eq!(after.len(), 2, "spans after the snapshot: {after:?}");
+}

@@ -8,6 +8,7 @@ pub mod flood;
 mod metrics;
 mod pipeline;
 pub mod select;
+mod snapshot;
 mod targets;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
@@ -227,11 +228,13 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         unread_at_exit: 0,
         unknown_pids: Vec::new(),
         metrics,
+        window: snapshot::Window::new(args.window),
     };
     let mut outcome = Outcome::default();
     let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
     let (mut sigint, mut sigterm) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?);
     let mut sighup = sig(SignalKind::hangup())?;
+    let mut sigusr1 = sig(SignalKind::user_defined1())?;
     let deadline = args.duration.map(|d| started + d);
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -249,6 +252,20 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             biased;
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sigusr1.recv() => {
+                let info = TraceInfo {
+                    pids: p.targets.iter().map(|t| t.pid).collect(),
+                    comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
+                    threshold_ns,
+                    period_ns: period_ns(args.frequency),
+                };
+                match p.window.write(&snapshot::snapshot_dir(args), &info) {
+                    Ok(files) => for f in files {
+                        eprintln!("lagtrace: snapshot: wrote {}", sanitize::line(&f.display().to_string()));
+                    },
+                    Err(e) => eprintln!("lagtrace: warning: snapshot not written: {}", sanitize::line(&e.to_string())),
+                }
+            }
             _ = sighup.recv() => {
                 // logrotate moved the files: write to new ones at their paths.
                 p.outputs.reopen();

@@ -51,6 +51,8 @@ pub(super) struct Pipeline {
     pub unknown_pids: Vec<(u32, [u8; 16])>,
     /// `--metrics`: fed every finished span.
     pub metrics: Option<crate::output::metrics::Metrics>,
+    /// The last `--window` of spans, for SIGUSR1 snapshots.
+    pub window: super::snapshot::Window,
 }
 
 impl Pipeline {
@@ -199,6 +201,7 @@ impl Pipeline {
         if let Some(m) = &self.metrics {
             m.span(&span);
         }
+        self.window.push(&span);
         self.spans += 1;
         Ok(())
     }
