@@ -322,7 +322,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     if !outcome.exited.contains(pid) {
                         eprintln!("lagtrace: pid {pid} exited");
                         outcome.exited.push(*pid);
-                        p.targets.release(*pid, &mut probes);
+                        if p.targets.release(*pid, &mut probes) {
+                            tables.release(*pid);
+                        }
                     }
                 }
                 if outcome.exited.len() == p.targets.len() && !selection.active() {

@@ -252,10 +252,13 @@ impl Targets {
 
     /// A child that exited leaves the kernel's table, which has room for
     /// [`lagtrace_common::MAX_TARGETS`] processes.
-    pub fn release(&self, pid: u32, probes: &mut Probes) {
-        if self.list.iter().position(|t| t.pid == pid) >= Some(self.named) {
+    /// Returns whether it left the kernel's table.
+    pub fn release(&self, pid: u32, probes: &mut Probes) -> bool {
+        let adopted = self.list.iter().position(|t| t.pid == pid) >= Some(self.named);
+        if adopted {
             probes.remove_target(pid);
         }
+        adopted
     }
 
     /// Notice a target that exec'd another program: the kernel walks the
