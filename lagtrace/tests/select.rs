@@ -125,3 +125,38 @@ fn cgroup_traces_a_target_inside() {
     check_traced(lt, &mut target, "cgroup_traces_a_target_inside");
     drop(target);
 }
+
+#[test]
+fn max_targets_refuses_with_a_warning() {
+    if !root_or_skip("max_targets_refuses_with_a_warning") {
+        return;
+    }
+    let script = targets_dir().join("asyncio_stalls.py");
+    let start = || Target::start(&python(), &[script.to_str().unwrap()]);
+    let (a, b) = (start(), start());
+    let fin = Lagtrace::attach(&[
+        "--name",
+        r"asyncio_stalls\.py",
+        "--max-targets",
+        "1",
+        "--duration",
+        "1s",
+    ])
+    .wait(patience(Duration::from_secs(30)));
+    let traced: Vec<u32> = [a.pid, b.pid]
+        .into_iter()
+        .filter(|p| {
+            fin.stderr
+                .iter()
+                .any(|l| l.contains(&format!("tracing pid {p} ")))
+        })
+        .collect();
+    assert_eq!(traced.len(), 1, "one of two traced: {:?}", fin.stderr);
+    assert!(
+        fin.stderr
+            .iter()
+            .any(|l| l.contains("--max-targets") && l.contains("not traced")),
+        "a warning names the flag: {:?}",
+        fin.stderr
+    );
+}

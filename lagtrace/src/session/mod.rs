@@ -436,6 +436,14 @@ fn report_flood(p: &Pipeline) {
             p.unread_at_exit
         );
     }
+    if p.summary.causes_overflow > 0 {
+        eprintln!(
+            "lagtrace: warning: {} spans had causes past the limit of {} distinct causes: counted as \"{}\" in the summary",
+            p.summary.causes_overflow,
+            crate::aggregate::summary::MAX_CAUSES,
+            crate::aggregate::summary::OTHER_CAUSES
+        );
+    }
     let overflow = p.outputs.overflow();
     if overflow > 0 {
         eprintln!(
