@@ -153,8 +153,12 @@ impl Metrics {
     }
 
     /// The kernel's loop threads now: `(tid, comm, thread name, state)`.
+    /// A thread the kernel forgot (it exited) loses its series, so thread
+    /// churn in a long-lived process does not grow them.
     pub fn threads(&self, threads: &[(u32, String, String, &ThreadState)]) {
         let mut s = self.state();
+        s.threads
+            .retain(|tid, _| threads.iter().any(|(t, ..)| t == tid));
         for (tid, comm, name, t) in threads {
             let buckets = fold_hist(&t.hist);
             s.threads.insert(
