@@ -26,6 +26,8 @@ pub const EVENT_SPAN: u32 = 1;
 /// A [`SpanEvent`] closed by the thread's exit (or its whole process's,
 /// `kill -9`, `os._exit`) inside the span: it is reported as unfinished.
 pub const EVENT_SPAN_EXIT: u32 = 4;
+/// An [`ExecEvent`] in the `EXECS` ring buffer (`--name`, `--cgroup`).
+pub const EVENT_EXEC: u32 = 5;
 
 /// Sample kinds.
 pub const SAMPLE_ON_CPU: u32 = 1;
@@ -68,6 +70,9 @@ pub const CFG_SAMPLING: u32 = 1;
 pub const CFG_SCHED: u32 = 2;
 /// Processes forked by a target become targets too.
 pub const CFG_CHILDREN: u32 = 4;
+/// Targets are selected by name or cgroup: every exec on the host is sent
+/// to userspace as an [`ExecEvent`], which checks it against the selection.
+pub const CFG_SELECT: u32 = 8;
 
 /// `TargetConfig::model`: where a loop iteration starts and ends.
 /// Epoll loops (asyncio, libuv, tokio's driver): at epoll waits only.
@@ -124,6 +129,19 @@ pub struct SpanEvent {
     /// Samples taken in the span, and those lost to a full buffer.
     pub samples: u32,
     pub samples_dropped: u32,
+    pub comm: [u8; 16],
+}
+
+/// A process that exec'd a new program, while targets are selected by name
+/// or cgroup (`CFG_SELECT`). Small on purpose: userspace reads the rest
+/// (command line, cgroup) from /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// The cgroup v2 id of the process (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// The new program's command name.
     pub comm: [u8; 16],
 }
 
@@ -531,6 +549,7 @@ mod pod {
     unsafe impl aya::Pod for super::ThreadState {}
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SpanEvent {}
+    unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::PyFrameRec {}
     unsafe impl aya::Pod for super::StackSample {}
     unsafe impl aya::Pod for super::SampleEvent {}
@@ -613,6 +632,7 @@ mod tests {
         assert_eq!(size_of::<EventHeader>(), 16);
         assert_eq!(size_of::<SpanEvent>(), 16 + 8 * 6 + 8 + 16);
         assert_eq!(size_of::<Config>(), 24);
+        assert_eq!(size_of::<ExecEvent>(), 16 + 8 + 16);
         assert_eq!(size_of::<PyFrameRec>(), 16);
         assert_eq!(
             size_of::<StackSample>(),

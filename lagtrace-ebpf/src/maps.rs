@@ -33,6 +33,12 @@ pub static ZERO: PerCpuArray<ThreadState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
+/// Execs on their way to userspace (`--name`, `--cgroup`): apart from
+/// `EVENTS`, so a flood of spans cannot crowd out a new target, and small,
+/// since an exec is rare next to a loop iteration.
+#[map]
+pub static EXECS: RingBuf = RingBuf::with_byte_size(64 << 10, 0);
+
 /// Sample slots of each loop thread by tid (see [`ThreadSamples`]), created
 /// with its `THREADS` entry. Preallocated, because kernels before 6.1 let
 /// perf_event programs use only preallocated hash maps: a slot set is about

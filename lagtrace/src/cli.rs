@@ -32,6 +32,11 @@ pub const DEFAULT_THRESHOLD: &str = "50ms";
 pub const DEFAULT_FREQUENCY: u64 = 499;
 /// The highest sampling frequency accepted.
 pub const MAX_FREQUENCY: u64 = 4999;
+/// Default limit on processes traced by `--name`/`--cgroup`.
+pub const DEFAULT_MAX_TARGETS: u32 = 64;
+/// Highest `--max-targets`: the kernel tracks 256 loop threads with sample
+/// slots, so more processes would only share them.
+pub const MAX_SELECTED: u32 = lagtrace_common::MAX_SAMPLE_THREADS;
 /// The shortest threshold accepted. Below it nearly every loop iteration is
 /// a "span" (an `epoll_wait` returning with work costs tens of µs), which
 /// only floods the outputs: a stall is a pause someone would notice.
@@ -52,8 +57,24 @@ pub struct Args {
     pub command: Option<Command>,
 
     /// Process to trace, by pid (repeat for several processes).
-    #[arg(short = 'p', long = "pid", required = true, value_parser = parse_pid)]
+    #[arg(short = 'p', long = "pid", value_parser = parse_pid, required_unless_present_any = ["names", "cgroups"])]
     pub pids: Vec<u32>,
+
+    /// Trace every process whose command name or command line matches this
+    /// regex, now and started later (repeatable).
+    #[arg(long = "name", value_name = "REGEX", value_parser = parse_regex)]
+    pub names: Vec<regex::Regex>,
+
+    /// Trace every process in this cgroup v2 (or below it), now and later:
+    /// a directory under the cgroup v2 mount, or a path relative to it as
+    /// /proc/PID/cgroup shows it, e.g. system.slice/api.service (repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<PathBuf>,
+
+    /// Most processes traced at once by --name and --cgroup; more matches
+    /// are not traced, with a warning.
+    #[arg(long, default_value_t = DEFAULT_MAX_TARGETS, value_parser = clap::value_parser!(u32).range(1..=MAX_SELECTED as i64))]
+    pub max_targets: u32,
 
     /// An event-loop iteration at least this long is a blocking span (e.g. 50ms, 0.2s, 500us).
     #[arg(short = 't', long, default_value = DEFAULT_THRESHOLD, value_parser = parse_threshold)]
@@ -66,6 +87,20 @@ pub struct Args {
     /// Write one JSON object per blocking span to this file (JSON lines).
     #[arg(long, value_name = "FILE")]
     pub spans: Option<PathBuf>,
+
+    /// Rotate --spans at this size (e.g. 100MB): the file is written in
+    /// place, becomes FILE.1 when full, and SIGHUP reopens it (logrotate).
+    #[arg(long, value_name = "SIZE", requires = "spans", value_parser = crate::output::rotate::parse_size)]
+    pub spans_max_size: Option<u64>,
+
+    /// Rotated --spans files kept (FILE.1 … FILE.N); older ones are deleted.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        requires = "spans_max_size"
+    )]
+    pub spans_keep: u32,
 
     /// Write a flamegraph (SVG) of blocking spans to this file.
     #[arg(long, value_name = "FILE")]
@@ -119,6 +154,20 @@ pub struct Args {
     /// has it, else the cheapest other). The spans are the same in all.
     #[arg(long, value_enum, default_value_t = Attach::Auto)]
     pub attach: Attach,
+    /// On SIGUSR1, write a flamegraph and a summary of the spans of this
+    /// last stretch (e.g. 10m), without stopping the trace.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub window: Duration,
+
+    /// Where SIGUSR1 snapshots go (default: the folder of the first output
+    /// file, else the current folder).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics,
+    /// e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// More output: -v shows kernel-side diagnostics, -vv debugging.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
@@ -181,6 +230,10 @@ pub fn parse_threshold(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+fn parse_regex(s: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(s).map_err(|e| format!("`{s}` is not a regex: {e}"))
 }
 
 fn parse_pid(s: &str) -> Result<u32, String> {
@@ -260,5 +313,11 @@ mod tests {
         let r = Args::try_parse_from(["lagtrace", "report", "x.jsonl", "--min-duration", "1s"])
             .unwrap();
         assert!(matches!(r.command, Some(Command::Report(_))));
+        let sel =
+            Args::try_parse_from(["lagtrace", "--name", "uvicorn", "--cgroup", "a/b"]).unwrap();
+        assert!(sel.pids.is_empty());
+        assert_eq!(sel.names.len(), 1);
+        assert!(Args::try_parse_from(["lagtrace", "--name", "("]).is_err());
+        assert!(Args::try_parse_from(["lagtrace", "--name", "x", "--max-targets", "0"]).is_err());
     }
 }

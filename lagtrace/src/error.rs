@@ -67,6 +67,9 @@ pub enum Error {
 
     #[error(transparent)]
     MissingFeature(#[from] crate::probes::features::MissingFeature),
+    /// A `--cgroup` that names no cgroup v2 directory.
+    #[error(transparent)]
+    Select(#[from] crate::session::select::SelectError),
 
     #[error("{context}: {source}")]
     Io {

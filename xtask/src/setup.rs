@@ -27,6 +27,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "zstd",
     // `go tool pprof` reads lagtrace's --pprof files in the report test.
     "golang-go",
+    // A real Prometheus server scrapes `--metrics` in tests/metrics.rs.
+    "prometheus",
 ];
 /// bpf-linker versions we accept when installing.
 const BPF_LINKER_VERSION: &str = "^0.13";

@@ -1,5 +1,6 @@
 //! One file per probe. Each entry point only delegates to its `try_` function.
 pub mod epoll;
+pub mod exec;
 pub mod exit;
 pub mod fentry;
 pub mod fork;

@@ -34,7 +34,14 @@ pub struct SummaryBuilder {
     names: BTreeMap<u32, String>,
     /// (pid, cause) → (spans, total lag, runqueue time).
     causes: BTreeMap<(u32, String), (u64, u64, u64)>,
+    /// Spans whose cause was new past [`MAX_CAUSES`]: counted under
+    /// [`OTHER_CAUSES`] (a day-long attach must not grow without end).
+    pub causes_overflow: u64,
 }
+
+/// Most distinct (process, cause) rows kept.
+pub const MAX_CAUSES: usize = 2000;
+pub const OTHER_CAUSES: &str = "[other causes]";
 
 /// One line of the top causes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,7 +61,11 @@ impl SummaryBuilder {
 
     pub fn span(&mut self, span: &Span) {
         let hot = crate::output::live::hot_frames(span).map(|(h, _)| h);
-        let key = crate::spans::cause::cause_key(span, hot.as_deref());
+        let mut key = crate::spans::cause::cause_key(span, hot.as_deref());
+        if self.causes.len() >= MAX_CAUSES && !self.causes.contains_key(&(span.pid, key.clone())) {
+            self.causes_overflow += 1;
+            key = OTHER_CAUSES.into();
+        }
         let c = self.causes.entry((span.pid, key)).or_default();
         c.0 += 1;
         c.1 += span.duration_ns;

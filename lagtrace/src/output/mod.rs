@@ -16,9 +16,12 @@ pub mod flamegraph;
 pub mod folded;
 pub mod jsonl;
 pub mod live;
+pub mod metrics;
+pub mod metrics_http;
 pub mod paths;
 pub mod pprof;
 pub mod records;
+pub mod rotate;
 pub mod sanitize;
 pub mod speedscope;
 pub mod summary;
@@ -50,6 +53,11 @@ pub trait Recorder {
     fn record(&mut self, span: &Span) -> Result<()>;
     /// Write what is left and put the file in place; returns its path.
     fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>>;
+    /// `SIGHUP`: open the file at its path again (logrotate moved it).
+    /// Outputs renamed into place at the end have nothing to reopen.
+    fn reopen(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The folded stacks it aggregates, if it does (for the health report).
     fn folded(&self) -> Option<&Folded> {
         None
@@ -151,7 +159,12 @@ impl Outputs {
         let mut slots = Vec::new();
         for ((kind, _), path) in wanted.into_iter().zip(resolved) {
             let rec: Box<dyn Recorder> = match kind {
-                Kind::Spans => Box::new(jsonl::JsonLines::create(path)?),
+                Kind::Spans => match args.spans_max_size {
+                    Some(max) => {
+                        Box::new(rotate::RotatingJsonl::create(path, max, args.spans_keep)?)
+                    }
+                    None => Box::new(jsonl::JsonLines::create(path)?),
+                },
                 Kind::Folded => Box::new(folded::FoldedFile::new(path, period_ns, multi)?),
                 Kind::FlameGraph | Kind::DefaultFlameGraph => {
                     Box::new(flamegraph::FlameGraphFile::new(path, period_ns, multi)?)
@@ -206,6 +219,17 @@ impl Outputs {
         let mut i = 0;
         while i < self.slots.len() {
             match self.slots[i].rec.record(span) {
+                Ok(()) => i += 1,
+                Err(e) => self.fail(i, &e),
+            }
+        }
+    }
+
+    /// `SIGHUP`: every output reopens its file; one that fails is dropped.
+    pub fn reopen(&mut self) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            match self.slots[i].rec.reopen() {
                 Ok(()) => i += 1,
                 Err(e) => self.fail(i, &e),
             }

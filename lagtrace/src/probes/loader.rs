@@ -12,7 +12,7 @@ use aya::{
     util::online_cpus,
 };
 use lagtrace_common::{
-    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
+    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
     CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_TARGETS_FULL,
     CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples,
     ThreadState,
@@ -43,6 +43,8 @@ pub struct ProbeOptions {
     pub workers: bool,
     /// How to hook loop iterations (`--attach`).
     pub attach: Attach,
+    /// Targets are selected by name or cgroup: send every exec.
+    pub select: bool,
 }
 
 /// The kernel's health counters, summed over CPUs.
@@ -128,7 +130,8 @@ impl Probes {
             threshold_ns: opts.threshold_ns,
             flags: if opts.frequency > 0 { CFG_SAMPLING } else { 0 }
                 | if opts.sched { CFG_SCHED } else { 0 }
-                | if opts.children { CFG_CHILDREN } else { 0 },
+                | if opts.children { CFG_CHILDREN } else { 0 }
+                | if opts.select { CFG_SELECT } else { 0 },
             switch_prev_pid_off: tracefs::field_offset("sched", "sched_switch", "prev_pid")?,
             switch_prev_state_off: tracefs::field_offset("sched", "sched_switch", "prev_state")?,
             switch_next_pid_off: tracefs::field_offset("sched", "sched_switch", "next_pid")?,
@@ -238,6 +241,9 @@ impl Probes {
         if opts.children {
             points.push(("process_fork", "sched", "sched_process_fork".into()));
         }
+        if opts.select {
+            points.push(("process_exec", "sched", "sched_process_exec".into()));
+        }
         let sched_btf = opts.sched
             && opts.attach != Attach::Tracepoints
             && self
@@ -340,6 +346,12 @@ impl Probes {
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self.ebpf.take_map("EVENTS").expect("EVENTS map");
         RingBuf::try_from(map).map_err(map_err("EVENTS"))
+    }
+
+    /// The ring buffer of execs (`--name`, `--cgroup`); once.
+    pub fn take_execs(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EXECS").expect("EXECS map");
+        RingBuf::try_from(map).map_err(map_err("EXECS"))
     }
 
     /// Every loop thread the kernel knows, with its state.

@@ -6,8 +6,11 @@
 //! `targets.rs` the traced processes.
 mod descendants;
 pub mod flood;
+mod metrics;
 mod pipeline;
 mod record;
+pub mod select;
+mod snapshot;
 mod targets;
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
@@ -92,6 +95,7 @@ pub fn period_ns(frequency: u64) -> u64 {
 pub async fn run(args: &Args) -> Result<Outcome> {
     check_privileges()?;
     let threshold_ns = args.threshold.as_nanos() as u64;
+    let mut selection = select::Selection::new(&args.names, &args.cgroups)?;
     let (mut targets, mut notes) = Targets::open(&args.pids)?;
     let models: Vec<u32> = targets
         .iter()
@@ -103,14 +107,17 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         sched: !args.no_sched,
         children: args.children,
         // Children may be tokio binaries too: attach the futex points then.
-        workers: args.children || models.contains(&lagtrace_common::MODEL_WORKER),
+        workers: args.children
+            || selection.active()
+            || models.contains(&lagtrace_common::MODEL_WORKER),
         attach: args.attach,
+        select: selection.active(),
     };
     let outputs = Outputs::open(
         args,
-        targets[0].pid,
+        targets.first().map_or(std::process::id(), |t| t.pid),
         period_ns(args.frequency),
-        targets.len() > 1,
+        targets.len() > 1 || selection.active(),
     )?;
     let mut probes = Probes::load(&opts)?;
     if probes.mounted_tracefs {
@@ -135,10 +142,35 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         tables.add_process(t.pid, &mut probes)?;
     }
     log_tables(&tables, t0.elapsed());
+    // Processes that match --name/--cgroup now.
+    let matching: Vec<(u32, Option<String>)> = selection
+        .scan()
+        .into_iter()
+        .map(|(pid, s)| (pid, Some(s)))
+        .collect();
+    notes.extend(select::adopt(
+        &mut selection,
+        matching,
+        &mut targets,
+        args.max_targets,
+        args.model,
+        &mut probes,
+        &mut symbolizer.python,
+        &mut tables,
+    ));
     // Parse the targets' symbols now, not while the first span streams.
     for t in targets.iter() {
         symbolizer.warm_up(t.pid);
     }
+    let metrics = match args.metrics {
+        Some(addr) => {
+            let m = output::metrics::Metrics::default();
+            let at = output::metrics_http::serve(addr, m.clone()).await?;
+            notes.push(format!("metrics at http://{at}/metrics"));
+            Some(m)
+        }
+        None => None,
+    };
     probes.attach(&opts)?;
     let (mode, why) = probes.mode.clone().expect("set by attach");
     log::info!("attach: {mode}: {why}");
@@ -153,12 +185,19 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         AsyncFd::register_with_interest(probes.take_events()?, tokio::io::Interest::READABLE)
     }
     .map_err(|e| Error::io("polling the ring buffer", e.into()))?;
+    let mut execs = selection
+        .active()
+        .then(|| probes.take_execs())
+        .transpose()?;
     let clock = WallClock::measure();
     let started = Instant::now();
-    let who: Vec<String> = targets
+    let mut who: Vec<String> = targets
         .iter()
         .map(|t| format!("pid {} ({})", t.pid, t.describe()))
         .collect();
+    if selection.active() {
+        who.push(format!("processes matching {}", selection.describe()));
+    }
     let console = Console::default();
     let start_line = format!(
         "lagtrace: tracing {}: threshold {}, sampling {}, attach: {mode}, {}. Ctrl-C to stop.",
@@ -171,6 +210,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         },
         match args.duration {
             Some(d) => format!("for {}", output::fmt_ns(d.as_nanos() as u64)),
+            None if selection.active() => "until Ctrl-C or SIGTERM".into(),
             None => "until the target exits".into(),
         }
     );
@@ -203,12 +243,16 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         unmapped_pcs: Default::default(),
         unread_at_exit: 0,
         unknown_pids: Vec::new(),
+        metrics,
+        window: snapshot::Window::new(args.window),
     };
     p.outputs
         .begin(&record::header(&p.targets, threshold_ns, args.frequency));
     let mut outcome = Outcome::default();
     let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
     let (mut sigint, mut sigterm) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?);
+    let mut sighup = sig(SignalKind::hangup())?;
+    let mut sigusr1 = sig(SignalKind::user_defined1())?;
     let deadline = args.duration.map(|d| started + d);
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -219,11 +263,32 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     // and no branch holds the loop for longer than a drain slice, so a flood
     // of spans cannot delay the end of the trace.
     let mut more = false;
+    // Pids that may match --name/--cgroup, to check on the next drain tick.
+    let mut selected: Vec<(u32, Option<String>)> = Vec::new();
     loop {
         tokio::select! {
             biased;
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sigusr1.recv() => {
+                let info = TraceInfo {
+                    pids: p.targets.iter().map(|t| t.pid).collect(),
+                    comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
+                    threshold_ns,
+                    period_ns: period_ns(args.frequency),
+                };
+                match p.window.write(&snapshot::snapshot_dir(args), &info) {
+                    Ok(files) => for f in files {
+                        eprintln!("lagtrace: snapshot: wrote {}", sanitize::line(&f.display().to_string()));
+                    },
+                    Err(e) => eprintln!("lagtrace: warning: snapshot not written: {}", sanitize::line(&e.to_string())),
+                }
+            }
+            _ = sighup.recv() => {
+                // logrotate moved the files: write to new ones at their paths.
+                p.outputs.reopen();
+                log::info!("SIGHUP: output files reopened");
+            }
             _ = async { sleep_until(deadline.unwrap_or(started)).await }, if deadline.is_some() => break,
             _ = tick.tick() => {
                 ticks += 1;
@@ -234,6 +299,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                 p.check_stuck(&threads, &probes);
                 if ticks.is_multiple_of(SNAPSHOT_TICKS) {
                     snapshot(&mut p, &mut probes, &threads);
+                    metrics::update(&mut p, &probes, &threads, &selection, &outcome.exited);
                 }
                 if args.children {
                     let seen = p.seen_pids(&threads);
@@ -262,6 +328,10 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                         Err(e) => log::debug!("unwind tables of pid {pid} not refreshed: {e}"),
                     }
                 }
+                if ticks.is_multiple_of(SNAPSHOT_TICKS) {
+                    // Forks without exec stay in their parent's cgroup.
+                    selected.extend(selection.cgroup_members().into_iter().map(|(pid, s)| (pid, Some(s))));
+                }
                 for note in p.targets.check_exec(&mut probes, &mut p.symbolizer.python) {
                     eprintln!("lagtrace: {}", sanitize::line(&note));
                 }
@@ -270,14 +340,26 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     if !outcome.exited.contains(pid) {
                         eprintln!("lagtrace: pid {pid} exited");
                         outcome.exited.push(*pid);
-                        p.targets.release(*pid, &mut probes);
+                        if p.targets.release(*pid, &mut probes) {
+                            tables.release(*pid);
+                        }
                     }
                 }
-                if outcome.exited.len() == p.targets.len() {
+                if outcome.exited.len() == p.targets.len() && !selection.active() {
                     break;
                 }
             }
             _ = drain_tick.tick() => {
+                // New programs are enrolled before their loop starts.
+                if let Some(ring) = execs.as_mut() {
+                    selected.extend(select::drain_execs(ring).into_iter().map(|pid| (pid, None)));
+                }
+                if !selected.is_empty() {
+                    let found = std::mem::take(&mut selected);
+                    for note in select::adopt(&mut selection, found, &mut p.targets, args.max_targets, args.model, &mut probes, &mut p.symbolizer.python, &mut tables) {
+                        eprintln!("lagtrace: {}", sanitize::line(&note));
+                    }
+                }
                 // Mapping windows stay fine-grained (see symbolize/cache.rs).
                 let mut churns = false;
                 for pid in p.targets.iter().map(|t| t.pid).collect::<Vec<_>>() {
@@ -368,6 +450,14 @@ fn report_flood(p: &Pipeline) {
         eprintln!(
             "lagtrace: warning: {} spans still arriving at exit were dropped unread",
             p.unread_at_exit
+        );
+    }
+    if p.summary.causes_overflow > 0 {
+        eprintln!(
+            "lagtrace: warning: {} spans had causes past the limit of {} distinct causes: counted as \"{}\" in the summary",
+            p.summary.causes_overflow,
+            crate::aggregate::summary::MAX_CAUSES,
+            crate::aggregate::summary::OTHER_CAUSES
         );
     }
     let overflow = p.outputs.overflow();

@@ -52,6 +52,10 @@ pub(super) struct Pipeline {
     pub unread_at_exit: u64,
     /// Processes whose spans arrived before they were adopted (`--children`).
     pub unknown_pids: Vec<(u32, [u8; 16])>,
+    /// `--metrics`: fed every finished span.
+    pub metrics: Option<crate::output::metrics::Metrics>,
+    /// The last `--window` of spans, for SIGUSR1 snapshots.
+    pub window: super::snapshot::Window,
 }
 
 impl Pipeline {
@@ -197,6 +201,10 @@ impl Pipeline {
         }
         self.summary.span(&span);
         self.outputs.record(&span);
+        if let Some(m) = &self.metrics {
+            m.span(&span);
+        }
+        self.window.push(&span);
         self.spans += 1;
         Ok(())
     }

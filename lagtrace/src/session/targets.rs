@@ -260,12 +260,47 @@ impl Targets {
         notes
     }
 
+    /// Trace a process selected by `--name`/`--cgroup` after start. One
+    /// caught at its exec has no interpreter yet: its Python frames are
+    /// looked for on the next turns, as after a target's exec.
+    pub fn adopt_selected(
+        &mut self,
+        pid: u32,
+        flag: Model,
+        probes: &mut Probes,
+        python: &mut PyFrames,
+    ) -> Result<String> {
+        let t = Target::open(pid)?;
+        let model = model_for(pid, flag);
+        let note = if is_python(pid) && cpython::interp::find(pid).is_err() {
+            probes.add_target(pid, model)?;
+            self.reattach.insert(pid, Instant::now());
+            None
+        } else {
+            self.enroll(&t, model, probes, python)?
+        };
+        if let Some(id) = exe_id(pid) {
+            self.exes.insert(pid, id);
+        }
+        let line = format!(
+            "tracing pid {} ({}){}",
+            t.pid,
+            t.describe(),
+            note.map(|n| format!("; {n}")).unwrap_or_default()
+        );
+        self.list.push(t);
+        Ok(line)
+    }
+
     /// A child that exited leaves the kernel's table, which has room for
     /// [`lagtrace_common::MAX_TARGETS`] processes.
-    pub fn release(&self, pid: u32, probes: &mut Probes) {
-        if self.list.iter().position(|t| t.pid == pid) >= Some(self.named) {
+    /// Returns whether it left the kernel's table.
+    pub fn release(&self, pid: u32, probes: &mut Probes) -> bool {
+        let adopted = self.list.iter().position(|t| t.pid == pid) >= Some(self.named);
+        if adopted {
             probes.remove_target(pid);
         }
+        adopted
     }
 
     /// Notice a target that exec'd another program: the kernel walks the

@@ -57,6 +57,9 @@ pub struct UnwindTables {
     /// Process tables: pid → (slot, last refresh).
     procs: HashMap<u32, (u32, Instant)>,
     next_slot: u32,
+    /// Slots of processes that exited, to reuse before `next_slot`: over a
+    /// day of restarts (`--name`, `--children`) the 64 slots would run out.
+    free_slots: Vec<u32>,
     pub stats: TableStats,
 }
 
@@ -75,6 +78,7 @@ impl UnwindTables {
         let slot = match self.procs.get(&pid) {
             Some(&(0, _)) => return Ok(()),
             Some(&(slot, _)) => slot,
+            None if !self.free_slots.is_empty() => self.free_slots.pop().unwrap_or(0),
             None if self.next_slot < UNWIND_MAX_PROCS => {
                 self.next_slot += 1;
                 self.next_slot - 1
@@ -91,6 +95,16 @@ impl UnwindTables {
         let table = self.process_table(pid, probes)?;
         probes.write_proc(slot, &table)?;
         probes.set_unwind_slot(pid, slot)
+    }
+
+    /// A process that exited and left the kernel's target table: its slot
+    /// is free for the next process (it is rewritten whole before use).
+    pub fn release(&mut self, pid: u32) {
+        if let Some((slot, _)) = self.procs.remove(&pid)
+            && slot != 0
+        {
+            self.free_slots.push(slot);
+        }
     }
 
     /// Whether `pid` has a table (or was refused one).

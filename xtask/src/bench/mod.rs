@@ -60,6 +60,9 @@ pub struct BenchArgs {
     /// Length of the soak in seconds (default 300; 30 with --quick).
     #[arg(long, value_name = "SECS")]
     pub soak_seconds: Option<u64>,
+    /// Length of the soak in minutes (issue #16's day-long bar: 30).
+    #[arg(long, value_name = "MIN", conflicts_with = "soak_seconds")]
+    pub soak_minutes: Option<u64>,
 }
 
 /// How long and how often to measure.
@@ -206,7 +209,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     let python = deps::python()?;
     let node = deps::node()?;
     let mut plan = Plan::new(args.quick);
-    if let Some(s) = args.soak_seconds {
+    if let Some(s) = args.soak_seconds.or(args.soak_minutes.map(|m| m * 60)) {
         plan.soak_secs = s.max(10);
     }
     let ctx = Ctx {

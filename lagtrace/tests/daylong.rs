@@ -1,0 +1,185 @@
+//! Issue 16's long-attach outputs: `--spans-max-size` rotation loses no
+//! span across files, and `SIGUSR1` writes a flamegraph and a summary of
+//! the last window while the trace goes on.
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use common::*;
+use serde_json::Value;
+
+fn python() -> std::path::PathBuf {
+    pyenv_python("3.11")
+        .or_else(|| tool_or_skip("python", &["python3"]))
+        .expect("a python3")
+}
+
+/// Every line of FILE and its rotated FILE.N, oldest first.
+fn rotated_spans(path: &Path) -> (usize, Vec<Value>) {
+    let mut files: Vec<(u32, std::path::PathBuf)> = vec![(0, path.to_path_buf())];
+    for n in 1.. {
+        let p = std::path::PathBuf::from(format!("{}.{n}", path.display()));
+        if !p.exists() {
+            break;
+        }
+        files.push((n, p));
+    }
+    files.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    let spans = files.iter().flat_map(|(_, p)| read_jsonl(p)).collect();
+    (files.len(), spans)
+}
+
+#[test]
+fn rotation_loses_no_span() {
+    if !root_or_skip("rotation_loses_no_span") {
+        return;
+    }
+    let script = targets_dir().join("asyncio_stalls.py");
+    let mut target = Target::start(
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            "--mode",
+            "cpu",
+            "--stalls-ms",
+            "70,80,90,100,110,120,130,140",
+            "--gap-ms",
+            "100",
+        ],
+    );
+    let pid = target.pid.to_string();
+    // A tiny limit: a span line is 1–3 KB.
+    let dir = tempdir::Dir::new("rotation");
+    let spans_path = dir.path("spans.jsonl");
+    let lt = Lagtrace::attach_with(
+        &[
+            "--pid",
+            &pid,
+            "--threshold",
+            "50ms",
+            "--spans",
+            spans_path.to_str().unwrap(),
+            "--spans-max-size",
+            "3KB",
+            "--spans-keep",
+            "100",
+        ],
+        false,
+    );
+    target.run_scenario(patience(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
+    let (files, spans) = rotated_spans(&spans_path);
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 8);
+    eprintln!("ROTATION {} spans in {files} files", spans.len());
+    assert!(files >= 3, "a 3 KB limit must rotate: {files} files");
+    let errors = assert_stalls_reported(&spans, &stalls, 50);
+    assert_eq!(errors.len(), 8, "every stall in exactly one file");
+    assert_eq!(spans.len(), 8, "no span lost or doubled across files");
+}
+
+/// Parse an SVG as XML: the root element's name, and the text of its
+/// `<title>`s (one per flamegraph frame).
+fn parse_svg(text: &str) -> (String, Vec<String>) {
+    use quick_xml::{Reader, events::Event};
+    let mut r = Reader::from_str(text);
+    let (mut root, mut titles, mut in_title) = (String::new(), Vec::new(), false);
+    loop {
+        match r
+            .read_event()
+            .unwrap_or_else(|e| panic!("invalid XML: {e}"))
+        {
+            Event::Start(e) => {
+                let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+                if root.is_empty() {
+                    root = name.clone();
+                }
+                in_title = name == "title";
+            }
+            Event::Text(t) if in_title => {
+                titles.push(String::from_utf8_lossy(t.as_ref()).into_owned());
+            }
+            Event::End(_) => in_title = false,
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    (root, titles)
+}
+
+#[test]
+fn sigusr1_snapshot_while_tracing() {
+    if !root_or_skip("sigusr1_snapshot_while_tracing") {
+        return;
+    }
+    let script = targets_dir().join("asyncio_stalls.py");
+    let start = || {
+        Target::start(
+            &python(),
+            &[
+                script.to_str().unwrap(),
+                "--mode",
+                "cpu",
+                "--stalls-ms",
+                "100,200",
+            ],
+        )
+    };
+    let (mut a, mut b) = (start(), start());
+    let snaps = tempdir::Dir::new("snapshots");
+    let (pa, pb) = (a.pid.to_string(), b.pid.to_string());
+    let lt = Lagtrace::attach(&[
+        "--pid",
+        &pa,
+        "--pid",
+        &pb,
+        "--threshold",
+        "50ms",
+        "--window",
+        "10m",
+        "--snapshot-dir",
+        snaps.0.to_str().unwrap(),
+    ]);
+    a.run_scenario(patience(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    signal(lt.pid(), libc::SIGUSR1);
+    // Wait for the summary (written after the SVG).
+    let find = |ext: &str| {
+        std::fs::read_dir(&snaps.0)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(ext))
+    };
+    let deadline = std::time::Instant::now() + patience(Duration::from_secs(20));
+    while find(".summary.json").is_none() {
+        assert!(std::time::Instant::now() < deadline, "no snapshot written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let svg = std::fs::read_to_string(find(".svg").expect("a snapshot SVG")).unwrap();
+    let (root, titles) = parse_svg(&svg);
+    assert_eq!(root, "svg");
+    assert!(
+        titles.iter().any(|t| t.contains("burn_cpu")),
+        "the snapshot shows the stalling function: {titles:?}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(find(".summary.json").unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(summary["spans"], 2, "{summary}");
+    // The trace goes on: b's stalls after the signal are reported too.
+    b.run_scenario(patience(Duration::from_secs(60)));
+    std::thread::sleep(Duration::from_millis(200));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
+    let after: Vec<Value> = fin
+        .spans
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(b.pid)))
+        .cloned()
+        .collect();
+    assert_stalls_reported(&after, &b.stalls(), 50);
+    assert_eq!(after.len(), 2, "spans after the snapshot: {after:?}");
+}

@@ -1,0 +1,197 @@
+//! Issue 16's `--metrics`: a real Prometheus server (Debian's package,
+//! installed by `cargo xtask setup`) scrapes lagtrace every second while a
+//! target stalls; its HTTP API must show the span counter and the
+//! iteration histogram agreeing with the target's own truth.
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+/// Histogram bound the test reads: 2^26 ns, one of lagtrace's bounds.
+const LE_67MS: &str = "0.067108864";
+const LE_67MS_NS: u64 = 1 << 26;
+
+fn python() -> PathBuf {
+    pyenv_python("3.11")
+        .or_else(|| tool_or_skip("python", &["python3"]))
+        .expect("a python3")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A plain HTTP GET on loopback: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The scalar value of an instant PromQL query, if it has a result.
+fn query(port: u16, promql: &str) -> Option<f64> {
+    let (status, body) = http_get(port, &format!("/api/v1/query?query={}", urlencode(promql)))?;
+    assert_eq!(status, 200, "Prometheus refused {promql}: {body}");
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// Poll until `f` gives a value, or `timeout` passes.
+fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_spans_and_histograms() {
+    if !root_or_skip("prometheus_scrapes_spans_and_histograms") {
+        return;
+    }
+    let Some(prom) = tool_or_skip("prometheus_scrapes_spans_and_histograms", &["prometheus"])
+    else {
+        return;
+    };
+    let script = targets_dir().join("asyncio_stalls.py");
+    let mut target = Target::start(
+        &python(),
+        &[
+            script.to_str().unwrap(),
+            "--mode",
+            "cpu",
+            "--stalls-ms",
+            "20,100,150,300",
+        ],
+    );
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--metrics", &addr]);
+
+    let dir = tempdir::Dir::new("prometheus");
+    let config = dir.path("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: lagtrace\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    let prom_port = free_port();
+    let _server = Prometheus(
+        Command::new(prom)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus"),
+    );
+    poll(patience(Duration::from_secs(60)), || {
+        http_get(prom_port, "/-/ready").filter(|(s, _)| *s == 200)
+    })
+    .expect("Prometheus never became ready");
+    // It has scraped lagtrace once the histogram is there.
+    let count_q = format!("sum(lagtrace_loop_iteration_duration_seconds_count{{pid=\"{pid}\"}})");
+    poll(patience(Duration::from_secs(30)), || {
+        query(prom_port, &count_q)
+    })
+    .expect("Prometheus never saw lagtrace's histogram");
+
+    target.run_scenario(patience(Duration::from_secs(60)));
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 4, "{stalls:?}");
+    let spans_truth = stalls
+        .iter()
+        .filter(|s| s.duration_ns() >= 55_000_000)
+        .count() as f64;
+    let long_truth = stalls
+        .iter()
+        .filter(|s| s.duration_ns() > LE_67MS_NS)
+        .count() as f64;
+    // Wait until a scrape has every span, then until the value stays.
+    let spans_q = format!("sum(lagtrace_blocking_spans_total{{pid=\"{pid}\"}})");
+    let seen = poll(patience(Duration::from_secs(30)), || {
+        query(prom_port, &spans_q).filter(|&v| v >= spans_truth)
+    });
+    let long_q = format!(
+        "{count_q} - sum(lagtrace_loop_iteration_duration_seconds_bucket{{pid=\"{pid}\",le=\"{LE_67MS}\"}})"
+    );
+    let long = poll(patience(Duration::from_secs(30)), || {
+        query(prom_port, &long_q).filter(|&v| v >= long_truth)
+    });
+    let total = query(prom_port, &count_q).unwrap_or(0.0);
+    let health = query(prom_port, "lagtrace_targets_attached");
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
+    eprintln!(
+        "METRICS spans {seen:?} (truth {spans_truth}), iterations over 67 ms {long:?} (truth {long_truth}), iterations {total}, JSONL spans {}",
+        fin.spans.len()
+    );
+    // Tolerance: the 20 ms stall becomes no span even on a loaded host;
+    // one healthy iteration may be preempted past 67 ms there.
+    assert_eq!(seen, Some(spans_truth), "span counter vs truth");
+    let long = long.expect("the histogram never showed the long iterations");
+    assert!(
+        (long_truth..=long_truth + 1.0).contains(&long),
+        "iterations over 67 ms: {long}, truth {long_truth}"
+    );
+    assert!(
+        total > long,
+        "the histogram counts every iteration: {total}"
+    );
+    assert_eq!(fin.spans.len() as f64, spans_truth, "JSONL vs truth");
+    assert_eq!(health, Some(1.0), "targets attached");
+}
