@@ -121,6 +121,7 @@ impl Outputs {
             pprof: args.pprof.clone(),
             speedscope: args.speedscope.clone(),
             summary_json: args.summary_json.clone(),
+            spans_rotate: args.spans_max_size.map(|max| (max, args.spans_keep)),
         };
         let mut outputs = Self::open_paths(&paths, Some(first_pid), period_ns, multi)?;
         // Standard output: a line per span as it ends, the summary at the end.
@@ -159,10 +160,8 @@ impl Outputs {
         let mut slots = Vec::new();
         for ((kind, _), path) in wanted.into_iter().zip(resolved) {
             let rec: Box<dyn Recorder> = match kind {
-                Kind::Spans => match args.spans_max_size {
-                    Some(max) => {
-                        Box::new(rotate::RotatingJsonl::create(path, max, args.spans_keep)?)
-                    }
+                Kind::Spans => match paths.spans_rotate {
+                    Some((max, keep)) => Box::new(rotate::RotatingJsonl::create(path, max, keep)?),
                     None => Box::new(jsonl::JsonLines::create(path)?),
                 },
                 Kind::Folded => Box::new(folded::FoldedFile::new(path, period_ns, multi)?),
@@ -276,6 +275,8 @@ pub struct OutputPaths {
     pub pprof: Option<PathBuf>,
     pub speedscope: Option<PathBuf>,
     pub summary_json: Option<PathBuf>,
+    /// `--spans-max-size` and `--spans-keep`: rotate the spans file.
+    pub spans_rotate: Option<(u64, u32)>,
 }
 
 impl OutputPaths {

@@ -104,6 +104,7 @@ impl ReportArgs {
             pprof: self.pprof.clone(),
             speedscope: self.speedscope.clone(),
             summary_json: self.summary_json.clone(),
+            spans_rotate: None,
         }
     }
 }

@@ -276,6 +276,8 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
                     threshold_ns,
                     period_ns: period_ns(args.frequency),
+                    // A snapshot writes its own summary of the window.
+                    summary: Default::default(),
                 };
                 match p.window.write(&snapshot::snapshot_dir(args), &info) {
                     Ok(files) => for f in files {
