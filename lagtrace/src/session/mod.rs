@@ -188,6 +188,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         unmapped_pcs: Default::default(),
         unread_at_exit: 0,
         unknown_pids: Vec::new(),
+        parked: Vec::new(),
     };
     p.outputs
         .begin(&record::header(&p.targets, threshold_ns, args.frequency));
