@@ -245,6 +245,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         unknown_pids: Vec::new(),
         metrics,
         window: snapshot::Window::new(args.window),
+        parked: Vec::new(),
     };
     p.outputs
         .begin(&record::header(&p.targets, threshold_ns, args.frequency));

@@ -23,6 +23,10 @@ use crate::{
 
 /// Newest samples that describe what a stuck loop is doing now.
 const STUCK_SAMPLES: usize = 16;
+/// Longest a span waits, parked, for the code objects it names.
+const PARK_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most spans parked at once; past it a span is finished as it is.
+const MAX_PARKED: usize = 256;
 
 pub(super) struct Pipeline {
     pub targets: Targets,
@@ -56,6 +60,9 @@ pub(super) struct Pipeline {
     pub metrics: Option<crate::output::metrics::Metrics>,
     /// The last `--window` of spans, for SIGUSR1 snapshots.
     pub window: super::snapshot::Window,
+    /// Spans waiting for code objects still being read on the reader
+    /// thread (whether unfinished, since when): the drain goes on meanwhile.
+    pub parked: Vec<(RawSpan, bool, Instant)>,
 }
 
 impl Pipeline {
@@ -71,6 +78,7 @@ impl Pipeline {
         ring: &mut RingBuf<MapData>,
         slice: std::time::Duration,
     ) -> Result<bool> {
+        self.retry_parked(false)?;
         let until = Instant::now() + slice;
         let mut n = 0u32;
         while let Some(item) = ring.next() {
@@ -136,13 +144,41 @@ impl Pipeline {
         let t0 = Instant::now();
         // The thread (or the whole process) exited inside the span.
         let unfinished = ev.header.kind == EVENT_SPAN_EXIT;
+        self.symbolizer.python.take_deferred();
         let span = self.build(&raw, unfinished);
         log::debug!(
             "span of {} samples built in {:?}",
             raw.samples.len(),
             t0.elapsed()
         );
+        if self.symbolizer.python.take_deferred() > 0 && self.parked.len() < MAX_PARKED {
+            self.parked.push((raw, unfinished, Instant::now()));
+            return Ok(());
+        }
         self.finish_span(span)
+    }
+
+    /// Finish the parked spans whose code objects have been read (the
+    /// reader is idle), or that waited [`PARK_MAX`]; `force`: all of them.
+    fn retry_parked(&mut self, force: bool) -> Result<()> {
+        if self.parked.is_empty()
+            || (!force
+                && self.symbolizer.python.reads_in_flight() > 0
+                && self.parked.iter().all(|(_, _, t)| t.elapsed() < PARK_MAX))
+        {
+            return Ok(());
+        }
+        for (raw, unfinished, since) in std::mem::take(&mut self.parked) {
+            self.symbolizer.python.take_deferred();
+            let span = self.build(&raw, unfinished);
+            let waiting = self.symbolizer.python.take_deferred() > 0;
+            if waiting && !force && since.elapsed() < PARK_MAX {
+                self.parked.push((raw, unfinished, since));
+            } else {
+                self.finish_span(span)?;
+            }
+        }
+        Ok(())
     }
 
     /// Processes the kernel reported (loop threads, spans) that are not
@@ -307,6 +343,15 @@ impl Pipeline {
     /// Spans still open at exit are reported as unfinished, with what they
     /// have so far: a deadlocked loop is the case users need most.
     pub fn flush_open(&mut self, threads: &[(u32, ThreadState)], probes: &Probes) -> Result<()> {
+        // Parked spans get a last chance at their code objects, bounded.
+        let until = Instant::now() + std::time::Duration::from_millis(500);
+        while !self.parked.is_empty()
+            && self.symbolizer.python.reads_in_flight() > 0
+            && Instant::now() < until
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        self.retry_parked(true)?;
         let now = WallClock::now_mono_ns();
         for (tid, t) in threads {
             if t.flags & THREAD_IN_ITER == 0

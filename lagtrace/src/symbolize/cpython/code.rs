@@ -205,6 +205,11 @@ impl CodeCache {
         answer
     }
 
+    /// A read of `code` is still running (its answer comes later).
+    pub fn is_pending(&self, code: u64) -> bool {
+        self.pending.contains_key(&code)
+    }
+
     /// The code object at `code`, from the cache when its fingerprint holds.
     pub fn get(&mut self, code: u64) -> Option<&CodeInfo> {
         let now = Instant::now();

@@ -33,6 +33,9 @@ pub struct PyFrames {
     procs: HashMap<u32, (Interpreter, code::CodeCache)>,
     /// Code objects are read on this thread, not the caller's.
     reader: reader::Reader,
+    /// Frames named `[unknown python]` since the last `take_deferred`
+    /// because their code object's read has not answered yet.
+    deferred: u64,
 }
 
 impl PyFrames {
@@ -62,7 +65,8 @@ impl PyFrames {
     }
 
     /// One frame: `qualname (dir/file.py:line)`, or `[unknown python]`
-    /// when its code object cannot be read.
+    /// when its code object cannot be read (or is still being read: see
+    /// [`PyFrames::take_deferred`]).
     pub fn frame(&mut self, pid: u32, rec: &PyFrameRec) -> Frame {
         let Some((_, cache)) = self.procs.get_mut(&pid) else {
             return Frame::unknown_python();
@@ -73,8 +77,24 @@ impl PyFrames {
                 c.filename.clone(),
                 line.and_then(|l| u32::try_from(l).ok()),
             ),
-            None => Frame::unknown_python(),
+            None => {
+                if cache.is_pending(rec.code) {
+                    self.deferred += 1;
+                }
+                Frame::unknown_python()
+            }
         }
+    }
+
+    /// Frames left unknown since the last call because their code object
+    /// was still being read; resets the count.
+    pub fn take_deferred(&mut self) -> u64 {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// Reads queued or running on the reader thread.
+    pub fn reads_in_flight(&self) -> usize {
+        self.reader.busy()
     }
 
     /// A sample's Python frames (innermost first in `recs`), outermost first.

@@ -9,10 +9,10 @@
 //! So reads run on one reader thread. The caller waits at most
 //! [`WAIT`] for an answer when the reader is idle, and not at all while an
 //! earlier read that outlived its wait is still running (a read that hangs
-//! costs the drain one `WAIT`, once; meanwhile new code objects stay
-//! `[unknown python]`, for every target, as the reader is shared); an
-//! answer that comes late is picked up by a later look-up. It must never
-//! block the caller for longer than `WAIT`.
+//! costs the drain one `WAIT`, once); an answer that comes late is picked
+//! up by a later look-up, and the span that needed it waits for it, parked,
+//! while the drain goes on. It must never block the caller for longer than
+//! `WAIT`.
 use std::{
     sync::{
         Arc,
@@ -22,10 +22,10 @@ use std::{
     time::Duration,
 };
 
-/// Longest wait for an answer. A normal read takes tens of µs, but on a
-/// loaded host the reader thread itself may wait several ms for a CPU: a
-/// wait that short would leave code objects unnamed.
-pub const WAIT: Duration = Duration::from_millis(20);
+/// Longest wait for an answer: a normal read takes tens of µs. On a loaded
+/// host the reader thread itself may wait longer for a CPU; the span is
+/// then parked until the answer comes (see `session/pipeline.rs`).
+pub const WAIT: Duration = Duration::from_millis(2);
 
 type Job = Box<dyn FnOnce() + Send>;
 
