@@ -32,10 +32,13 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(120);
 /// (69 s), each the edge of a kernel bucket group, so counts are exact.
 const LE_POW: std::ops::RangeInclusive<u32> = 13..=36;
 
-/// The span's blame: its hottest frame (the innermost user or Python
-/// function where the time went). One function, so that a better blame
-/// (the issue of engineer t13) replaces it in one place.
+/// The span's blame function and file (`spans::culprit`, no line, so the
+/// label set stays small); a span without one falls back to its hottest
+/// frame.
 pub fn blame_label(span: &Span) -> String {
+    if let Some(b) = &span.blame {
+        return b.group.clone();
+    }
     crate::output::live::hot_frames(span)
         .map(|(h, _)| h.split(" ← ").next().unwrap_or_default().to_string())
         .unwrap_or_else(|| "unknown".into())
@@ -414,12 +417,15 @@ mod tests {
                 cause: Some("cpu".into()),
                 task: None,
                 stacks: vec![crate::spans::StackCount {
-                    frames: vec![format!("f{i}")],
+                    frames: vec![crate::symbolize::frame::Frame::parse(&format!("f{i}"))],
                     samples: 1,
                     kind: crate::spans::StackKind::OnCpu,
                     weight_ns: 0,
+                    offset_ns: 0,
                 }],
                 start_mono_ns: 0,
+                blame: None,
+                extra: Default::default(),
             };
             m.span(&span);
         }
