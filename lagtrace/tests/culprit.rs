@@ -4,7 +4,12 @@
 //! master that already runs its workers traces them.
 mod common;
 
-use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use common::*;
 use serde_json::Value;
@@ -281,4 +286,65 @@ fn two_pids_keep_their_python_frames() {
         }
     }
     eprintln!("TWO PIDS: {named} of 6 sleep spans named legacy_sync_call");
+}
+
+fn testapp(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; the apps sit next to it.
+    let exe = std::env::current_exe().expect("test exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name)
+}
+
+/// A tokio binary (frame pointers) whose task sleeps in a named function:
+/// the cause names that function, not libc's `clock_nanosleep`.
+#[test]
+fn tokio_sleep_blames_the_named_function_not_libc() {
+    let test = "tokio_sleep_blames_the_named_function_not_libc";
+    if !root_or_skip(test) {
+        return;
+    }
+    if std::env::var_os("LAGTRACE_TEST_PREBUILT").is_none() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "lagtrace-testapps"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "building lagtrace-testapps failed");
+    }
+    let app = testapp("tokio_stalls");
+    let args = [
+        "--flavor",
+        "current",
+        "--block",
+        "sleep",
+        "--stalls-ms",
+        "80,150",
+    ];
+    let mut target = Target::start(&app, &args);
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    // A worker parked since before attach is seen from its next wait on.
+    std::thread::sleep(Duration::from_millis(100));
+    target.run_scenario(patience(Duration::from_secs(60)));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let stalls = target.stalls();
+    assert_eq!(assert_stalls_reported(&fin.spans, &stalls, 50).len(), 2);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        let cause = span["cause"].as_str().unwrap_or("");
+        eprintln!("TOKIO {}: {cause}", t.label);
+        assert!(
+            blame(span, "function").ends_with("blocking_sleep"),
+            "{}",
+            span["blame"]
+        );
+        assert!(
+            cause.starts_with("blocked in clock_nanosleep ← tokio_stalls::blocking_sleep"),
+            "{cause}"
+        );
+        assert_eq!(blame(span, "via"), "std", "{}", span["blame"]);
+    }
 }
