@@ -348,3 +348,70 @@ fn tokio_sleep_blames_the_named_function_not_libc() {
         assert_eq!(blame(span, "via"), "std", "{}", span["blame"]);
     }
 }
+
+/// The Python of `target/venv-frameworks` (aiohttp, requests), made by
+/// `cargo xtask setup`.
+fn frameworks_python(test: &str) -> Option<PathBuf> {
+    let py = targets_dir().join("../../../target/venv-frameworks/bin/python3");
+    let ok = Command::new(&py)
+        .args(["-c", "import aiohttp, requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIP: {test}: no target/venv-frameworks with aiohttp and requests (run `cargo xtask setup`)"
+        );
+        return None;
+    }
+    Some(py)
+}
+
+/// aiohttp: `await resp.json()` on a multi-MB body in a handler, and a
+/// sync `requests.get` in an `async def` handler. The blame (what the live
+/// line and the summary lead with) is the user's function, never aiohttp's
+/// `RequestHandler._handle_request`, json or socket internals.
+#[test]
+fn aiohttp_and_requests_spans_name_the_handler() {
+    let test = "aiohttp_and_requests_spans_name_the_handler";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(py) = frameworks_python(test) else {
+        return;
+    };
+    let script = targets_dir().join("aiohttp_app.py");
+    let mut target = Target::start(&py, &[script.to_str().unwrap(), "--count", "3"]);
+    let fin = trace_scenario(&mut target, &[]);
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 6, "{stalls:?}");
+    for t in &stalls {
+        let found = matching_span(&fin.spans, t);
+        assert_eq!(found.len(), 1, "{}: {found:?}", t.label);
+        let span = found[0];
+        let cause = span["cause"].as_str().unwrap_or("");
+        eprintln!(
+            "AIOHTTP {}: blame {} | cause {cause} | task {}",
+            t.label, span["blame"]["text"], span["task"]
+        );
+        match t.label.as_str() {
+            "catalog" => {
+                assert_eq!(blame(span, "function"), "load_catalog", "{}", span["blame"]);
+                assert_eq!(blame(span, "via"), "aiohttp", "{}", span["blame"]);
+                assert!(cause.contains("load_catalog (aiohttp_app.py:"), "{cause}");
+            }
+            "stock" => {
+                assert_eq!(blame(span, "function"), "fetch_stock", "{}", span["blame"]);
+                assert_eq!(blame(span, "via"), "requests", "{}", span["blame"]);
+                assert!(
+                    cause.contains("← fetch_stock (aiohttp_app.py:")
+                        && cause.contains(" via requests"),
+                    "{cause}"
+                );
+            }
+            other => panic!("unknown stall {other}"),
+        }
+        // The task is the handler, not aiohttp's per-request wrapper.
+        let task = span["task"].as_str().unwrap_or("");
+        assert!(!task.contains("_handle_request"), "{task}");
+    }
+}

@@ -43,6 +43,7 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     bpf_linker(args.force_linker).context("bpf-linker")?;
     deb_packages().context("debian packages")?;
     uvloop_venv();
+    frameworks_venv();
     println!("tracefs: nothing to do (lagtrace mounts it itself)");
     Ok(())
 }
@@ -218,6 +219,32 @@ fn uvloop_venv() {
             util::warn("uvloop venv: pip ran but `import uvloop` fails; the uvloop test will skip")
         }
         Err(e) => util::warn(&format!("uvloop venv: {e:#}; the uvloop test will skip")),
+    }
+}
+
+/// A virtualenv with aiohttp and requests from PyPI for the culprit tests
+/// on real frameworks (`target/venv-frameworks`). Best effort: without it
+/// those tests skip loudly.
+fn frameworks_venv() {
+    let venv = util::in_repo("target/venv-frameworks");
+    let python = venv.join("bin/python3");
+    let has = || capture(Command::new(&python).args(["-c", "import aiohttp, requests"])).is_ok();
+    if python.exists() && has() {
+        println!("frameworks venv: present");
+        return;
+    }
+    let start = Instant::now();
+    let made = run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).and_then(|()| {
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "aiohttp", "requests"]))
+    });
+    match made {
+        Ok(()) if has() => println!("frameworks venv: installed in {}", secs(start)),
+        Ok(()) => util::warn(
+            "frameworks venv: pip ran but `import aiohttp, requests` fails; the framework tests will skip",
+        ),
+        Err(e) => util::warn(&format!(
+            "frameworks venv: {e:#}; the framework tests will skip"
+        )),
     }
 }
 
