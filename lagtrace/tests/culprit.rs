@@ -415,3 +415,68 @@ fn aiohttp_and_requests_spans_name_the_handler() {
         assert!(!task.contains("_handle_request"), "{task}");
     }
 }
+
+/// express with `--perf-basic-prof`: the handler's sync hot path is the
+/// blame, and at least 80% of each span's on-CPU samples name it.
+#[test]
+fn express_hot_path_is_named_with_a_perf_map() {
+    let test = "express_hot_path_is_named_with_a_perf_map";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(node) = tool_or_skip(test, &["node"]) else {
+        return;
+    };
+    let modules = targets_dir().join("../../../target/node-frameworks/node_modules");
+    if !modules.join("express/package.json").exists() {
+        eprintln!("SKIP: {test}: no express in target/node-frameworks (run `cargo xtask setup`)");
+        return;
+    }
+    let script = targets_dir().join("express_app.js");
+    let mut cmd = Command::new(&node);
+    cmd.env("LAGTRACE_NODE_MODULES", &modules);
+    let mut target = Target::start_in(
+        cmd,
+        &[
+            "--perf-basic-prof",
+            script.to_str().unwrap(),
+            "--count",
+            "3",
+        ],
+    );
+    let pid = target.pid;
+    let fin = trace_scenario(&mut target, &[]);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 3);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        let (mut named, mut all) = (0u64, 0u64);
+        for st in span["stacks"].as_array().unwrap() {
+            if st["kind"] != "on-cpu" {
+                continue;
+            }
+            let n = st["samples"].as_u64().unwrap();
+            all += n;
+            let frames = st["frames"].as_array().unwrap();
+            if frames
+                .iter()
+                .any(|f| f.as_str().unwrap().contains("buildReport"))
+            {
+                named += n;
+            }
+        }
+        let share = named as f64 / all.max(1) as f64;
+        eprintln!(
+            "EXPRESS: {named}/{all} samples name buildReport ({:.0}%), blame {}",
+            share * 100.0,
+            span["blame"]["text"]
+        );
+        assert!(share >= 0.8, "{share:.2}: {span}");
+        assert!(
+            blame(span, "function").contains("buildReport"),
+            "{}",
+            span["blame"]
+        );
+    }
+}

@@ -44,6 +44,7 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     deb_packages().context("debian packages")?;
     uvloop_venv();
     frameworks_venv();
+    node_frameworks();
     println!("tracefs: nothing to do (lagtrace mounts it itself)");
     Ok(())
 }
@@ -244,6 +245,32 @@ fn frameworks_venv() {
         ),
         Err(e) => util::warn(&format!(
             "frameworks venv: {e:#}; the framework tests will skip"
+        )),
+    }
+}
+
+/// express from npm for the culprit test on a Node framework
+/// (`target/node-frameworks/node_modules`). Best effort: without it that
+/// test skips loudly.
+fn node_frameworks() {
+    let dir = util::in_repo("target/node-frameworks");
+    if dir.join("node_modules/express/package.json").exists() {
+        println!("node frameworks: present");
+        return;
+    }
+    let start = Instant::now();
+    let made = std::fs::create_dir_all(&dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            run(Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .arg("express"))
+        });
+    match made {
+        Ok(()) => println!("node frameworks: express installed in {}", secs(start)),
+        Err(e) => util::warn(&format!(
+            "node frameworks: {e:#}; the express test will skip"
         )),
     }
 }
