@@ -86,7 +86,9 @@ fn remedy(e: &Error) -> String {
 
 fn init_logging(verbose: u8) {
     let filter = match verbose {
-        0 => "warn",
+        // Only lagtrace's own warnings: libraries (aya, blazesym) log to
+        // the terminal with -v only.
+        0 => "lagtrace=warn",
         1 => "info,lagtrace=debug,lagtrace_ebpf=debug,aya=warn",
         _ => "debug",
     };

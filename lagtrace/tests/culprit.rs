@@ -4,7 +4,12 @@
 //! master that already runs its workers traces them.
 mod common;
 
-use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use common::*;
 use serde_json::Value;
@@ -281,4 +286,197 @@ fn two_pids_keep_their_python_frames() {
         }
     }
     eprintln!("TWO PIDS: {named} of 6 sleep spans named legacy_sync_call");
+}
+
+fn testapp(name: &str) -> PathBuf {
+    // Integration tests run from target/<profile>/deps; the apps sit next to it.
+    let exe = std::env::current_exe().expect("test exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name)
+}
+
+/// A tokio binary (frame pointers) whose task sleeps in a named function:
+/// the cause names that function, not libc's `clock_nanosleep`.
+#[test]
+fn tokio_sleep_blames_the_named_function_not_libc() {
+    let test = "tokio_sleep_blames_the_named_function_not_libc";
+    if !root_or_skip(test) {
+        return;
+    }
+    if std::env::var_os("LAGTRACE_TEST_PREBUILT").is_none() {
+        let ok = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "lagtrace-testapps"])
+            .status()
+            .expect("cargo build")
+            .success();
+        assert!(ok, "building lagtrace-testapps failed");
+    }
+    let app = testapp("tokio_stalls");
+    let args = [
+        "--flavor",
+        "current",
+        "--block",
+        "sleep",
+        "--stalls-ms",
+        "80,150",
+    ];
+    let mut target = Target::start(&app, &args);
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    // A worker parked since before attach is seen from its next wait on.
+    std::thread::sleep(Duration::from_millis(100));
+    target.run_scenario(patience(Duration::from_secs(60)));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let stalls = target.stalls();
+    assert_eq!(assert_stalls_reported(&fin.spans, &stalls, 50).len(), 2);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        let cause = span["cause"].as_str().unwrap_or("");
+        eprintln!("TOKIO {}: {cause}", t.label);
+        assert!(
+            blame(span, "function").ends_with("blocking_sleep"),
+            "{}",
+            span["blame"]
+        );
+        assert!(
+            cause.starts_with("blocked in clock_nanosleep ← tokio_stalls::blocking_sleep"),
+            "{cause}"
+        );
+        assert_eq!(blame(span, "via"), "std", "{}", span["blame"]);
+    }
+}
+
+/// The Python of `target/venv-frameworks` (aiohttp, requests), made by
+/// `cargo xtask setup`.
+fn frameworks_python(test: &str) -> Option<PathBuf> {
+    let py = targets_dir().join("../../../target/venv-frameworks/bin/python3");
+    let ok = Command::new(&py)
+        .args(["-c", "import aiohttp, requests"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "SKIP: {test}: no target/venv-frameworks with aiohttp and requests (run `cargo xtask setup`)"
+        );
+        return None;
+    }
+    Some(py)
+}
+
+/// aiohttp: `await resp.json()` on a multi-MB body in a handler, and a
+/// sync `requests.get` in an `async def` handler. The blame (what the live
+/// line and the summary lead with) is the user's function, never aiohttp's
+/// `RequestHandler._handle_request`, json or socket internals.
+#[test]
+fn aiohttp_and_requests_spans_name_the_handler() {
+    let test = "aiohttp_and_requests_spans_name_the_handler";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(py) = frameworks_python(test) else {
+        return;
+    };
+    let script = targets_dir().join("aiohttp_app.py");
+    let mut target = Target::start(&py, &[script.to_str().unwrap(), "--count", "3"]);
+    let fin = trace_scenario(&mut target, &[]);
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 6, "{stalls:?}");
+    for t in &stalls {
+        let found = matching_span(&fin.spans, t);
+        assert_eq!(found.len(), 1, "{}: {found:?}", t.label);
+        let span = found[0];
+        let cause = span["cause"].as_str().unwrap_or("");
+        eprintln!(
+            "AIOHTTP {}: blame {} | cause {cause} | task {}",
+            t.label, span["blame"]["text"], span["task"]
+        );
+        match t.label.as_str() {
+            "catalog" => {
+                assert_eq!(blame(span, "function"), "load_catalog", "{}", span["blame"]);
+                assert_eq!(blame(span, "via"), "aiohttp", "{}", span["blame"]);
+                assert!(cause.contains("load_catalog (aiohttp_app.py:"), "{cause}");
+            }
+            "stock" => {
+                assert_eq!(blame(span, "function"), "fetch_stock", "{}", span["blame"]);
+                assert_eq!(blame(span, "via"), "requests", "{}", span["blame"]);
+                assert!(
+                    cause.contains("← fetch_stock (aiohttp_app.py:")
+                        && cause.contains(" via requests"),
+                    "{cause}"
+                );
+            }
+            other => panic!("unknown stall {other}"),
+        }
+        // The task is the handler, not aiohttp's per-request wrapper.
+        let task = span["task"].as_str().unwrap_or("");
+        assert!(!task.contains("_handle_request"), "{task}");
+    }
+}
+
+/// express with `--perf-basic-prof`: the handler's sync hot path is the
+/// blame, and at least 80% of each span's on-CPU samples name it.
+#[test]
+fn express_hot_path_is_named_with_a_perf_map() {
+    let test = "express_hot_path_is_named_with_a_perf_map";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(node) = tool_or_skip(test, &["node"]) else {
+        return;
+    };
+    let modules = targets_dir().join("../../../target/node-frameworks/node_modules");
+    if !modules.join("express/package.json").exists() {
+        eprintln!("SKIP: {test}: no express in target/node-frameworks (run `cargo xtask setup`)");
+        return;
+    }
+    let script = targets_dir().join("express_app.js");
+    let mut cmd = Command::new(&node);
+    cmd.env("LAGTRACE_NODE_MODULES", &modules);
+    let mut target = Target::start_in(
+        cmd,
+        &[
+            "--perf-basic-prof",
+            script.to_str().unwrap(),
+            "--count",
+            "3",
+        ],
+    );
+    let pid = target.pid;
+    let fin = trace_scenario(&mut target, &[]);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 3);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        let (mut named, mut all) = (0u64, 0u64);
+        for st in span["stacks"].as_array().unwrap() {
+            if st["kind"] != "on-cpu" {
+                continue;
+            }
+            let n = st["samples"].as_u64().unwrap();
+            all += n;
+            let frames = st["frames"].as_array().unwrap();
+            if frames
+                .iter()
+                .any(|f| f.as_str().unwrap().contains("buildReport"))
+            {
+                named += n;
+            }
+        }
+        let share = named as f64 / all.max(1) as f64;
+        eprintln!(
+            "EXPRESS: {named}/{all} samples name buildReport ({:.0}%), blame {}",
+            share * 100.0,
+            span["blame"]["text"]
+        );
+        assert!(share >= 0.8, "{share:.2}: {span}");
+        assert!(
+            blame(span, "function").contains("buildReport"),
+            "{}",
+            span["blame"]
+        );
+    }
 }

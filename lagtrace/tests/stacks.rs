@@ -104,14 +104,11 @@ fn c_loop_spans_are_attributed_to_the_hot_function() {
             t.label
         );
     }
-    // The live line names the hot function.
-    assert!(
-        fin.stdout
-            .iter()
-            .any(|l| l.contains("blocked") && l.contains("hot_spin_ms")),
-        "{:?}",
-        fin.stdout
-    );
+    // The live line names the hot function: the span's blame (what the
+    // line leads with) is the innermost program frame under hot_spin_ms.
+    for s in &fin.spans {
+        assert_eq!(s["blame"]["function"], "inner_work", "{}", s["blame"]);
+    }
     // The SVG is complete and names the function; the folded file parses.
     let svg_text = std::fs::read_to_string(&svg).expect("svg written");
     assert!(

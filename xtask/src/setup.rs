@@ -48,6 +48,8 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     deb_packages().context("debian packages")?;
     uvloop_venv();
     speedscope_schema();
+    frameworks_venv();
+    node_frameworks();
     println!("tracefs: nothing to do (lagtrace mounts it itself)");
     Ok(())
 }
@@ -223,6 +225,58 @@ fn uvloop_venv() {
             util::warn("uvloop venv: pip ran but `import uvloop` fails; the uvloop test will skip")
         }
         Err(e) => util::warn(&format!("uvloop venv: {e:#}; the uvloop test will skip")),
+    }
+}
+
+/// A virtualenv with aiohttp and requests from PyPI for the culprit tests
+/// on real frameworks (`target/venv-frameworks`). Best effort: without it
+/// those tests skip loudly.
+fn frameworks_venv() {
+    let venv = util::in_repo("target/venv-frameworks");
+    let python = venv.join("bin/python3");
+    let has = || capture(Command::new(&python).args(["-c", "import aiohttp, requests"])).is_ok();
+    if python.exists() && has() {
+        println!("frameworks venv: present");
+        return;
+    }
+    let start = Instant::now();
+    let made = run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).and_then(|()| {
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "aiohttp", "requests"]))
+    });
+    match made {
+        Ok(()) if has() => println!("frameworks venv: installed in {}", secs(start)),
+        Ok(()) => util::warn(
+            "frameworks venv: pip ran but `import aiohttp, requests` fails; the framework tests will skip",
+        ),
+        Err(e) => util::warn(&format!(
+            "frameworks venv: {e:#}; the framework tests will skip"
+        )),
+    }
+}
+
+/// express from npm for the culprit test on a Node framework
+/// (`target/node-frameworks/node_modules`). Best effort: without it that
+/// test skips loudly.
+fn node_frameworks() {
+    let dir = util::in_repo("target/node-frameworks");
+    if dir.join("node_modules/express/package.json").exists() {
+        println!("node frameworks: present");
+        return;
+    }
+    let start = Instant::now();
+    let made = std::fs::create_dir_all(&dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| {
+            run(Command::new("npm")
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .arg("express"))
+        });
+    match made {
+        Ok(()) => println!("node frameworks: express installed in {}", secs(start)),
+        Err(e) => util::warn(&format!(
+            "node frameworks: {e:#}; the express test will skip"
+        )),
     }
 }
 

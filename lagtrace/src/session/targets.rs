@@ -52,10 +52,45 @@ fn is_node(pid: u32) -> bool {
 }
 
 /// True if the process has written a perf map (`/tmp/perf-NSPID.map` in
-/// its own root), as node does with `--perf-basic-prof`.
+/// its own root), as node does with `--perf-basic-prof`. A map older than
+/// the process is another process's, left behind under a reused pid.
 fn has_perf_map(pid: u32) -> bool {
     let ns_pid = crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid);
-    std::path::Path::new(&format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")).exists()
+    let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")) else {
+        return false;
+    };
+    let written = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    match (written, started_unix_s(pid)) {
+        (Some(w), Some(s)) => w >= s,
+        _ => true,
+    }
+}
+
+/// When a process started, in seconds since the epoch: the boot time
+/// (`btime` of `/proc/stat`) plus its `starttime` (field 22 of
+/// `/proc/PID/stat`, in clock ticks since boot).
+fn started_unix_s(pid: u32) -> Option<u64> {
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&h| h > 0)?;
+    Some(boot + ticks / hz)
 }
 
 /// The kernel model for a process: `--model`, or judged from the process.
@@ -348,5 +383,24 @@ impl Targets {
             }
         }
         notes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_started_before_now_and_has_no_perf_map() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let started = started_unix_s(std::process::id()).unwrap();
+        assert!(
+            started <= now + 1 && now - started < 3600,
+            "{started} vs {now}"
+        );
+        assert!(!has_perf_map(std::process::id()));
     }
 }

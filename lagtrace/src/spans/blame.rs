@@ -16,7 +16,7 @@
 //! whose file or module starts with one of the prefixes are user code.
 //! Classification reads the typed fields of a [`Frame`] (kind, module,
 //! file, function), never a label's suffix. Pure: no I/O.
-use crate::symbolize::frame::{Frame, FrameKind};
+use crate::symbolize::frame::{Frame, FrameKind, PERF_MAP_MODULE};
 
 /// Python packages of the standard library (a `dir/file.py` path whose
 /// `dir` is one of these is stdlib, when the full path is not known).
@@ -277,13 +277,16 @@ pub fn library_of(f: &Frame) -> Option<String> {
                 Some(dir.to_string())
             }
         }
-        FrameKind::Native | FrameKind::Js => match f.module.as_deref() {
-            Some(m) if m != "[perf-map]" => Some(base_name(m).to_string()),
-            _ => {
-                let head = f.function.trim_start_matches('<');
-                head.split_once("::").map(|(c, _)| c.to_string())
+        // A Rust or C++ name says its crate or namespace (`std::…`),
+        // which tells more than the binary it is linked into.
+        FrameKind::Native | FrameKind::Js => {
+            let head = f.function.trim_start_matches('<');
+            match (head.split_once("::"), f.module.as_deref()) {
+                (Some((krate, _)), _) => Some(krate.to_string()),
+                (None, Some(m)) if m != PERF_MAP_MODULE => Some(base_name(m).to_string()),
+                _ => None,
             }
-        },
+        }
         FrameKind::Kernel | FrameKind::Marker => None,
     }
 }

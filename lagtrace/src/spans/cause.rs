@@ -105,6 +105,12 @@ pub fn classify(span: &Span) -> String {
         (span.runqueue_ns as f64 / total, "runqueue".to_string()),
     ];
     if let Some((_, label)) = parts.iter().find(|(share, _)| *share >= DOMINANT) {
+        // Waiting for a CPU in the middle of the code the span was running.
+        if label == "runqueue"
+            && let Some(c) = span.blame.as_ref().filter(|c| c.kind == StackKind::OnCpu)
+        {
+            return format!("runqueue in {}", c.text);
+        }
         return label.clone();
     }
     let mut mixed: Vec<&(f64, String)> = parts.iter().filter(|(s, _)| *s >= 0.05).collect();

@@ -168,5 +168,16 @@ mod tests {
         assert_eq!(c.group, "handler (app.py)");
         assert_eq!(c.kind, StackKind::OnCpu);
         assert_eq!(c.text, "handler (app.py:9) → json.loads");
+        // The live cause leads with it even when waiting for a CPU dominates.
+        s.runqueue_ns = 70_000_000;
+        s.blame = Some(c);
+        assert_eq!(
+            crate::spans::cause::classify(&s),
+            "runqueue in handler (app.py:9) → json.loads"
+        );
+        assert_eq!(
+            crate::spans::cause::cause_key(&s, None),
+            "cpu in handler (app.py)"
+        );
     }
 }
