@@ -133,8 +133,17 @@ mod tests {
         b.thread = "worker".into();
         b.duration_ns = 500_000_000;
         b.start_unix_ns = 20;
-        b.extra
-            .insert("blame".into(), "json.loads (json/__init__.py:346)".into());
+        b.blame = Some(crate::spans::culprit::Culprit {
+            function: "json.loads".into(),
+            file: Some("json/__init__.py".into()),
+            line: Some(346),
+            leaf: None,
+            via: None,
+            kind: crate::spans::StackKind::OnCpu,
+            text: "json.loads (json/__init__.py:346)".into(),
+            frame_text: "json.loads (json/__init__.py:346)".into(),
+            group: "json.loads (__init__.py)".into(),
+        });
         let kept = |f: &Filter| -> Vec<u32> {
             [&a, &b]
                 .iter()
