@@ -90,7 +90,7 @@ fn runs_with_only_the_documented_capabilities() {
         text.contains("Python frames on"),
         "CAP_SYS_PTRACE reads another user's Python: {text}"
     );
-    let found = read_jsonl(&spans);
+    let found = read_spans(&spans);
     assert_stalls_reported(&found, &target.stalls(), 50);
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(

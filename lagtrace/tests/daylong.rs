@@ -25,7 +25,18 @@ fn rotated_spans(path: &Path) -> (usize, Vec<Value>) {
         files.push((n, p));
     }
     files.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
-    let spans = files.iter().flat_map(|(_, p)| read_jsonl(p)).collect();
+    // Each file can be read alone (`lagtrace report`): it starts with the
+    // header record.
+    for (_, p) in &files {
+        let first = read_jsonl(p).into_iter().next();
+        assert_eq!(
+            first.as_ref().map(|v| v["record"].clone()),
+            Some(Value::from("header")),
+            "{} starts with the header",
+            p.display()
+        );
+    }
+    let spans = files.iter().flat_map(|(_, p)| read_spans(p)).collect();
     (files.len(), spans)
 }
 

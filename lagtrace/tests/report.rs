@@ -290,7 +290,15 @@ fn recorded_lines() -> Vec<String> {
         120 * MS
     )]);
     let mut c = span(100, 101, "worker", 3000, 256, "cpu");
-    c["blame"] = json!("json.loads (json/__init__.py:346)");
+    c["blame"] = json!({
+        "function": "json.loads",
+        "file": "json/__init__.py",
+        "line": 346,
+        "kind": "on-cpu",
+        "text": "json.loads (json/__init__.py:346)",
+        "frame": "json.loads (json/__init__.py:346)",
+        "group": "json.loads (__init__.py)"
+    });
     let d = span(200, 200, "loop", 4000, 512, "runqueue");
     let e = span(
         100,

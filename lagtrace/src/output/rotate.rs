@@ -3,7 +3,9 @@
 //! flushed per span); when FILE reaches SIZE it becomes FILE.1 (FILE.1
 //! becomes FILE.2, …, and FILE.N goes), and a new FILE starts. Rotation
 //! happens only between lines, so no span is split or lost across files.
-//! `SIGHUP` reopens FILE, for logrotate's move-then-signal.
+//! `SIGHUP` reopens FILE, for logrotate's move-then-signal. Each file
+//! starts with the header record, so any one of them can be given to
+//! `lagtrace report`; the summary record ends the newest file.
 //!
 //! Unlike the other outputs this one is not written beside its path and
 //! renamed at the end: a file read while it grows must be at its name.
@@ -14,7 +16,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::{Recorder, TraceInfo, jsonl::to_line};
+use super::{
+    Recorder, TraceInfo,
+    jsonl::to_line,
+    records::{Header, Record},
+};
 use crate::{
     error::{Error, Result},
     spans::Span,
@@ -57,6 +63,8 @@ pub struct RotatingJsonl {
     size: u64,
     /// Rotations done (reported at the end).
     pub rotations: u64,
+    /// The header line, written again at the top of every new file.
+    header: Option<String>,
 }
 
 fn open_append(path: &Path) -> Result<(File, u64)> {
@@ -93,7 +101,19 @@ impl RotatingJsonl {
             file: Some(file),
             size,
             rotations: 0,
+            header: None,
         })
+    }
+
+    /// Append one whole line (one write on an O_APPEND file).
+    fn append(&mut self, line: &str) -> Result<()> {
+        let res = match self.file.as_mut() {
+            Some(f) => f.write_all(line.as_bytes()),
+            None => Ok(()),
+        };
+        res.map_err(|e| self.err(e))?;
+        self.size += line.len() as u64;
+        Ok(())
     }
 
     fn err(&self, source: std::io::Error) -> Error {
@@ -122,25 +142,29 @@ impl RotatingJsonl {
         self.file = Some(f);
         self.size = size;
         self.rotations += 1;
-        Ok(())
+        match self.header.clone() {
+            Some(h) => self.append(&h),
+            None => Ok(()),
+        }
     }
 }
 
 impl Recorder for RotatingJsonl {
+    fn begin(&mut self, header: &Header) -> Result<()> {
+        let mut line = serde_json::to_string(&Record::Header(header.clone()))
+            .expect("a header always serializes");
+        line.push('\n');
+        self.header = Some(line.clone());
+        self.append(&line)
+    }
+
     fn record(&mut self, span: &Span) -> Result<()> {
         let mut line = to_line(span);
         line.push('\n');
         if self.size > 0 && self.size + line.len() as u64 > self.max_size {
             self.rotate()?;
         }
-        let res = match self.file.as_mut() {
-            // One write per line on an O_APPEND file: whole lines only.
-            Some(f) => f.write_all(line.as_bytes()),
-            None => Ok(()),
-        };
-        res.map_err(|e| self.err(e))?;
-        self.size += line.len() as u64;
-        Ok(())
+        self.append(&line)
     }
 
     fn reopen(&mut self) -> Result<()> {
@@ -150,7 +174,10 @@ impl Recorder for RotatingJsonl {
         Ok(())
     }
 
-    fn finish(&mut self, _info: &TraceInfo) -> Result<Option<PathBuf>> {
+    fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>> {
+        let mut line = info.summary.to_line();
+        line.push('\n');
+        self.append(&line)?;
         Ok(self.file.take().map(|_| self.path.clone()))
     }
 }
