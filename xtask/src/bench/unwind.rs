@@ -90,7 +90,6 @@ fn depth_cost(lagtrace: &Path, bin: &Path, depth: u32, secs: f64) -> Result<Vec<
     // The span ends at the next epoll_wait; let it reach userspace.
     std::thread::sleep(Duration::from_millis(300));
     lt.proc.stop()?;
-    let stderr = lt.proc.stderr();
     let costs = bpfstats::delta(&a, &b);
     let cost = |name: &str| costs.iter().find(|c| c.name == name).cloned();
     let sample = cost("on_cpu_sample").context("on_cpu_sample not loaded")?;
@@ -98,21 +97,32 @@ fn depth_cost(lagtrace: &Path, bin: &Path, depth: u32, secs: f64) -> Result<Vec<
     // On-CPU samples of the span, not machine-wide events: on_cpu_sample
     // also runs, and returns at once, on the other CPUs. (Off-CPU samples
     // are taken by sched_switch.)
-    let samples: u64 = fs::read_to_string(&spans)
+    let records: Vec<serde_json::Value> = fs::read_to_string(&spans)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let samples: u64 = records
+        .iter()
+        .filter(|v| v.get("record").is_none())
         .flat_map(|v| v["stacks"].as_array().cloned().unwrap_or_default())
         .filter(|st| st["kind"] == "on-cpu")
         .filter_map(|st| st["samples"].as_u64())
         .sum();
     let _ = fs::remove_file(&spans);
-    let ends = stderr
+    // How the user stack walks ended, from the summary record's health
+    // counters (`{"root": 731, "depth": 2}`).
+    let ends = records
         .iter()
-        .find(|l| l.contains("user stack walks ended"))
-        .cloned()
+        .find(|v| v["record"] == "summary")
+        .and_then(|v| v["health"]["user_stack_ends"].as_object().cloned())
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default();
-    let ends = ends.split("ended: ").nth(1).unwrap_or("").to_owned();
     drop(target);
     Ok(vec![
         depth.to_string(),
