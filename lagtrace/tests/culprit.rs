@@ -420,7 +420,45 @@ fn aiohttp_and_requests_spans_name_the_handler() {
 /// blame, and at least 80% of each span's on-CPU samples name it.
 #[test]
 fn express_hot_path_is_named_with_a_perf_map() {
-    let test = "express_hot_path_is_named_with_a_perf_map";
+    express_hot_path_is_named(
+        "express_hot_path_is_named_with_a_perf_map",
+        &["--perf-basic-prof"],
+    );
+}
+
+/// The same with `--interpreted-frames-native-stack`: an interpreted
+/// function runs through its own copy of `InterpreterEntryTrampoline`,
+/// which the perf map names (`JS:~name`), and V8 reuses code space, so the
+/// newest entry at an address must win (an older one named a module
+/// loader). The hot path is soon compiled (`JS:*name`) here.
+#[test]
+fn express_hot_path_is_named_with_interpreted_frames_native_stack() {
+    express_hot_path_is_named(
+        "express_hot_path_is_named_with_interpreted_frames_native_stack",
+        &["--perf-basic-prof", "--interpreted-frames-native-stack"],
+    );
+}
+
+/// The same with V8 kept to its interpreter (`--max-opt=0`), so that only
+/// the trampoline copy can name the hot path. Most of V8's bytecode
+/// handlers run without a frame of their own (no `push rbp`) and have no
+/// `.eh_frame` rows, so the frame-pointer fallback steps from the handler
+/// straight to the caller of the trampoline copy and skips the function:
+/// about a third of the samples name it (19/53 measured).
+#[test]
+#[ignore = "frameless V8 bytecode handlers hide the interpreted frame from the frame-pointer fallback"]
+fn express_hot_path_is_named_with_the_interpreter_only() {
+    express_hot_path_is_named(
+        "express_hot_path_is_named_with_the_interpreter_only",
+        &[
+            "--perf-basic-prof",
+            "--interpreted-frames-native-stack",
+            "--max-opt=0",
+        ],
+    );
+}
+
+fn express_hot_path_is_named(test: &str, node_flags: &[&str]) {
     if !root_or_skip(test) || !walker_or_skip(test) {
         return;
     }
@@ -435,15 +473,9 @@ fn express_hot_path_is_named_with_a_perf_map() {
     let script = targets_dir().join("express_app.js");
     let mut cmd = Command::new(&node);
     cmd.env("LAGTRACE_NODE_MODULES", &modules);
-    let mut target = Target::start_in(
-        cmd,
-        &[
-            "--perf-basic-prof",
-            script.to_str().unwrap(),
-            "--count",
-            "3",
-        ],
-    );
+    let mut args = node_flags.to_vec();
+    args.extend([script.to_str().unwrap(), "--count", "3"]);
+    let mut target = Target::start_in(cmd, &args);
     let pid = target.pid;
     let fin = trace_scenario(&mut target, &[]);
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
@@ -468,7 +500,7 @@ fn express_hot_path_is_named_with_a_perf_map() {
         }
         let share = named as f64 / all.max(1) as f64;
         eprintln!(
-            "EXPRESS: {named}/{all} samples name buildReport ({:.0}%), blame {}",
+            "EXPRESS {node_flags:?}: {named}/{all} samples name buildReport ({:.0}%), blame {}",
             share * 100.0,
             span["blame"]["text"]
         );
