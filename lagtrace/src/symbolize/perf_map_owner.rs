@@ -108,4 +108,36 @@ mod tests {
         assert!(started <= SystemTime::now() + Duration::from_secs(1));
         assert!(started_at(u32::MAX).is_none());
     }
+
+    #[test]
+    fn after_an_exec_only_newer_maps_count() {
+        use std::{io::Write, process::Stdio, time::Instant};
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read x; exec sleep 5"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut owner = Owner::of(pid).unwrap();
+        let before = SystemTime::now();
+        assert!(!owner.exec_seen(pid), "no exec yet");
+        assert!(owner.wrote(before), "written after the start");
+        let sh = exe_id(pid);
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while exe_id(pid) == sh && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let execd = exe_id(pid) != sh;
+        let seen = owner.exec_seen(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(execd, "sh did not exec sleep within 10 s");
+        assert!(seen);
+        assert!(
+            !owner.wrote(before),
+            "written by the program before the exec"
+        );
+        assert!(owner.wrote(SystemTime::now() + Duration::from_millis(1)));
+    }
 }
