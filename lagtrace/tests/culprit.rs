@@ -242,6 +242,45 @@ fn node_without_a_perf_map_is_told_how_to_name_js() {
     );
 }
 
+/// A perf map left under the target's pid by an earlier process (planted
+/// here, dated before the target started, covering every address) must not
+/// name the target's JIT code.
+#[test]
+fn a_stale_perf_map_under_a_reused_pid_names_nothing() {
+    let test = "a_stale_perf_map_under_a_reused_pid_names_nothing";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(node) = tool_or_skip(test, &["node"]) else {
+        return;
+    };
+    let script = targets_dir().join("node_stalls.js");
+    let mut target = Target::start(&node, &[script.to_str().unwrap(), "--stalls-ms", "80,150"]);
+    let map = format!("/tmp/perf-{}.map", target.pid);
+    std::fs::write(&map, "0 7fffffffffff STALE_PERF_MAP_FN\n").unwrap();
+    let long_ago = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let planted = std::fs::File::open(&map).and_then(|f| f.set_modified(long_ago));
+    let fin = trace_scenario(&mut target, &[]);
+    let _ = std::fs::remove_file(&map);
+    planted.unwrap();
+    let stalls = target.stalls();
+    assert_stalls_reported(&fin.spans, &stalls, 50);
+    let (mut stale, mut jit) = (0u64, 0u64);
+    for t in &stalls {
+        let span = matching_span(&fin.spans, t)[0];
+        for st in span["stacks"].as_array().unwrap() {
+            for f in st["frames"].as_array().unwrap() {
+                let f = f.as_str().unwrap();
+                stale += u64::from(f.contains("STALE_PERF_MAP_FN"));
+                jit += u64::from(f.starts_with("[unknown] 0x"));
+            }
+        }
+    }
+    eprintln!("STALE MAP: {stale} stale frames, {jit} unnamed JIT frames");
+    assert_eq!(stale, 0, "a stale perf map named frames: {:?}", fin.spans);
+    assert!(jit > 0, "no JIT frame was looked up, so nothing was tested");
+}
+
 /// Two `--pid`: every `time.sleep` span of both targets keeps its Python
 /// frames (the bug seen with py-spy: 2 of 3 lost them; single pid: all).
 #[test]
