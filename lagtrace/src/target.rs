@@ -158,12 +158,37 @@ pub enum ThreadRole {
     Worker,
 }
 
-/// The name shown for a thread that has none (an empty comm): its role in
-/// angle brackets, so it reads `<loop>[27120]` and never passes for a name.
-pub fn unnamed(role: ThreadRole) -> String {
+impl ThreadRole {
+    fn word(self) -> &'static str {
+        match self {
+            ThreadRole::Loop => "loop",
+            ThreadRole::Worker => "worker",
+        }
+    }
+}
+
+/// The name shown for a thread that has none (an empty comm): its tid and
+/// role in brackets, `[27120 loop]`, which never passes for a name. Live
+/// lines and the summary show it as is (see [`thread_label`]); JSON
+/// `thread` and the folded root frame carry it too.
+pub fn unnamed(tid: u32, role: ThreadRole) -> String {
+    format!("[{tid} {}]", role.word())
+}
+
+/// How a thread is shown where its ids are wanted: `name[tid]` (with the
+/// pid, `name[pid/tid]`), or for a thread without a name `[tid loop]`
+/// (`[pid/tid loop]`), not its tid twice.
+pub fn thread_label(thread: &str, pid: Option<u32>, tid: u32) -> String {
+    let ids = match pid {
+        Some(pid) => format!("{pid}/{tid}"),
+        None => tid.to_string(),
+    };
+    let role = [ThreadRole::Loop, ThreadRole::Worker]
+        .into_iter()
+        .find(|&r| thread == unnamed(tid, r));
     match role {
-        ThreadRole::Loop => "<loop>".into(),
-        ThreadRole::Worker => "<worker>".into(),
+        Some(r) => format!("[{ids} {}]", r.word()),
+        None => format!("{thread}[{ids}]"),
     }
 }
 
@@ -190,11 +215,14 @@ impl ThreadNames {
                 .workers
                 .entry(pid)
                 .or_insert_with(|| looks_like_tokio(pid));
-            unnamed(if worker {
-                ThreadRole::Worker
-            } else {
-                ThreadRole::Loop
-            })
+            unnamed(
+                tid,
+                if worker {
+                    ThreadRole::Worker
+                } else {
+                    ThreadRole::Loop
+                },
+            )
         } else {
             name
         };
@@ -278,8 +306,13 @@ mod tests {
     fn a_thread_without_a_name_shows_its_role() {
         let mut names = ThreadNames::default();
         let gone = u32::MAX - 1;
-        assert_eq!(names.get(gone, gone, &[0; 16]), "<loop>");
+        assert_eq!(names.get(gone, gone, &[0; 16]), format!("[{gone} loop]"));
         assert_eq!(names.get(gone, gone - 1, b"uv-loop\0"), "uv-loop");
+        let unnamed_label = thread_label(&format!("[{gone} loop]"), Some(7), gone);
+        assert_eq!(unnamed_label, format!("[7/{gone} loop]"));
+        assert_eq!(thread_label("uv-loop", None, 12), "uv-loop[12]");
+        // A name that only looks like another thread's label is a name.
+        assert_eq!(thread_label("[5 loop]", None, 12), "[5 loop][12]");
     }
 
     #[test]

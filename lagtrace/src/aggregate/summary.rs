@@ -159,7 +159,9 @@ impl SummaryBuilder {
                         .or_else(|| {
                             crate::target::read_comm(pid, Some(tid)).filter(|n| !n.is_empty())
                         })
-                        .unwrap_or_else(|| crate::target::unnamed(crate::target::ThreadRole::Loop)),
+                        .unwrap_or_else(|| {
+                            crate::target::unnamed(tid, crate::target::ThreadRole::Loop)
+                        }),
                     iterations: s.iterations,
                     p50_ns: q(0.5),
                     p90_ns: q(0.9),

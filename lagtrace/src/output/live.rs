@@ -86,9 +86,10 @@ pub fn hot_frames(span: &Span) -> Option<(String, StackKind)> {
 /// The line of a finished span.
 pub fn span_line(span: &Span, with_pid: bool) -> String {
     let who = if with_pid {
-        format!("{} {}[{}/{}]", span.comm, span.thread, span.pid, span.tid)
+        let label = crate::target::thread_label(&span.thread, Some(span.pid), span.tid);
+        format!("{} {label}", span.comm)
     } else {
-        format!("{}[{}]", span.thread, span.tid)
+        crate::target::thread_label(&span.thread, None, span.tid)
     };
     let mut line = format!(
         "{}  {}  blocked {}",
@@ -133,10 +134,9 @@ pub fn stuck_line(
     threshold_ns: u64,
 ) -> String {
     format!(
-        "{}  {}[{}]  STILL BLOCKED for {} ({}× threshold, since {})",
+        "{}  {}  STILL BLOCKED for {} ({}× threshold, since {})",
         local_time(start_unix_ns + open_ns),
-        sanitize::terminal(thread),
-        tid,
+        crate::target::thread_label(&sanitize::terminal(thread), None, tid),
         fmt_ns(open_ns),
         open_ns / threshold_ns.max(1),
         local_time(start_unix_ns)
@@ -162,6 +162,8 @@ mod tests {
 
     #[test]
     fn stuck_line_counts_thresholds() {
+        let unnamed = stuck_line("[3 loop]", 3, 0, 2_000_000_000, 50_000_000);
+        assert!(unnamed.contains("  [3 loop]  STILL BLOCKED"), "{unnamed}");
         let l = stuck_line("loop", 3, 0, 2_000_000_000, 50_000_000);
         assert!(l.contains("STILL BLOCKED for 2.00 s (40× threshold"), "{l}");
     }

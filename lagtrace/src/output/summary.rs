@@ -55,7 +55,7 @@ pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited
     for r in rows {
         out.push_str(&format!(
             "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>9} {:>5.1}%\n",
-            format!("{}[{}]", sanitize::terminal(&r.thread), r.tid),
+            crate::target::thread_label(&sanitize::terminal(&r.thread), None, r.tid),
             r.iterations,
             fmt_ns(r.p50_ns),
             fmt_ns(r.p90_ns),

@@ -59,38 +59,11 @@ fn has_perf_map(pid: u32) -> bool {
     let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")) else {
         return false;
     };
-    let written = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs());
-    match (written, started_unix_s(pid)) {
+    let started = crate::symbolize::perf_map_owner::started_at(pid);
+    match (meta.modified().ok(), started) {
         (Some(w), Some(s)) => w >= s,
         _ => true,
     }
-}
-
-/// When a process started, in seconds since the epoch: the boot time
-/// (`btime` of `/proc/stat`) plus its `starttime` (field 22 of
-/// `/proc/PID/stat`, in clock ticks since boot).
-fn started_unix_s(pid: u32) -> Option<u64> {
-    let boot: u64 = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks: u64 = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-        .ok()
-        .filter(|&h| h > 0)?;
-    Some(boot + ticks / hz)
 }
 
 /// The kernel model for a process: `--model`, or judged from the process.
@@ -396,7 +369,11 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let started = started_unix_s(std::process::id()).unwrap();
+        let started = crate::symbolize::perf_map_owner::started_at(std::process::id())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         assert!(
             started <= now + 1 && now - started < 3600,
             "{started} vs {now}"

@@ -10,6 +10,7 @@ pub mod frame;
 pub mod merge;
 pub mod native;
 pub mod perf_map;
+pub mod perf_map_owner;
 pub mod python;
 pub mod untrusted;
 

@@ -124,6 +124,8 @@ impl NativeSymbolizer {
         let Some(cache) = self.pids.get_mut(&pid) else {
             return false;
         };
+        // After an exec, JIT names from the old program's map would lie.
+        cache.perf_map.check_exec(pid);
         let due = cache.churns
             || crate::clock::WallClock::now_mono_ns().saturating_sub(cache.read_after_ns)
                 >= STABLE_FRESH_NS;
@@ -587,5 +589,22 @@ mod tests {
         let frames = s.frames(pid, now() - 1_000_000_000, &[late + 0x10], &[]);
         let _ = fs::remove_file(&map);
         assert_eq!(labels(frames), ["py::late_jit:/app/y.py"]);
+    }
+
+    #[test]
+    fn a_perf_map_left_by_an_earlier_process_is_ignored() {
+        let (mut s, pid, page) = (NativeSymbolizer::new(), process::id(), map_page(-1));
+        let map = format!("/tmp/perf-{pid}.map");
+        // Planted with a time before this process started: pid reuse.
+        fs::write(&map, format!("{page:x} 1000 stale_owner_fn\n")).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        fs::File::open(&map).unwrap().set_modified(old).unwrap();
+        let frames = s.frames(pid, now(), &[page + 0x10], &[]);
+        assert_eq!(labels(frames), [format!("[unknown] {:#x}", page + 0x10)]);
+        // Written again now, by "this" process: named.
+        fs::write(&map, format!("{page:x} 1000 fresh_owner_fn\n")).unwrap();
+        let frames = s.frames(pid, now(), &[page + 0x10], &[]);
+        let _ = fs::remove_file(&map);
+        assert_eq!(labels(frames), ["fresh_owner_fn"]);
     }
 }

@@ -8,7 +8,8 @@
 //! read; a line that does not parse (or is longer than [`MAX_LINE`]) is
 //! skipped alone. A map that grows is read on from where the last read
 //! stopped. It must never block, and never name an address with a line it
-//! did not parse whole.
+//! did not parse whole. A map older than the process (pid reuse) or than
+//! its last exec is ignored (see [`perf_map_owner`](super::perf_map_owner)).
 use std::{
     fs::File,
     io::{self, Read, Seek, SeekFrom},
@@ -16,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::untrusted;
+use super::{perf_map_owner::Owner, untrusted};
 
 /// Most bytes read from one perf map over the whole trace.
 pub const MAX_BYTES: u64 = 64 << 20;
@@ -59,6 +60,8 @@ pub struct PerfMap {
     /// A partial last line, completed by the next read.
     partial: Vec<u8>,
     seq: u64,
+    /// The process the map must have been written by, once known.
+    owner: Option<Owner>,
 }
 
 /// Parse one line: `START SIZE name`, both numbers hex, `0x` optional.
@@ -94,6 +97,7 @@ impl PerfMap {
         if self.file != Some(id) || meta.len() < self.offset || rewritten {
             *self = Self {
                 file: Some(id),
+                owner: self.owner,
                 ..Self::default()
             };
         }
@@ -119,6 +123,37 @@ impl PerfMap {
             self.feed(&buf[..n], &mut stats);
         }
         Ok(stats)
+    }
+
+    /// [`update`](Self::update) if `owner` wrote `file`; else forget what
+    /// was read and return `None`.
+    pub fn update_if_owned(&mut self, file: File, owner: Owner) -> io::Result<Option<ReadStats>> {
+        self.owner = Some(owner);
+        if !owner.wrote(file.metadata()?.modified()?) {
+            self.forget();
+            return Ok(None);
+        }
+        self.update(file).map(Some)
+    }
+
+    /// Drop every entry (the map is another program's), keeping the owner.
+    fn forget(&mut self) {
+        *self = Self {
+            owner: self.owner,
+            ..Self::default()
+        };
+    }
+
+    /// Check whether `pid` exec'd another program since the map was read:
+    /// if so the entries are the old program's and are dropped. Cheap (one
+    /// `stat`); nothing to do before a map was read.
+    pub fn check_exec(&mut self, pid: u32) {
+        if let Some(owner) = self.owner.as_mut()
+            && owner.exec_seen(pid)
+        {
+            log::debug!("pid {pid} exec'd: its perf map is read again");
+            self.forget();
+        }
     }
 
     fn feed(&mut self, mut chunk: &[u8], stats: &mut ReadStats) {
@@ -175,15 +210,19 @@ impl PerfMap {
     pub fn refresh(&mut self, pid: u32) {
         let ns_pid = crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid);
         let path = format!("/tmp/perf-{ns_pid}.map");
+        let Some(owner) = self.owner.or_else(|| Owner::of(pid)) else {
+            return;
+        };
         match untrusted::open_own_file(pid, &path) {
-            Ok(f) => match self.update(f) {
-                Ok(s) if s.bad_lines > 0 || s.capped => log::debug!(
+            Ok(f) => match self.update_if_owned(f, owner) {
+                Ok(None) => log::debug!("perf map of pid {pid}: older than the process, ignored"),
+                Ok(Some(s)) if s.bad_lines > 0 || s.capped => log::debug!(
                     "perf map of pid {pid}: {} lines, {} skipped, capped: {}",
                     s.lines,
                     s.bad_lines,
                     s.capped
                 ),
-                Ok(_) => {}
+                Ok(Some(_)) => {}
                 Err(e) => log::debug!("reading the perf map of pid {pid}: {e}"),
             },
             Err(e) => log::debug!("{e}"),
@@ -256,5 +295,30 @@ mod tests {
         assert_eq!((s.lines, s.bad_lines), (2, 1));
         assert!(m.partial.capacity() <= 4 * MAX_LINE);
         assert_eq!(m.lookup(0x5000), Some("after"));
+    }
+
+    #[test]
+    fn a_map_older_than_its_owner_is_ignored() {
+        use std::time::{Duration, SystemTime};
+        let (p, f) = temp("stale", b"1000 10 stale_fn\n");
+        let written = f.metadata().unwrap().modified().unwrap();
+        let mut m = PerfMap::default();
+        // Written a minute before the process started: another's.
+        let later = Owner::at(written + Duration::from_secs(60));
+        assert_eq!(m.update_if_owned(f, later).unwrap(), None);
+        assert_eq!(m.lookup(0x1005), None);
+        // The same file, written after the start: read.
+        let f = File::open(&p).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(120))
+            .unwrap();
+        let s = m.update_if_owned(f, later).unwrap().unwrap();
+        assert_eq!(s.lines, 1);
+        assert_eq!(m.lookup(0x1005), Some("stale_fn"));
+        // Backdated again (replaced by an older copy): forgotten.
+        let f = File::open(&p).unwrap();
+        f.set_modified(written - Duration::from_secs(3600)).unwrap();
+        assert_eq!(m.update_if_owned(f, later).unwrap(), None);
+        assert_eq!(m.lookup(0x1005), None);
+        let _ = fs::remove_file(&p);
     }
 }
