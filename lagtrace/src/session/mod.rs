@@ -94,6 +94,13 @@ pub fn period_ns(frequency: u64) -> u64 {
 
 pub async fn run(args: &Args) -> Result<Outcome> {
     check_privileges()?;
+    // The handlers come first: a Ctrl-C while the probes load or just after
+    // the start line must end the trace cleanly (outputs written, temporary
+    // files renamed), not kill lagtrace with its files half made.
+    let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
+    let (mut sigint, mut sigterm) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?);
+    let mut sighup = sig(SignalKind::hangup())?;
+    let mut sigusr1 = sig(SignalKind::user_defined1())?;
     let threshold_ns = args.threshold.as_nanos() as u64;
     let mut selection = select::Selection::new(&args.names, &args.cgroups)?;
     let (mut targets, mut notes) = Targets::open(&args.pids)?;
@@ -250,10 +257,6 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     p.outputs
         .begin(&record::header(&p.targets, threshold_ns, args.frequency));
     let mut outcome = Outcome::default();
-    let sig = |k| signal(k).map_err(|e| Error::io("installing a signal handler", e));
-    let (mut sigint, mut sigterm) = (sig(SignalKind::interrupt())?, sig(SignalKind::terminate())?);
-    let mut sighup = sig(SignalKind::hangup())?;
-    let mut sigusr1 = sig(SignalKind::user_defined1())?;
     let deadline = args.duration.map(|d| started + d);
     let mut tick = interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
