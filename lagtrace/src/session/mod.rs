@@ -24,7 +24,7 @@ use tokio::{
 use self::{
     flood::{DRAIN_SLICE, FINAL_DISCARD, FINAL_DRAIN, SpanBudget},
     pipeline::{Pipeline, snapshot},
-    targets::{Targets, model_for},
+    targets::Targets,
 };
 use crate::{
     aggregate::summary::SummaryBuilder,
@@ -35,7 +35,7 @@ use crate::{
     probes::{Counters, ProbeOptions, Probes},
     spans::Assembler,
     symbolize::StackSymbolizer,
-    target::{ThreadNames, check_privileges},
+    target::{ThreadNames, check_privileges, model_for},
     unwind::UnwindTables,
 };
 

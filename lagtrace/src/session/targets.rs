@@ -7,18 +7,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lagtrace_common::{MODEL_EPOLL, MODEL_WORKER, PyTarget};
+use lagtrace_common::{MODEL_WORKER, PyTarget};
 
 use crate::{
     cli::Model,
     error::Result,
     probes::Probes,
     probes::btf::task_fsbase_offset,
-    symbolize::{
-        cpython::{self, PyFrames},
-        python::is_python,
+    symbolize::cpython::{self, PyFrames},
+    target::{
+        Target, exe_id, exe_name, has_live_thread, is_python, model_for,
+        runtime::{has_perf_map, is_node},
+        tgid_of,
     },
-    target::{Target, exe_id, exe_name, has_live_thread, looks_like_tokio, tgid_of},
 };
 
 /// How long after an exec the new interpreter gets to become readable
@@ -44,36 +45,6 @@ impl Deref for Targets {
 
     fn deref(&self) -> &Vec<Target> {
         &self.list
-    }
-}
-
-fn is_node(pid: u32) -> bool {
-    exe_name(pid).is_some_and(|n| n.starts_with("node"))
-}
-
-/// True if the process has written a perf map (`/tmp/perf-NSPID.map` in
-/// its own root), as node does with `--perf-basic-prof`. A map older than
-/// the process is another process's, left behind under a reused pid.
-fn has_perf_map(pid: u32) -> bool {
-    let ns_pid = crate::target::innermost_id(&format!("/proc/{pid}/status")).unwrap_or(pid);
-    let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")) else {
-        return false;
-    };
-    let started = crate::symbolize::perf_map_owner::started_at(pid);
-    match (meta.modified().ok(), started) {
-        (Some(w), Some(s)) => w >= s,
-        _ => true,
-    }
-}
-
-/// The kernel model for a process: `--model`, or judged from the process.
-pub fn model_for(pid: u32, flag: Model) -> u32 {
-    match flag {
-        Model::Epoll => MODEL_EPOLL,
-        Model::Worker => MODEL_WORKER,
-        Model::Auto if is_python(pid) || is_node(pid) => MODEL_EPOLL,
-        Model::Auto if looks_like_tokio(pid) => MODEL_WORKER,
-        Model::Auto => MODEL_EPOLL,
     }
 }
 
@@ -356,28 +327,5 @@ impl Targets {
             }
         }
         notes
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_process_started_before_now_and_has_no_perf_map() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let started = crate::symbolize::perf_map_owner::started_at(std::process::id())
-            .unwrap()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        assert!(
-            started <= now + 1 && now - started < 3600,
-            "{started} vs {now}"
-        );
-        assert!(!has_perf_map(std::process::id()));
     }
 }

@@ -1,17 +1,7 @@
-//! Which targets run CPython, and which asyncio task a Python stack ran in.
+//! Which asyncio task a Python stack ran in.
 //! The frames themselves are read by the kernel at each sample and resolved
 //! in `cpython/`.
 use super::frame::Frame;
-use crate::target::exe_name;
-
-/// True if the process runs CPython: its executable is named python*, or
-/// it maps a libpython.
-pub fn is_python(pid: u32) -> bool {
-    if exe_name(pid).is_some_and(|n| n.starts_with("python")) {
-        return true;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libpython3"))
-}
 
 /// The running asyncio task of a Python stack (outermost first): the
 /// coroutine that the event loop's `Handle._run` (or the pure-Python

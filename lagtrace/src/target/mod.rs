@@ -1,7 +1,17 @@
-//! What lagtrace knows of a traced process from /proc: that it exists, is not
-//! a kernel thread, its command, its threads' names, and whether it still
-//! runs. Nothing here changes the target.
-use std::{collections::HashMap, fs};
+//! What lagtrace knows of a traced process, all in this module: that it
+//! exists and is not a kernel thread, its command and PID namespace, and
+//! whether it still runs (here); which runtime it is, and so its loop model
+//! and whether it has a perf map (`runtime`); its threads' names and roles
+//! (`threads`). Everything is read from /proc; nothing here changes the
+//! target. (Its Python layout, once found, lives with the Python reader in
+//! `symbolize::cpython`.)
+pub mod runtime;
+pub mod threads;
+
+use std::fs;
+
+pub use runtime::{Runtime, is_python, looks_like_tokio, model_for};
+pub use threads::{ThreadNames, ThreadRole, thread_label, unnamed};
 
 use crate::error::{Error, Result};
 
@@ -133,126 +143,6 @@ pub fn exe_id(pid: u32) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
     Some((m.dev(), m.ino()))
-}
-
-/// Thread names, looked up once per thread and remembered after it exits
-/// (up to [`MAX_NAMES`] threads; past that the memory starts over). A
-/// thread without a name gets its role instead (see [`unnamed`]).
-#[derive(Default)]
-pub struct ThreadNames {
-    names: HashMap<u32, String>,
-    /// Per process: its loop threads are tokio workers.
-    workers: HashMap<u32, bool>,
-}
-
-/// Most thread names remembered: a process that churns threads for days
-/// must not grow lagtrace.
-const MAX_NAMES: usize = 65_536;
-
-/// What lagtrace knows a traced thread to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadRole {
-    /// Runs an event loop (epoll model: Python, Node.js, C loops).
-    Loop,
-    /// A runtime worker that parks on futexes (tokio).
-    Worker,
-}
-
-impl ThreadRole {
-    fn word(self) -> &'static str {
-        match self {
-            ThreadRole::Loop => "loop",
-            ThreadRole::Worker => "worker",
-        }
-    }
-}
-
-/// The name shown for a thread that has none (an empty comm): its tid and
-/// role in brackets, `[27120 loop]`, which never passes for a name. Live
-/// lines and the summary show it as is (see [`thread_label`]); JSON
-/// `thread` and the folded root frame carry it too.
-pub fn unnamed(tid: u32, role: ThreadRole) -> String {
-    format!("[{tid} {}]", role.word())
-}
-
-/// How a thread is shown where its ids are wanted: `name[tid]` (with the
-/// pid, `name[pid/tid]`), or for a thread without a name `[tid loop]`
-/// (`[pid/tid loop]`), not its tid twice.
-pub fn thread_label(thread: &str, pid: Option<u32>, tid: u32) -> String {
-    let ids = match pid {
-        Some(pid) => format!("{pid}/{tid}"),
-        None => tid.to_string(),
-    };
-    let role = [ThreadRole::Loop, ThreadRole::Worker]
-        .into_iter()
-        .find(|&r| thread == unnamed(tid, r));
-    match role {
-        Some(r) => format!("[{ids} {}]", r.word()),
-        None => format!("{thread}[{ids}]"),
-    }
-}
-
-impl ThreadNames {
-    pub fn get(&mut self, pid: u32, tid: u32, kernel_comm: &[u8]) -> String {
-        if self.names.len() >= MAX_NAMES && !self.names.contains_key(&tid) {
-            self.names.clear();
-            self.workers.clear();
-        }
-        if let Some(name) = self.names.get(&tid) {
-            return name.clone();
-        }
-        let name = read_comm(pid, Some(tid))
-            .filter(|n| !n.trim().is_empty())
-            .unwrap_or_else(|| {
-                let end = kernel_comm
-                    .iter()
-                    .position(|&b| b == 0)
-                    .unwrap_or(kernel_comm.len());
-                String::from_utf8_lossy(&kernel_comm[..end]).into_owned()
-            });
-        let name = if name.trim().is_empty() {
-            let worker = *self
-                .workers
-                .entry(pid)
-                .or_insert_with(|| looks_like_tokio(pid));
-            unnamed(
-                tid,
-                if worker {
-                    ThreadRole::Worker
-                } else {
-                    ThreadRole::Loop
-                },
-            )
-        } else {
-            name
-        };
-        self.names.insert(tid, name.clone());
-        name
-    }
-}
-
-/// How a process runs its loops, judged from outside: tokio binaries run
-/// worker threads that park on futexes; everything else (CPython, Node.js,
-/// C loops) is an epoll loop. Thread names like `tokio-rt-worker` (older
-/// tokio: `tokio-runtime-worker`, cut to 15 bytes by the kernel) are
-/// the first hint; the binary's own symbols the second.
-pub fn looks_like_tokio(pid: u32) -> bool {
-    let named = fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse().ok()))
-                .any(|tid: u32| read_comm(pid, Some(tid)).is_some_and(|c| c.starts_with("tokio-r")))
-        })
-        .unwrap_or(false);
-    named || exe_mentions(pid, b"tokio::runtime")
-}
-
-/// True if the target's executable contains `needle` (e.g. in its symbols).
-fn exe_mentions(pid: u32, needle: &[u8]) -> bool {
-    let Ok(bytes) = fs::read(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    bytes.windows(needle.len()).any(|w| w == needle)
 }
 
 /// True for a process (as opposed to a thread id) that is alive.
