@@ -102,25 +102,8 @@ pub struct Args {
     )]
     pub spans_keep: u32,
 
-    /// Write a flamegraph (SVG) of blocking spans to this file.
-    #[arg(long, value_name = "FILE")]
-    pub flamegraph: Option<PathBuf>,
-
-    /// Write the stacks of blocking spans in FlameGraph's folded format.
-    #[arg(long, value_name = "FILE")]
-    pub folded: Option<PathBuf>,
-
-    /// Write the blocking spans as a gzipped pprof profile (go tool pprof, Pyroscope, Grafana).
-    #[arg(long, value_name = "FILE.pb.gz")]
-    pub pprof: Option<PathBuf>,
-
-    /// Write the blocking spans as a speedscope profile, one timeline per loop thread.
-    #[arg(long, value_name = "FILE.json")]
-    pub speedscope: Option<PathBuf>,
-
-    /// Write the summary (per process and thread, top causes, lagtrace's health) as JSON.
-    #[arg(long, value_name = "FILE")]
-    pub summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: OutputFiles,
 
     /// On-CPU stack samples per second while a loop iteration is open (0: no sampling).
     #[arg(short = 'F', long, default_value_t = DEFAULT_FREQUENCY, value_parser = parse_frequency)]
@@ -172,6 +155,31 @@ pub struct Args {
     /// More output: -v shows kernel-side diagnostics, -vv debugging.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The files a live run and `lagtrace report` both write from spans, the
+/// same flags in both.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OutputFiles {
+    /// Write a flamegraph (SVG) of the blocking spans to this file.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
+
+    /// Write the stacks of the blocking spans in FlameGraph's folded format.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+
+    /// Write the blocking spans as a gzipped pprof profile (go tool pprof, Pyroscope, Grafana).
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
+
+    /// Write the blocking spans as a speedscope profile, one timeline per loop thread.
+    #[arg(long, value_name = "FILE.json")]
+    pub speedscope: Option<PathBuf>,
+
+    /// Write the summary (per process and thread, top causes, lagtrace's health) as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -116,11 +116,11 @@ impl Outputs {
     pub fn open(args: &Args, first_pid: u32, period_ns: u64, multi: bool) -> Result<Self> {
         let paths = OutputPaths {
             spans: args.spans.clone(),
-            folded: args.folded.clone(),
-            flamegraph: args.flamegraph.clone(),
-            pprof: args.pprof.clone(),
-            speedscope: args.speedscope.clone(),
-            summary_json: args.summary_json.clone(),
+            folded: args.files.folded.clone(),
+            flamegraph: args.files.flamegraph.clone(),
+            pprof: args.files.pprof.clone(),
+            speedscope: args.files.speedscope.clone(),
+            summary_json: args.files.summary_json.clone(),
             spans_rotate: args.spans_max_size.map(|max| (max, args.spans_keep)),
         };
         let mut outputs = Self::open_paths(&paths, Some(first_pid), period_ns, multi)?;

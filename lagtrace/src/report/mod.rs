@@ -62,25 +62,8 @@ pub struct ReportArgs {
     #[arg(long, value_name = "FUNCTION")]
     pub blame: Option<String>,
 
-    /// Write a flamegraph (SVG) of the spans kept.
-    #[arg(long, value_name = "FILE")]
-    pub flamegraph: Option<PathBuf>,
-
-    /// Write the spans kept in FlameGraph's folded format.
-    #[arg(long, value_name = "FILE")]
-    pub folded: Option<PathBuf>,
-
-    /// Write the spans kept as a gzipped pprof profile.
-    #[arg(long, value_name = "FILE.pb.gz")]
-    pub pprof: Option<PathBuf>,
-
-    /// Write the spans kept as a speedscope profile.
-    #[arg(long, value_name = "FILE.json")]
-    pub speedscope: Option<PathBuf>,
-
-    /// Write the summary of the spans kept as JSON.
-    #[arg(long, value_name = "FILE")]
-    pub summary_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: crate::cli::OutputFiles,
 }
 
 impl ReportArgs {
@@ -99,11 +82,11 @@ impl ReportArgs {
     fn paths(&self) -> OutputPaths {
         OutputPaths {
             spans: None,
-            folded: self.folded.clone(),
-            flamegraph: self.flamegraph.clone(),
-            pprof: self.pprof.clone(),
-            speedscope: self.speedscope.clone(),
-            summary_json: self.summary_json.clone(),
+            folded: self.files.folded.clone(),
+            flamegraph: self.files.flamegraph.clone(),
+            pprof: self.files.pprof.clone(),
+            speedscope: self.files.speedscope.clone(),
+            summary_json: self.files.summary_json.clone(),
             spans_rotate: None,
         }
     }

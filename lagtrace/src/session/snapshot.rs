@@ -153,7 +153,7 @@ pub fn snapshot_dir(args: &crate::cli::Args) -> PathBuf {
     if let Some(d) = &args.snapshot_dir {
         return d.clone();
     }
-    [&args.spans, &args.flamegraph, &args.folded]
+    [&args.spans, &args.files.flamegraph, &args.files.folded]
         .into_iter()
         .flatten()
         .find_map(|p| p.parent().map(Path::to_path_buf))
