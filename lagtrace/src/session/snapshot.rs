@@ -25,8 +25,9 @@ use crate::{
     spans::Span,
 };
 
-/// Most spans kept for a snapshot.
-pub const MAX_KEPT: usize = 4000;
+/// Most spans kept for a snapshot. A span of a Python storm holds about
+/// 25 KB of frames (measured: 4,000 spans took RSS from 72 to 181 MB).
+pub const MAX_KEPT: usize = 1000;
 /// Blame functions and longest spans listed in a snapshot summary.
 const TOP: usize = 10;
 

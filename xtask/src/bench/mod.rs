@@ -185,6 +185,11 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
     if args.soak {
         command.push_str(" --soak");
     }
+    if let Some(m) = args.soak_minutes {
+        command.push_str(&format!(" --soak-minutes {m}"));
+    } else if let Some(s) = args.soak_seconds {
+        command.push_str(&format!(" --soak-seconds {s}"));
+    }
     if let Some(only) = &args.only {
         command.push_str(&format!(" --only {only}"));
         if !SECTIONS

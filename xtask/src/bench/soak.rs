@@ -143,9 +143,9 @@ pub fn section_soak(ctx: &Ctx) -> Result<Section> {
     }
     let run = lt.stop(None)?;
     drop(storm);
-    let span_count = fs::read_to_string(&spans)
-        .map(|s| s.lines().count())
-        .unwrap_or(0);
+    // The spans file rotates (older files are deleted): the count comes
+    // from lagtrace's own counter, read at the last scrape.
+    let span_count = scraped as u64;
     let start = points[0];
     let middle = points[points.len() / 2];
     let end = *points.last().expect("at least one point");
