@@ -46,10 +46,32 @@ pub fn run_setup(args: &SetupArgs) -> Result<()> {
     rust_src().context("rust-src")?;
     bpf_linker(args.force_linker).context("bpf-linker")?;
     deb_packages().context("debian packages")?;
-    uvloop_venv();
-    speedscope_schema();
-    frameworks_venv();
-    node_frameworks();
+    // uvloop for the uvloop test; aiohttp and requests for the culprit
+    // tests on real frameworks.
+    python_venv("venv-uvloop", &["uvloop"], "uvloop", "the uvloop test");
+    python_venv(
+        "venv-frameworks",
+        &["aiohttp", "requests"],
+        "aiohttp, requests",
+        "the framework tests",
+    );
+    // express for the culprit test on a Node framework; the speedscope
+    // package (its file-format schema) and ajv for the report test.
+    npm_local(
+        "node-frameworks",
+        &["express"],
+        &["express/package.json"],
+        "the express test",
+    );
+    npm_local(
+        "npm",
+        &["speedscope@1", "ajv@8"],
+        &[
+            "speedscope/dist/release/file-format-schema.json",
+            "ajv/package.json",
+        ],
+        "the speedscope check",
+    );
     println!("tracefs: nothing to do (lagtrace mounts it itself)");
     Ok(())
 }
@@ -205,110 +227,64 @@ fn find_libllvm(libdir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// A virtualenv with uvloop from PyPI for the uvloop test
-/// (`target/venv-uvloop`). Best effort: without it that test skips loudly.
-fn uvloop_venv() {
-    let venv = util::in_repo("target/venv-uvloop");
+/// A project-local virtualenv (`target/<dir>`) with `packages` from PyPI,
+/// checked by importing `import`. Best effort: without it the tests that
+/// need it skip loudly, as `skips` says.
+fn python_venv(dir: &str, packages: &[&str], import: &str, skips: &str) {
+    let venv = util::in_repo(&format!("target/{dir}"));
     let python = venv.join("bin/python3");
-    let has_uvloop = || capture(Command::new(&python).args(["-c", "import uvloop"])).is_ok();
-    if python.exists() && has_uvloop() {
-        println!("uvloop venv: present");
-        return;
-    }
-    let start = Instant::now();
-    let made = run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).and_then(|()| {
-        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "uvloop"]))
-    });
-    match made {
-        Ok(()) if has_uvloop() => println!("uvloop venv: installed in {}", secs(start)),
-        Ok(()) => {
-            util::warn("uvloop venv: pip ran but `import uvloop` fails; the uvloop test will skip")
-        }
-        Err(e) => util::warn(&format!("uvloop venv: {e:#}; the uvloop test will skip")),
-    }
-}
-
-/// A virtualenv with aiohttp and requests from PyPI for the culprit tests
-/// on real frameworks (`target/venv-frameworks`). Best effort: without it
-/// those tests skip loudly.
-fn frameworks_venv() {
-    let venv = util::in_repo("target/venv-frameworks");
-    let python = venv.join("bin/python3");
-    let has = || capture(Command::new(&python).args(["-c", "import aiohttp, requests"])).is_ok();
+    let has = || capture(Command::new(&python).args(["-c", &format!("import {import}")])).is_ok();
     if python.exists() && has() {
-        println!("frameworks venv: present");
+        println!("{dir}: present");
         return;
     }
     let start = Instant::now();
     let made = run(Command::new("python3").args(["-m", "venv"]).arg(&venv)).and_then(|()| {
-        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "aiohttp", "requests"]))
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet"])
+            .args(packages))
     });
     match made {
-        Ok(()) if has() => println!("frameworks venv: installed in {}", secs(start)),
-        Ok(()) => util::warn(
-            "frameworks venv: pip ran but `import aiohttp, requests` fails; the framework tests will skip",
-        ),
-        Err(e) => util::warn(&format!(
-            "frameworks venv: {e:#}; the framework tests will skip"
+        Ok(()) if has() => println!("{dir}: installed in {}", secs(start)),
+        Ok(()) => util::warn(&format!(
+            "{dir}: pip ran but `import {import}` fails; {skips} will skip"
         )),
+        Err(e) => util::warn(&format!("{dir}: {e:#}; {skips} will skip")),
     }
 }
 
-/// express from npm for the culprit test on a Node framework
-/// (`target/node-frameworks/node_modules`). Best effort: without it that
-/// test skips loudly.
-fn node_frameworks() {
-    let dir = util::in_repo("target/node-frameworks");
-    if dir.join("node_modules/express/package.json").exists() {
-        println!("node frameworks: present");
+/// Project-local npm packages (`target/<dir>/node_modules`), present when
+/// every file of `marks` (relative to `node_modules`) exists. Best effort,
+/// like [`python_venv`].
+fn npm_local(dir: &str, packages: &[&str], marks: &[&str], skips: &str) {
+    let root = util::in_repo(&format!("target/{dir}"));
+    let present = || {
+        marks
+            .iter()
+            .all(|m| root.join("node_modules").join(m).exists())
+    };
+    if present() {
+        println!("{dir}: present");
         return;
     }
     let start = Instant::now();
-    let made = std::fs::create_dir_all(&dir)
+    let made = std::fs::create_dir_all(&root)
         .map_err(anyhow::Error::from)
         .and_then(|()| {
             run(Command::new("npm")
                 .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&dir)
-                .arg("express"))
+                .arg(&root)
+                .args(packages))
         });
     match made {
-        Ok(()) => println!("node frameworks: express installed in {}", secs(start)),
-        Err(e) => util::warn(&format!(
-            "node frameworks: {e:#}; the express test will skip"
-        )),
-    }
-}
-
-/// The speedscope npm package (its file-format schema) and ajv, project-
-/// locally in `target/npm`, for the report test's schema check. Best
-/// effort: without them that check skips loudly.
-fn speedscope_schema() {
-    let dir = util::in_repo("target/npm");
-    let schema = dir.join("node_modules/speedscope/dist/release/file-format-schema.json");
-    if schema.exists() && dir.join("node_modules/ajv/package.json").exists() {
-        println!("speedscope schema and ajv: present");
-        return;
-    }
-    let start = Instant::now();
-    let made = std::fs::create_dir_all(&dir)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            run(Command::new("npm")
-                .args(["install", "--no-audit", "--no-fund", "--prefix"])
-                .arg(&dir)
-                .args(["speedscope@1", "ajv@8"]))
-        });
-    match made {
-        Ok(()) if schema.exists() => {
-            println!("speedscope schema and ajv: installed in {}", secs(start))
+        Ok(()) if present() => {
+            println!("{dir}: {} installed in {}", packages.join(" "), secs(start))
         }
-        Ok(()) => util::warn(
-            "npm ran but the speedscope schema is missing; the speedscope check will skip",
-        ),
-        Err(e) => util::warn(&format!(
-            "speedscope schema: {e:#}; the speedscope check will skip"
+        Ok(()) => util::warn(&format!(
+            "{dir}: npm ran but {} is missing; {skips} will skip",
+            marks.join(", ")
         )),
+        Err(e) => util::warn(&format!("{dir}: {e:#}; {skips} will skip")),
     }
 }
 
