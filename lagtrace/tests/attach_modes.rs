@@ -24,7 +24,7 @@ const MODES: [(&str, &str); 4] = [
 ];
 
 fn python() -> Option<PathBuf> {
-    pyenv_python("3.11").or_else(|| tool_or_skip("attach_modes", &["python3"]))
+    python3_or_skip("attach_modes")
 }
 
 fn testapp(name: &str) -> PathBuf {

@@ -15,11 +15,7 @@ use common::*;
 use serde_json::Value;
 
 fn python() -> Option<PathBuf> {
-    let p = pyenv_python("3.12");
-    if p.is_none() {
-        eprintln!("SKIP: no pyenv CPython 3.12");
-    }
-    p
+    pyenv_python_or_skip(module_path!(), "3.12")
 }
 
 fn blame<'a>(span: &'a Value, key: &str) -> &'a str {

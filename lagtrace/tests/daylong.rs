@@ -8,12 +8,6 @@ use std::{path::Path, time::Duration};
 use common::*;
 use serde_json::Value;
 
-fn python() -> std::path::PathBuf {
-    pyenv_python("3.11")
-        .or_else(|| tool_or_skip("python", &["python3"]))
-        .expect("a python3")
-}
-
 /// Every line of FILE and its rotated FILE.N, oldest first.
 fn rotated_spans(path: &Path) -> (usize, Vec<Value>) {
     let mut files: Vec<(u32, std::path::PathBuf)> = vec![(0, path.to_path_buf())];
@@ -45,9 +39,12 @@ fn rotation_loses_no_span() {
     if !root_or_skip("rotation_loses_no_span") {
         return;
     }
+    let Some(py) = python3_or_skip("rotation_loses_no_span") else {
+        return;
+    };
     let script = targets_dir().join("asyncio_stalls.py");
     let mut target = Target::start(
-        &python(),
+        &py,
         &[
             script.to_str().unwrap(),
             "--mode",
@@ -125,10 +122,13 @@ fn sigusr1_snapshot_while_tracing() {
     if !root_or_skip("sigusr1_snapshot_while_tracing") {
         return;
     }
+    let Some(py) = python3_or_skip("sigusr1_snapshot_while_tracing") else {
+        return;
+    };
     let script = targets_dir().join("asyncio_stalls.py");
     let start = || {
         Target::start(
-            &python(),
+            &py,
             &[
                 script.to_str().unwrap(),
                 "--mode",

@@ -10,12 +10,6 @@ use common::*;
 
 const THRESHOLD_MS: u64 = 50;
 
-fn python() -> std::path::PathBuf {
-    pyenv_python("3.11")
-        .or_else(|| tool_or_skip("python", &["python3"]))
-        .expect("a python3")
-}
-
 fn stall_run(program: &std::path::Path, args: &[&str]) -> (Finished, Vec<Truth>, bool) {
     let mut target = Target::start(program, args);
     let fin = trace_scenario(&mut target, &[]);
@@ -28,8 +22,10 @@ fn asyncio_cpu_stalls_are_timed() {
     if !root_or_skip("asyncio_cpu_stalls_are_timed") {
         return;
     }
+    let Some(py) = python3_or_skip("asyncio_cpu_stalls_are_timed") else {
+        return;
+    };
     let script = targets_dir().join("asyncio_stalls.py");
-    let py = python();
     let (fin, stalls, alive) = stall_run(
         &py,
         &[
@@ -83,9 +79,12 @@ fn asyncio_sleep_stalls_are_timed() {
     if !root_or_skip("asyncio_sleep_stalls_are_timed") {
         return;
     }
+    let Some(py) = python3_or_skip("asyncio_sleep_stalls_are_timed") else {
+        return;
+    };
     let script = targets_dir().join("asyncio_stalls.py");
     let (fin, stalls, alive) = stall_run(
-        &python(),
+        &py,
         &[
             script.to_str().unwrap(),
             "--mode",
@@ -124,8 +123,11 @@ fn healthy_busy_loop_has_no_span() {
     if !root_or_skip("healthy_busy_loop_has_no_span") {
         return;
     }
+    let Some(py) = python3_or_skip("healthy_busy_loop_has_no_span") else {
+        return;
+    };
     let script = targets_dir().join("asyncio_healthy.py");
-    let mut target = Target::start(&python(), &[script.to_str().unwrap(), "--seconds", "3"]);
+    let mut target = Target::start(&py, &[script.to_str().unwrap(), "--seconds", "3"]);
     let fin = trace_scenario(&mut target, &[]);
     assert!(
         fin.spans.is_empty(),
@@ -143,9 +145,13 @@ fn stuck_loop_is_visible_while_stuck_and_reported_unfinished() {
     if !root_or_skip("stuck_loop_is_visible_while_stuck_and_reported_unfinished") {
         return;
     }
+    let Some(py) = python3_or_skip("stuck_loop_is_visible_while_stuck_and_reported_unfinished")
+    else {
+        return;
+    };
     let script = targets_dir().join("asyncio_stalls.py");
     let mut target = Target::start(
-        &python(),
+        &py,
         &[
             script.to_str().unwrap(),
             "--mode",

@@ -7,7 +7,6 @@ mod common;
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -18,12 +17,6 @@ use serde_json::Value;
 /// Histogram bound the test reads: 2^26 ns, one of lagtrace's bounds.
 const LE_67MS: &str = "0.067108864";
 const LE_67MS_NS: u64 = 1 << 26;
-
-fn python() -> PathBuf {
-    pyenv_python("3.11")
-        .or_else(|| tool_or_skip("python", &["python3"]))
-        .expect("a python3")
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -95,13 +88,16 @@ fn prometheus_scrapes_spans_and_histograms() {
     if !root_or_skip("prometheus_scrapes_spans_and_histograms") {
         return;
     }
+    let Some(py) = python3_or_skip("prometheus_scrapes_spans_and_histograms") else {
+        return;
+    };
     let Some(prom) = tool_or_skip("prometheus_scrapes_spans_and_histograms", &["prometheus"])
     else {
         return;
     };
     let script = targets_dir().join("asyncio_stalls.py");
     let mut target = Target::start(
-        &python(),
+        &py,
         &[
             script.to_str().unwrap(),
             "--mode",

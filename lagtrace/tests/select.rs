@@ -16,12 +16,6 @@ const THRESHOLD_MS: u64 = 50;
 /// first loop iteration (READY is printed from inside the running loop).
 const ATTACH_BAR: Duration = Duration::from_secs(1);
 
-fn python() -> PathBuf {
-    pyenv_python("3.11")
-        .or_else(|| tool_or_skip("python", &["python3"]))
-        .expect("a python3")
-}
-
 /// Trigger the stalls `ATTACH_BAR` after the loop started, stop lagtrace,
 /// and check every stall against the truth and that the spans are the
 /// target's.
@@ -57,13 +51,16 @@ fn name_traces_a_target_started_later() {
     if !root_or_skip("name_traces_a_target_started_later") {
         return;
     }
+    let Some(py) = python3_or_skip("name_traces_a_target_started_later") else {
+        return;
+    };
     let script = targets_dir().join("asyncio_stalls.py");
     let lt = Lagtrace::attach(&["--name", r"asyncio_stalls\.py", "--threshold", "50ms"]);
     // The target starts 2 s after lagtrace: found at its exec, not at start.
     std::thread::sleep(Duration::from_secs(2));
     let mut args = vec![script.to_str().unwrap()];
     args.extend(STALL_ARGS);
-    let mut target = Target::start(&python(), &args);
+    let mut target = Target::start(&py, &args);
     check_traced(lt, &mut target, "name_traces_a_target_started_later");
 }
 
@@ -100,6 +97,9 @@ fn cgroup_traces_a_target_inside() {
     if !root_or_skip("cgroup_traces_a_target_inside") {
         return;
     }
+    let Some(py) = python3_or_skip("cgroup_traces_a_target_inside") else {
+        return;
+    };
     let Some(root) = cgroup2_root() else {
         eprintln!("SKIP: cgroup_traces_a_target_inside: no cgroup v2 hierarchy mounted");
         return;
@@ -116,7 +116,7 @@ fn cgroup_traces_a_target_inside() {
     cmd.arg("-c")
         .arg("echo $$ > \"$0\" && exec \"$@\"")
         .arg(procs)
-        .arg(python())
+        .arg(&py)
         .arg(&script)
         .args(STALL_ARGS);
     let mut target = Target::start_in(cmd, &[]);
@@ -131,8 +131,11 @@ fn max_targets_refuses_with_a_warning() {
     if !root_or_skip("max_targets_refuses_with_a_warning") {
         return;
     }
+    let Some(py) = python3_or_skip("max_targets_refuses_with_a_warning") else {
+        return;
+    };
     let script = targets_dir().join("asyncio_stalls.py");
-    let start = || Target::start(&python(), &[script.to_str().unwrap()]);
+    let start = || Target::start(&py, &[script.to_str().unwrap()]);
     let (a, b) = (start(), start());
     let fin = Lagtrace::attach(&[
         "--name",

@@ -69,6 +69,21 @@ pub fn tool_or_skip(test: &str, candidates: &[&str]) -> Option<PathBuf> {
     None
 }
 
+/// CPython `version` from pyenv, or a loud SKIP naming `test`.
+pub fn pyenv_python_or_skip(test: &str, version: &str) -> Option<PathBuf> {
+    let p = pyenv_python(version);
+    if p.is_none() {
+        eprintln!("SKIP: {test}: no pyenv CPython {version}");
+    }
+    p
+}
+
+/// A Python 3 for the asyncio targets: pyenv's 3.11, else the system's
+/// `python3`; or a loud SKIP naming `test`.
+pub fn python3_or_skip(test: &str) -> Option<PathBuf> {
+    pyenv_python("3.11").or_else(|| tool_or_skip(test, &["python3"]))
+}
+
 /// The python of a pyenv version, e.g. "3.12".
 pub fn pyenv_python(version_prefix: &str) -> Option<PathBuf> {
     let root = std::env::var("PYENV_ROOT")
