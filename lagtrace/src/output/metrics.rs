@@ -3,12 +3,13 @@
 //! shared state; `metrics_http.rs` encodes it on each scrape with
 //! prometheus-client (OpenMetrics text).
 //!
-//! Bounded on purpose, for a day-long attach: blame labels are the first
-//! [`MAX_BLAME`] distinct ones (by arrival, so a series never moves), the
-//! rest are "other"; series of a process that exited go [`FORGET_AFTER`]
-//! later (after a few scrapes saw their last value).
+//! Bounded on purpose, for a day-long attach: blame labels are a live top
+//! [`MAX_BLAME`] by blocked time, the rest are "other" (how series of
+//! promoted and demoted blames behave: `metrics_blame.rs`); series of a
+//! process that exited go [`FORGET_AFTER`] later (after a few scrapes saw
+//! their last value).
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -23,9 +24,7 @@ use prometheus_client::{
 
 use crate::spans::Span;
 
-/// Distinct blame labels kept; later ones count as [`OTHER`].
-pub const MAX_BLAME: usize = 20;
-pub const OTHER: &str = "other";
+pub use super::metrics_blame::{MAX_BLAME, OTHER};
 /// How long the series of an exited process stay.
 pub const FORGET_AFTER: Duration = Duration::from_secs(120);
 /// Histogram bounds: every power of two from 2^13 ns (8 µs) to 2^36 ns
@@ -88,7 +87,7 @@ pub struct Health {
 struct State {
     /// (who, cause, blame) → (spans, blocked seconds).
     spans: BTreeMap<(Who, String, String), (u64, f64)>,
-    blames: HashSet<String>,
+    blames: super::metrics_blame::BlameLabels,
     /// Loop threads by tid.
     threads: HashMap<u32, ThreadHist>,
     services: HashMap<u32, String>,
@@ -137,14 +136,12 @@ impl Metrics {
 
     pub fn span(&self, span: &Span) {
         let mut s = self.state();
-        let mut blame = blame_label(span);
-        if !s.blames.contains(&blame) {
-            if s.blames.len() < MAX_BLAME {
-                s.blames.insert(blame.clone());
-            } else {
-                blame = OTHER.into();
-            }
+        let secs = span.duration_ns as f64 / 1e9;
+        let change = s.blames.record(&blame_label(span), secs, Instant::now());
+        if !change.forgotten.is_empty() {
+            s.spans.retain(|(_, _, b), _| !change.forgotten.contains(b));
         }
+        let blame = change.label;
         let who = Who {
             pid: span.pid,
             comm: span.comm.clone(),
@@ -152,7 +149,7 @@ impl Metrics {
         };
         let e = s.spans.entry((who, cause_label(span), blame)).or_default();
         e.0 += 1;
-        e.1 += span.duration_ns as f64 / 1e9;
+        e.1 += secs;
     }
 
     /// The kernel's loop threads now: `(tid, comm, thread name, state)`.
@@ -295,7 +292,11 @@ impl Collector for Metrics {
             ),
         ] {
             let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let now = Instant::now();
             for ((who, cause, blame), (n, secs)) in &s.spans {
+                if s.blames.hidden(blame, now) {
+                    continue;
+                }
                 let mut l = labels(who, s.services.get(&who.pid));
                 l.push(("cause", esc(cause)));
                 l.push(("blame", esc(blame)));

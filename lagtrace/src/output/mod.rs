@@ -17,6 +17,7 @@ pub mod folded;
 pub mod jsonl;
 pub mod live;
 pub mod metrics;
+pub mod metrics_blame;
 pub mod metrics_http;
 pub mod paths;
 pub mod pprof;
