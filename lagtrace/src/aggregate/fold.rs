@@ -137,6 +137,7 @@ pub(crate) mod tests {
             cause: None,
             blame: None,
             task: None,
+            task_name: None,
             stacks,
             start_mono_ns: 0,
             extra: Default::default(),

@@ -100,8 +100,11 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
     if let Some(cause) = &span.cause {
         line.push_str(&format!("  {cause}"));
     }
-    if let Some(task) = &span.task {
-        line.push_str(&format!("  task {task}"));
+    match (&span.task_name, &span.task) {
+        (Some(name), Some(task)) => line.push_str(&format!("  task {name:?} {task}")),
+        (Some(name), None) => line.push_str(&format!("  task {name:?}")),
+        (None, Some(task)) => line.push_str(&format!("  task {task}")),
+        (None, None) => {}
     }
     // The blame frame leads (in the cause, or after it); without one a
     // blocked cause already names its frame and CPU time gets its hot code.

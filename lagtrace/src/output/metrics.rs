@@ -417,6 +417,7 @@ mod tests {
                 unfinished: false,
                 cause: Some("cpu".into()),
                 task: None,
+                task_name: None,
                 stacks: vec![crate::spans::StackCount {
                     frames: vec![crate::symbolize::frame::Frame::parse(&format!("f{i}"))],
                     samples: 1,

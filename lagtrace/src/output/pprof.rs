@@ -203,6 +203,9 @@ impl Builder {
         if let Some(t) = &span.task {
             labels.push(self.label_str("task", t));
         }
+        if let Some(t) = &span.task_name {
+            labels.push(self.label_str("task_name", t));
+        }
         if let Some(b) = blame_of(span) {
             labels.push(self.label_str("blame", &b));
         }

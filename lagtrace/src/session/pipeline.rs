@@ -118,6 +118,16 @@ impl Pipeline {
     }
 
     fn on_event(&mut self, event: Event) -> Result<()> {
+        // A live sample: its iteration crossed the threshold and is still
+        // open, the moment to read which asyncio Task it runs.
+        if let Event::Sample(s) = &event
+            && !s.buffered()
+            && !s.rec.py.is_empty()
+        {
+            self.symbolizer
+                .python
+                .look_up_task(s.tgid, s.tid, s.iteration);
+        }
         // A PC in no table: the walk fell back to the frame pointer, or
         // could not go on at all.
         if let Event::Sample(s) = &event
@@ -223,10 +233,20 @@ impl Pipeline {
             cause: None,
             blame: None,
             task: self.symbolizer.busiest_task(pid, &raw.samples),
+            task_name: None,
             stacks,
             start_mono_ns: ev.start_ns,
             extra: Default::default(),
         };
+        let codes: Vec<u64> = raw
+            .samples
+            .iter()
+            .flat_map(|s| s.rec.py.iter().map(|f| f.code))
+            .collect();
+        span.task_name =
+            self.symbolizer
+                .python
+                .task_name(pid, tid, ev.iteration, ev.end_ns, &codes);
         span.blame = crate::spans::culprit::of(&span, &self.blame_rules);
         span
     }
@@ -300,11 +320,21 @@ impl Pipeline {
         // process that churns threads must not grow this.
         self.stuck
             .retain(|tid, _| threads.iter().any(|(t, _)| t == tid));
+        self.symbolizer
+            .python
+            .retain_tasks(|tid| threads.iter().any(|(t, _)| *t == tid));
         for (tid, t) in threads {
             if t.flags & THREAD_IN_ITER == 0 {
                 continue;
             }
             let open = now.saturating_sub(t.iter_start_ns);
+            // An iteration on its way to a span: which Task it runs must be
+            // read now (an off-CPU wait sends no live sample until it ends).
+            if open >= self.threshold_ns / 2 {
+                self.symbolizer
+                    .python
+                    .look_up_task(t.tgid, *tid, t.iteration);
+            }
             let ratio = open / self.threshold_ns.max(1);
             if ratio < 4 {
                 continue;

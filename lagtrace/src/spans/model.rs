@@ -150,6 +150,10 @@ pub struct Span {
     /// The asyncio Task that ran during the span, where known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub task: Option<String>,
+    /// That Task's own name (`Task.get_name()`), read from the target
+    /// while the span was open (`symbolize/cpython/task.rs`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub task_name: Option<String>,
     pub stacks: Vec<StackCount>,
     /// CLOCK_MONOTONIC start, for ordering; not part of the JSON.
     #[serde(skip)]

@@ -62,7 +62,7 @@ fn fingerprint(mem: &Mem, l: &CodeLayout, code: u64) -> std::io::Result<[u64; 3]
 
 /// A `str` object's text, capped at `MAX_NAME` characters. Only compact
 /// strings (all that code objects hold) are read.
-fn read_str(mem: &Mem, l: &CodeLayout, obj: u64) -> std::io::Result<String> {
+pub(super) fn read_str(mem: &Mem, l: &CodeLayout, obj: u64) -> std::io::Result<String> {
     let bad = || std::io::Error::from(std::io::ErrorKind::InvalidData);
     let state = mem.u32(obj + u64::from(l.unicode_state))?;
     let len = mem.u64(obj + u64::from(l.unicode_length))?;

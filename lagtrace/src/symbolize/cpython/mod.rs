@@ -13,8 +13,10 @@ pub mod interp;
 pub mod layout;
 pub mod linetable;
 pub mod mem;
+pub mod pyobj;
 pub mod reader;
 mod table;
+pub mod task;
 pub mod walk;
 
 use std::collections::HashMap;
@@ -36,6 +38,8 @@ pub struct PyFrames {
     /// Frames named `[unknown python]` since the last `take_deferred`
     /// because their code object's read has not answered yet.
     deferred: u64,
+    /// The asyncio Task of open spans (`task.rs`).
+    tasks: task::TaskNames,
 }
 
 impl PyFrames {
@@ -95,6 +99,40 @@ impl PyFrames {
     /// Reads queued or running on the reader thread.
     pub fn reads_in_flight(&self) -> usize {
         self.reader.busy()
+    }
+
+    /// Read, on the reader thread, which asyncio Task `tid` of `pid` runs
+    /// now, while its `iteration` is open; once per iteration.
+    pub fn look_up_task(&mut self, pid: u32, tid: u32, iteration: u64) {
+        if let Some((it, _)) = self.procs.get(&pid) {
+            self.tasks.start(&self.reader, it, tid, iteration);
+        }
+    }
+
+    /// The name of the Task that `tid`'s span of `iteration` ran, checked
+    /// against the span (`end_ns`, the code objects of its Python frames).
+    /// A read still running counts as deferred, so the span can be parked.
+    pub fn task_name(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        iteration: u64,
+        end_ns: u64,
+        codes: &[u64],
+    ) -> Option<String> {
+        match self.tasks.name(pid, tid, iteration, end_ns, codes) {
+            task::Lookup::Waiting => {
+                self.deferred += 1;
+                None
+            }
+            task::Lookup::Known(name) => name,
+        }
+    }
+
+    /// Forget Task look-ups of threads that are gone.
+    pub fn retain_tasks(&mut self, live_tid: impl Fn(u32) -> bool) {
+        let procs = &self.procs;
+        self.tasks.retain(live_tid, |pid| procs.contains_key(&pid));
     }
 
     /// A sample's Python frames (innermost first in `recs`), outermost first.

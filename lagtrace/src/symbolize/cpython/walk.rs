@@ -26,7 +26,7 @@ fn off(v: u16) -> Option<u64> {
 }
 
 /// The innermost frame of a thread state, or 0.
-fn top_frame(mem: &Mem, it: &Interpreter, tstate: u64) -> std::io::Result<u64> {
+pub(super) fn top_frame(mem: &Mem, it: &Interpreter, tstate: u64) -> std::io::Result<u64> {
     let o = &it.layout.kernel;
     let f = mem.u64(tstate + u64::from(o.tstate_frame))?;
     match off(o.cframe_current_frame) {
