@@ -46,6 +46,15 @@ fn check(test: &str, python: &Path, extra: &[&str]) {
             found[0].get("task").and_then(Value::as_str)
         );
         assert_eq!(got, want, "{test}: stall {}: {:?}", truth.label, found[0]);
+        // The task is named by its coroutine too, on uvloop as well (from
+        // the Task read, where no `Handle._run` frame shows it).
+        if truth.label == "named" {
+            let task = found[0].get("task").and_then(Value::as_str);
+            assert!(
+                task.is_some_and(|t| t.contains("checkout_handler")),
+                "{test}: task {task:?}"
+            );
+        }
     }
     // The unnamed Task is named as asyncio names it.
     let unnamed = stalls

@@ -243,10 +243,16 @@ impl Pipeline {
             .iter()
             .flat_map(|s| s.rec.py.iter().map(|f| f.code))
             .collect();
-        span.task_name =
-            self.symbolizer
-                .python
-                .task_name(pid, tid, ev.iteration, ev.end_ns, &codes);
+        let running = self
+            .symbolizer
+            .python
+            .task_name(pid, tid, ev.iteration, ev.end_ns, &codes);
+        if let Some(t) = running {
+            if span.task.is_none() {
+                span.task = self.symbolizer.task_of_coro(pid, &raw.samples, t.coro_code);
+            }
+            span.task_name = Some(t.name);
+        }
         span.blame = crate::spans::culprit::of(&span, &self.blame_rules);
         span
     }

@@ -131,6 +131,19 @@ impl StackSymbolizer {
             .map(|(t, _)| t)
     }
 
+    /// The task whose coroutine's code object is `coro_code`, from the
+    /// first sample that ran it (where no `Handle._run` frame shows the
+    /// task: uvloop's handles are Cython).
+    pub fn task_of_coro(&mut self, pid: u32, samples: &[Sample], coro_code: u64) -> Option<String> {
+        let recs = samples
+            .iter()
+            .map(|s| &s.rec.py)
+            .find(|py| py.iter().any(|f| f.code == coro_code))?;
+        let inner = recs.iter().position(|f| f.code == coro_code)?;
+        let frames = self.python.frames(pid, recs);
+        Some(python::task_at(&frames, recs.len() - 1 - inner))
+    }
+
     /// Group the samples of a span that started at monotonic `start_ns`
     /// by kind and frames.
     pub fn stacks(&mut self, pid: u32, samples: &[Sample], start_ns: u64) -> Vec<StackCount> {

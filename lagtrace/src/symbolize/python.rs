@@ -16,20 +16,28 @@ pub fn task_of(stack: &[Frame]) -> Option<String> {
                     || f.function.ends_with("__step"))
                     && in_file(f, "asyncio/tasks.py")))
     })?;
-    let coro = stack.get(run + 1)?;
+    (run + 1 < stack.len()).then(|| task_at(stack, run + 1))
+}
+
+/// The task whose coroutine is `stack[coro]` (outermost first), named by
+/// its coroutine, or by its handler when that is a framework's wrapper.
+pub fn task_at(stack: &[Frame], at: usize) -> String {
+    let Some(coro) = stack.get(at) else {
+        return String::new();
+    };
     // A framework's per-request wrapper (aiohttp's
     // `RequestHandler._handle_request`, uvicorn's `run_asgi`) runs every
     // request: name the first user frame it called, the handler.
     let rules = crate::spans::blame::Rules::default();
     if coro.is_python()
         && !rules.is_user(coro)
-        && let Some(handler) = stack[run + 1..]
+        && let Some(handler) = stack[at..]
             .iter()
             .find(|f| f.is_python() && rules.is_user(f))
     {
-        return Some(handler.label());
+        return handler.label();
     }
-    Some(coro.label())
+    coro.label()
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ impl PyFrames {
         }
     }
 
-    /// The name of the Task that `tid`'s span of `iteration` ran, checked
+    /// The Task that `tid`'s span of `iteration` ran, checked
     /// against the span (`end_ns`, the code objects of its Python frames).
     /// A read still running counts as deferred, so the span can be parked.
     pub fn task_name(
@@ -119,7 +119,7 @@ impl PyFrames {
         iteration: u64,
         end_ns: u64,
         codes: &[u64],
-    ) -> Option<String> {
+    ) -> Option<task::RunningTask> {
         match self.tasks.name(pid, tid, iteration, end_ns, codes) {
             task::Lookup::Waiting => {
                 self.deferred += 1;

@@ -241,7 +241,7 @@ pub struct TaskNames {
 pub enum Lookup {
     /// A read is still running: the span can wait for it.
     Waiting,
-    Known(Option<String>),
+    Known(Option<RunningTask>),
 }
 
 impl TaskNames {
@@ -263,7 +263,7 @@ impl TaskNames {
         self.by_tid.insert(tid, (iteration, state));
     }
 
-    /// The name of the Task that ran `tid`'s `iteration`, if a look-up
+    /// The Task that ran `tid`'s `iteration`, if a look-up
     /// read it while the span was open (before `end_ns`) and its
     /// coroutine's code is one of `codes` (the span's Python frames).
     pub fn name(
@@ -297,7 +297,7 @@ impl TaskNames {
             a.task
                 .as_ref()
                 .filter(|t| a.read_end_ns <= end_ns && codes.contains(&t.coro_code))
-                .map(|t| t.name.clone()),
+                .cloned(),
         )
     }
 
