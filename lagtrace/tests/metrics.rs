@@ -191,3 +191,127 @@ fn prometheus_scrapes_spans_and_histograms() {
     assert_eq!(fin.spans.len() as f64, spans_truth, "JSONL vs truth");
     assert_eq!(health, Some(1.0), "targets attached");
 }
+
+/// `name{labels} value` lines of one metric in a scrape, by series.
+fn series(text: &str, name: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter_map(|l| {
+            let (key, v) = l.rsplit_once(' ')?;
+            Some((key.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `blame` label of a series key.
+fn blame_of(key: &str) -> &str {
+    key.split("blame=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_default()
+}
+
+/// The blame labels are a live top 20 by blocked time: after 30 distinct
+/// blames of 80 ms each, one of 400 ms gets its own label; scraped every
+/// 100 ms from lagtrace's own endpoint, no counter ever goes down, and the
+/// series add up to the target's own total (nothing moves between them).
+#[test]
+fn a_late_dominant_blame_gets_its_own_label() {
+    let test = "a_late_dominant_blame_gets_its_own_label";
+    if !root_or_skip(test) || !walker_or_skip(test) {
+        return;
+    }
+    let Some(py) = python3_or_skip(test) else {
+        return;
+    };
+    let script = targets_dir().join("metrics_blames.py");
+    let mut target = Target::start(&py, &[script.to_str().unwrap()]);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--metrics", &addr]);
+    poll(patience(Duration::from_secs(30)), || {
+        http_get(port, "/metrics").filter(|(s, _)| *s == 200)
+    })
+    .expect("lagtrace's metrics endpoint never answered");
+    // Scrape every 100 ms while the scenario runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut scrapes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some((200, body)) = http_get(port, "/metrics") {
+                    scrapes.push(series(&body, "lagtrace_blocked_seconds_total"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            scrapes
+        })
+    };
+    target.run_scenario(patience(Duration::from_secs(60)));
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 31, "{stalls:?}");
+    // A span is the whole iteration: up to 1 ms per stall more than the
+    // target's own window, never less.
+    let slack = 0.001 * stalls.len() as f64;
+    let truth_total: f64 = stalls.iter().map(|s| s.duration_ns() as f64 / 1e9).sum();
+    let big = stalls
+        .iter()
+        .find(|s| s.label == "late_dominant")
+        .expect("late_dominant");
+    // Until a scrape has every span's time.
+    let last = poll(patience(Duration::from_secs(30)), || {
+        let (_, body) = http_get(port, "/metrics")?;
+        let s = series(&body, "lagtrace_blocked_seconds_total");
+        (s.values().sum::<f64>() >= truth_total - slack).then_some(s)
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().expect("scraper");
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
+    let last = last.expect("the scrapes never had every span's time");
+    let sum: f64 = last.values().sum();
+    let blames: std::collections::BTreeSet<&str> = last.keys().map(|k| blame_of(k)).collect();
+    let dominant: f64 = last
+        .iter()
+        .filter(|(k, _)| blame_of(k).starts_with("late_dominant "))
+        .map(|(_, v)| v)
+        .sum();
+    eprintln!(
+        "METRICS {} scrapes; {} blame values ({blames:?}); late_dominant {dominant:.4} s (truth {:.4}); sum {sum:.4} s (truth {truth_total:.4})",
+        scrapes.len(),
+        blames.len(),
+        big.duration_ns() as f64 / 1e9
+    );
+    assert!(
+        (big.duration_ns() as f64 / 1e9 - 0.001..=big.duration_ns() as f64 / 1e9 + 0.005)
+            .contains(&dominant),
+        "late_dominant has its own series with its time: {dominant} ({blames:?})"
+    );
+    assert!(
+        (truth_total - 0.001..=truth_total + slack).contains(&sum),
+        "every span counted once: {sum} vs {truth_total}"
+    );
+    // 31 blames, at most 20 labelled at a time: the rest went to "other"
+    // (the demoted ones stay shown, frozen, for 2 minutes).
+    let other = last
+        .iter()
+        .filter(|(k, _)| blame_of(k) == "other")
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    assert!(
+        other >= 0.079,
+        "blames past the top 20 count as other: {blames:?}"
+    );
+    assert!(blames.len() < 31, "{blames:?}");
+    let mut prev: std::collections::BTreeMap<String, f64> = Default::default();
+    for s in &scrapes {
+        for (k, v) in s {
+            if let Some(p) = prev.get(k) {
+                assert!(v >= p, "counter {k} went down: {p} -> {v}");
+            }
+            prev.insert(k.clone(), *v);
+        }
+    }
+}
