@@ -24,7 +24,10 @@
 //! while the span was open (`read_end_ns` before the span's end), its
 //! object's type is `_asyncio.Task`, and the coroutine's code is on the
 //! span's sampled Python stacks (see `TaskNames::name`).
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use super::{
     interp::Interpreter,
@@ -34,6 +37,13 @@ use super::{
     walk::{self, MAX_THREADS_WALKED, Pick},
 };
 use crate::clock::WallClock;
+
+/// Most distinct globals dicts searched for `_current_tasks` (outermost
+/// frames first: asyncio's runner and the main module are there).
+const MAX_GLOBALS: usize = 8;
+/// After a process where `_current_tasks` was not found, how long before
+/// it is searched for again (a search reads up to a few hundred objects).
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 /// Where a coroutine object keeps its frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +95,9 @@ pub struct RunningTask {
 struct Answer {
     /// `_current_tasks`, for the next look-up in this process.
     current_tasks: Option<u64>,
+    /// `_current_tasks` was searched for (the thread had frames) and not
+    /// found.
+    missed: bool,
     task: Option<RunningTask>,
     /// CLOCK_MONOTONIC when the read ended.
     read_end_ns: u64,
@@ -149,6 +162,9 @@ fn find_current_tasks(mem: &Mem, it: &Interpreter, l: &TaskLayout, frames: &[u64
         if globals == 0 || seen.contains(&globals) {
             continue;
         }
+        if seen.len() == MAX_GLOBALS {
+            break;
+        }
         seen.push(globals);
         let tasks_dict = |g| get(g, "tasks").and_then(|m| pyobj::module_dict(mem, m));
         let found = get(globals, "_current_tasks")
@@ -175,6 +191,7 @@ fn task_name(mem: &Mem, it: &Interpreter, obj: u64) -> Option<String> {
 
 /// The Task running on thread `tid` now, with `current_tasks` as cached.
 fn look_up(mem: &Mem, it: &Interpreter, tid: u32, cached: Option<u64>) -> Answer {
+    let t0 = Instant::now();
     let mut answer = Answer::default();
     if let Some(l) = task_layout(it.layout.minor) {
         let chains = chains(mem, it, tid);
@@ -186,9 +203,16 @@ fn look_up(mem: &Mem, it: &Interpreter, tid: u32, cached: Option<u64>) -> Answer
                     .find_map(|c| find_current_tasks(mem, it, &l, c))
             });
         answer.current_tasks = current;
+        answer.missed = current.is_none() && chains.iter().any(|c| !c.is_empty());
         answer.task = current.and_then(|d| running(mem, it, &l, d, &chains));
     }
     answer.read_end_ns = WallClock::now_mono_ns();
+    log::debug!(
+        "asyncio Task of {}/{tid}: {:?} in {:?}",
+        it.pid,
+        answer.task.as_ref().map(|t| &t.name),
+        t0.elapsed()
+    );
     answer
 }
 
@@ -234,6 +258,8 @@ enum State {
 pub struct TaskNames {
     by_tid: HashMap<u32, (u64, State)>,
     current_tasks: HashMap<u32, u64>,
+    /// Processes where `_current_tasks` was last not found, and when.
+    missed: HashMap<u32, Instant>,
 }
 
 /// What is known of a span's Task.
@@ -250,8 +276,29 @@ impl TaskNames {
     pub fn start(&mut self, reader: &Reader, it: &Interpreter, tid: u32, iteration: u64) {
         if task_layout(it.layout.minor).is_none()
             || self.by_tid.get(&tid).is_some_and(|(i, _)| *i == iteration)
+            || self
+                .missed
+                .get(&it.pid)
+                .is_some_and(|t| t.elapsed() < RETRY_AFTER)
         {
             return;
+        }
+        // The last look-up on this thread, for an iteration that may never
+        // have become a span: keep what it found about the process.
+        if let Some((_, old)) = self.by_tid.remove(&tid) {
+            let old = match old {
+                State::Done(a) => Some(a),
+                State::Waiting(p) => match p.poll() {
+                    Poll::Ready(a) => Some(a),
+                    _ => None,
+                },
+            };
+            if let Some(a) = old {
+                self.absorb(it.pid, &a);
+                if self.missed.contains_key(&it.pid) {
+                    return;
+                }
+            }
         }
         let (it, cached) = (it.clone(), self.current_tasks.get(&it.pid).copied());
         let (now, pending) = reader.run(move || look_up(&Mem { pid: it.pid }, &it, tid, cached));
@@ -290,9 +337,8 @@ impl TaskNames {
         let State::Done(a) = state else {
             return Lookup::Known(None);
         };
-        if let Some(d) = a.current_tasks {
-            self.current_tasks.insert(pid, d);
-        }
+        let a = a.clone();
+        self.absorb(pid, &a);
         Lookup::Known(
             a.task
                 .as_ref()
@@ -301,10 +347,21 @@ impl TaskNames {
         )
     }
 
+    /// Keep what an answer says about its process for the next look-ups.
+    fn absorb(&mut self, pid: u32, a: &Answer) {
+        if let Some(d) = a.current_tasks {
+            self.current_tasks.insert(pid, d);
+            self.missed.remove(&pid);
+        } else if a.missed {
+            self.missed.insert(pid, Instant::now());
+        }
+    }
+
     /// Forget threads that are gone and processes no longer traced.
     pub fn retain(&mut self, live_tid: impl Fn(u32) -> bool, live_pid: impl Fn(u32) -> bool) {
         self.by_tid.retain(|tid, _| live_tid(*tid));
         self.current_tasks.retain(|pid, _| live_pid(*pid));
+        self.missed.retain(|pid, _| live_pid(*pid));
     }
 }
 
