@@ -334,9 +334,10 @@ impl Pipeline {
                 continue;
             }
             let open = now.saturating_sub(t.iter_start_ns);
-            // An iteration on its way to a span: which Task it runs must be
-            // read now (an off-CPU wait sends no live sample until it ends).
-            if open >= self.threshold_ns / 2 {
+            // A span still open: which Task it runs must be read now (an
+            // off-CPU wait sends no live sample until it ends). Not before
+            // the threshold, so a healthy loop costs no reads of the target.
+            if open >= self.threshold_ns {
                 self.symbolizer
                     .python
                     .look_up_task(t.tgid, *tid, t.iteration);
@@ -371,6 +372,9 @@ impl Pipeline {
             );
             if let Some(d) = doing {
                 line.push_str(&format!("  {d}"));
+            }
+            if let Some(name) = &span.task_name {
+                line.push_str(&format!("  task {name:?}"));
             }
             self.console.line(&sanitize::line(&line));
         }
