@@ -377,4 +377,49 @@ mod tests {
             assert!(matches!(l.coro_frame, CoroFrame::Inline(_)) == (minor >= 11));
         }
     }
+
+    fn answered(read_end_ns: u64) -> TaskNames {
+        let mut t = TaskNames::default();
+        let answer = Answer {
+            current_tasks: Some(0x1000),
+            missed: false,
+            task: Some(RunningTask {
+                name: "checkout-42".into(),
+                coro_code: 0xc0de,
+            }),
+            read_end_ns,
+        };
+        t.by_tid.insert(7, (3, State::Done(answer)));
+        t
+    }
+
+    #[test]
+    fn a_name_is_kept_only_if_read_while_the_span_was_open_and_its_code_ran() {
+        let named = |r| Lookup::Known(Some(r));
+        let task = RunningTask {
+            name: "checkout-42".into(),
+            coro_code: 0xc0de,
+        };
+        // Read before the span ended, coroutine on the span's stacks.
+        assert_eq!(answered(100).name(1, 7, 3, 200, &[1, 0xc0de]), named(task));
+        // Read after the span ended: the Task then may be another one.
+        assert_eq!(
+            answered(300).name(1, 7, 3, 200, &[0xc0de]),
+            Lookup::Known(None)
+        );
+        // The span's stacks never ran that coroutine.
+        assert_eq!(
+            answered(100).name(1, 7, 3, 200, &[1, 2]),
+            Lookup::Known(None)
+        );
+        // Another iteration, or another thread.
+        assert_eq!(
+            answered(100).name(1, 7, 4, 200, &[0xc0de]),
+            Lookup::Known(None)
+        );
+        assert_eq!(
+            answered(100).name(1, 8, 3, 200, &[0xc0de]),
+            Lookup::Known(None)
+        );
+    }
 }
