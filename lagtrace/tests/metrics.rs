@@ -1,7 +1,8 @@
 //! Issue 16's `--metrics`: a real Prometheus server (Debian's package,
 //! installed by `cargo xtask setup`) scrapes lagtrace every second while a
 //! target stalls; its HTTP API must show the span counter and the
-//! iteration histogram agreeing with the target's own truth.
+//! iteration histogram agreeing with the target's own truth. Issue 13's
+//! live top-N blame labels, from scrapes of lagtrace's own endpoint.
 mod common;
 
 use std::{

@@ -19,7 +19,7 @@ pub fn task_of(stack: &[Frame]) -> Option<String> {
     (run + 1 < stack.len()).then(|| task_at(stack, run + 1))
 }
 
-/// The task whose coroutine is `stack[coro]` (outermost first), named by
+/// The task whose coroutine is `stack[at]` (outermost first), named by
 /// its coroutine, or by its handler when that is a framework's wrapper.
 pub fn task_at(stack: &[Frame], at: usize) -> String {
     let Some(coro) = stack.get(at) else {
