@@ -309,6 +309,18 @@ impl Probes {
         }
         self.remove_python_target(tgid);
         self.unsample_process(tgid);
+        // The kernel finds known loop threads without consulting the
+        // targets: drop them too, or they would go on being traced.
+        let threads: Vec<u32> = self
+            .threads()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, t)| t.tgid == tgid)
+            .map(|(tid, _)| tid)
+            .collect();
+        for tid in threads {
+            self.forget_thread(tid);
+        }
     }
 
     pub(super) fn program<T>(&mut self, name: &str) -> Result<&mut T>
