@@ -29,6 +29,8 @@ pub const DEB_PACKAGES: &[&str] = &[
     "golang-go",
     // A real Prometheus server scrapes `--metrics` in tests/metrics.rs.
     "prometheus",
+    // The bench's floor of the tracepoint modes (`perf stat` on them).
+    "linux-perf",
 ];
 /// bpf-linker versions we accept when installing.
 const BPF_LINKER_VERSION: &str = "^0.13";

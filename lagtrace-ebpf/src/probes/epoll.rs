@@ -16,17 +16,26 @@ pub fn epoll_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_epoll_exit(ctx: &TracePointContext) -> Option<u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    target((pid_tgid >> 32) as u32)?;
-    wait_returned(ctx, pid_tgid)?;
+    wait_returned(ctx, bpf_get_current_pid_tgid())?;
     Some(0)
 }
 
-/// An epoll wait of a thread of a target returned: an iteration starts.
-/// The caller has checked that `pid_tgid` belongs to a target.
+/// An epoll wait returned: if the thread is a known loop thread, or a
+/// thread of a target, an iteration starts.
+///
+/// A known loop thread costs one map lookup here, the loop's hot path; only
+/// a thread not seen yet is looked up in the targets as well. (Userspace
+/// drops a process's loop threads when it stops tracing it.)
 #[inline(always)]
 pub fn wait_returned<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> Option<()> {
-    let t = thread_or_insert(ctx, pid_tgid as u32, (pid_tgid >> 32) as u32)?;
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let t = match thread(tid) {
+        Some(t) if t.tgid == tgid => t,
+        _ => {
+            target(tgid)?;
+            thread_or_insert(ctx, tid, tgid)?
+        }
+    };
     begin(t, now_ns());
     Some(())
 }
@@ -37,14 +46,13 @@ pub fn epoll_enter(_ctx: TracePointContext) -> u32 {
 }
 
 fn try_epoll_enter() -> Option<u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    target((pid_tgid >> 32) as u32)?;
-    wait_entered(pid_tgid)?;
+    wait_entered(bpf_get_current_pid_tgid())?;
     Some(0)
 }
 
-/// A thread of a target enters an epoll wait: its iteration ends. The
-/// caller has checked that `pid_tgid` belongs to a target.
+/// A thread enters an epoll wait: if it is a loop thread inside an
+/// iteration, the iteration ends. Only loop threads of targets are in the
+/// thread table, so one lookup filters every other thread.
 #[inline(always)]
 pub fn wait_entered(pid_tgid: u64) -> Option<()> {
     let tgid = (pid_tgid >> 32) as u32;

@@ -22,19 +22,13 @@ use crate::{
 
 #[fentry(function = "do_epoll_wait")]
 pub fn fentry_epoll_wait(_ctx: FEntryContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if target((pid_tgid >> 32) as u32).is_some() {
-        let _ = wait_entered(pid_tgid);
-    }
+    let _ = wait_entered(bpf_get_current_pid_tgid());
     0
 }
 
 #[fexit(function = "do_epoll_wait")]
 pub fn fexit_epoll_wait(ctx: FExitContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if target((pid_tgid >> 32) as u32).is_some() {
-        let _ = wait_returned(&ctx, pid_tgid);
-    }
+    let _ = wait_returned(&ctx, bpf_get_current_pid_tgid());
     0
 }
 

@@ -5,11 +5,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        PerfEvent, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
-    util::online_cpus,
+    programs::{PerfEvent, TracePoint},
 };
 use lagtrace_common::{
     CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
@@ -82,6 +78,8 @@ pub struct Probes {
     /// `task_struct` offsets were found in BTF (the tp_btf sched programs
     /// need them).
     pub(super) task_offsets_known: bool,
+    /// Where the on-CPU sampling clock runs.
+    pub(super) sampler: super::sampling::Sampler,
 }
 
 /// The two program types whose stack capture has a fallback variant.
@@ -161,6 +159,7 @@ impl Probes {
             features,
             mode: None,
             task_offsets_known: task_pid_off != 0,
+            sampler: Default::default(),
         })
     }
 
@@ -171,10 +170,13 @@ impl Probes {
 
     /// Trace this process: every thread of it, including threads created
     /// later, in the loop `model` (`MODEL_*`).
+    /// A process the kernel added on fork is already sampled through its
+    /// parent's inherited clocks; any other gets its own.
     pub fn add_target(&mut self, tgid: u32, model: u32) -> Result<()> {
         let map = self.ebpf.map_mut("TARGETS").expect("TARGETS map");
         let mut targets: HashMap<_, u32, TargetConfig> =
             HashMap::try_from(map).map_err(map_err("TARGETS"))?;
+        let forked = targets.get(&tgid, 0).is_ok();
         targets
             .insert(
                 tgid,
@@ -184,7 +186,11 @@ impl Probes {
                 },
                 0,
             )
-            .map_err(map_err("TARGETS"))
+            .map_err(map_err("TARGETS"))?;
+        if !forked {
+            self.sample_process(tgid)?;
+        }
+        Ok(())
     }
 
     /// Walk this Python process's frames in the kernel at each sample.
@@ -270,20 +276,7 @@ impl Probes {
         }
         if opts.frequency > 0 {
             let name = self.load_walker::<PerfEvent>("on_cpu_sample", "on_cpu_sample_fp")?;
-            let pe: &mut PerfEvent = self.program(name)?;
-            let cpus =
-                online_cpus().map_err(|(what, e)| Error::io(format!("reading {what}"), e))?;
-            for cpu in cpus {
-                pe.attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Frequency(opts.frequency),
-                    false,
-                )
-                .map_err(attach_err(format!("perf_event cpu-clock on CPU {cpu}")))?;
-            }
-            self.attached
-                .push(format!("perf_event cpu-clock @ {} Hz", opts.frequency));
+            self.attach_sampler(name, opts.frequency)?;
         }
         Ok(())
     }
@@ -315,6 +308,19 @@ impl Probes {
             let _ = t.remove(&tgid);
         }
         self.remove_python_target(tgid);
+        self.unsample_process(tgid);
+        // The kernel finds known loop threads without consulting the
+        // targets: drop them too, or they would go on being traced.
+        let threads: Vec<u32> = self
+            .threads()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, t)| t.tgid == tgid)
+            .map(|(tid, _)| tid)
+            .collect();
+        for tid in threads {
+            self.forget_thread(tid);
+        }
     }
 
     pub(super) fn program<T>(&mut self, name: &str) -> Result<&mut T>

@@ -8,6 +8,7 @@ pub mod attach;
 pub mod btf;
 pub mod features;
 pub mod loader;
+pub mod sampling;
 pub mod sched_attach;
 pub mod tracefs;
 pub mod unwind_maps;

@@ -67,6 +67,39 @@ fn spin_and_syscall(
     Ok(Ok((n as f64 / s, ns)))
 }
 
+/// The spin loop's rate with `sys_enter/sys_exit_epoll_wait` enabled by
+/// `perf stat` (counting, no program): what the tracepoint path costs
+/// before any of lagtrace's work. Why not, if perf is missing.
+fn tracepoints_alone(
+    spin: &mut targets::Target,
+    secs: u64,
+) -> Result<std::result::Result<f64, String>> {
+    let mut perf = match Command::new("perf")
+        .args([
+            "stat",
+            "-x,",
+            "-e",
+            "syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait",
+            "-p",
+            &spin.pid.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(format!("perf: {e} (install linux-perf)"))),
+    };
+    // perf stat says nothing when it has attached; give it time to.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let spun = spin_once(spin, secs);
+    // SAFETY: plain kill(2) on perf's pid, which has not been reaped yet.
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    let _ = perf.wait();
+    let (n, s) = spun?;
+    Ok(Ok(n as f64 / s))
+}
+
 pub fn section_attach(ctx: &Ctx) -> Result<Section> {
     let mut body = String::from(
         "Each attach mode of lagtrace (`--attach`, default settings otherwise) on the same \
@@ -126,9 +159,36 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             ]),
         }
     }
+    match tracepoints_alone(&mut spin, ctx.plan.spin_secs)? {
+        Ok(rate) => {
+            t.row(vec![
+                "the epoll tracepoints alone (`perf stat`, no lagtrace)".into(),
+                thousands(rate),
+                format!("{:.2}×", rate / base_rate),
+                String::new(),
+                String::new(),
+            ]);
+            headline.push(format!(
+                "spin loop with only the epoll syscall tracepoints enabled (perf stat counting, no BPF): {:.2}×",
+                rate / base_rate
+            ));
+        }
+        Err(why) => t.row(vec![
+            "the epoll tracepoints alone".into(),
+            format!("not measured: {why}"),
+            String::new(),
+            String::new(),
+            String::new(),
+        ]),
+    }
     spin.proc.close_stdin();
     spin.proc.stop()?;
     let _ = writeln!(body, "{}", t.render());
+    body.push_str(
+        "The last row is the floor of the tracepoint modes: the same two syscall tracepoints \
+         enabled for the spin loop by `perf stat` (counting only, no BPF program), so the loop \
+         pays the syscall slow path and the tracepoint dispatch and nothing of lagtrace's.\n\n",
+    );
 
     let asyncio = targets::asyncio_http(&ctx.python, "asyncio_http", &[])?;
     let node = targets::node_http()?;
