@@ -76,6 +76,9 @@ fn enroll_python(pid: u32, probes: &mut Probes, python: &mut PyFrames) -> Result
 /// Tell the kernel how to read a node target's JS frames, from the V8
 /// metadata of the binary it runs.
 fn enroll_node(pid: u32, probes: &mut Probes) -> Result<(), String> {
+    if v8::turned_off() {
+        return Err("LAGTRACE_V8=off".into());
+    }
     let layout = v8::metadata::for_pid(pid)?;
     probes
         .set_v8_target(pid, layout.kernel())

@@ -17,6 +17,8 @@ const MAX_NAME: usize = 256;
 const MAX_DEPTH: usize = 8;
 /// `ScopeInfo` slots looked at after its context locals for the name.
 const SCOPE_SLOTS: usize = 8;
+/// Longest source prefix read to find a function's line, in characters.
+const MAX_SOURCE: usize = 8 << 20;
 /// Most context locals a `ScopeInfo` can inline (V8's
 /// `kScopeInfoMaxInlinedLocalNamesSize`); more would be a bad read.
 const MAX_CONTEXT_LOCALS: u64 = 1 << 10;
@@ -35,6 +37,8 @@ pub struct FunctionInfo {
     /// Character offset of the function's start in its script, when the
     /// scope info records it.
     pub start_pos: Option<u32>,
+    /// 1-based line of that start, from the script's source.
+    pub line: Option<u32>,
     /// The `name_or_scope_info` word, for the kernel's name check.
     pub name_word: u64,
 }
@@ -95,17 +99,21 @@ impl Heap<'_> {
             }
         };
         let script_word = self.mem.u64(sfi + u64::from(l.sfi_script_or_debug_info))?;
-        let script = match self.object(script_word) {
+        let (script, line) = match self.object(script_word) {
             Ok((obj, ty)) if ty == l.type_script => {
                 let name = self.mem.u64(obj + u64::from(l.script_name))?;
-                self.string(name, 0).ok().filter(|s| !s.is_empty())
+                (
+                    self.string(name, 0).ok().filter(|s| !s.is_empty()),
+                    start_pos.and_then(|p| self.line_of(obj, p)),
+                )
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(FunctionInfo {
             name,
             script,
             start_pos,
+            line,
             name_word,
         })
     }
@@ -158,7 +166,36 @@ impl Heap<'_> {
     pub fn string(&self, tagged: u64, depth: usize) -> io::Result<String> {
         let mut out = String::new();
         self.append(tagged, depth, 0, MAX_NAME, &mut out)?;
+        if out.chars().count() >= MAX_NAME && self.length(tagged)? > MAX_NAME {
+            out.push('…');
+        }
         Ok(out)
+    }
+
+    /// The length of the V8 string `tagged`, in characters.
+    fn length(&self, tagged: u64) -> io::Result<usize> {
+        let (obj, ty) = self.object(tagged)?;
+        if ty >= self.l.first_nonstring_type {
+            return Err(bad("not a string"));
+        }
+        Ok(self.mem.u32(obj + u64::from(self.l.string_length))? as usize)
+    }
+
+    /// The 1-based line of character `pos` of the script `script` (an
+    /// untagged `Script`), from its source in the heap: the newlines before
+    /// it. `None` past [`MAX_SOURCE`] or for a source it cannot read
+    /// (node's own modules keep theirs outside the heap).
+    fn line_of(&self, script: u64, pos: u32) -> Option<u32> {
+        if pos as usize > MAX_SOURCE {
+            return None;
+        }
+        let source = self
+            .mem
+            .u64(script + u64::from(self.l.script_source))
+            .ok()?;
+        let mut text = String::new();
+        self.append(source, 0, 0, pos as usize, &mut text).ok()?;
+        Some(1 + text.bytes().filter(|&b| b == b'\n').count() as u32)
     }
 
     /// Append characters `skip..skip + want` of string `tagged` to `out`.
@@ -229,9 +266,6 @@ impl Heap<'_> {
         } else {
             // External strings point outside the heap; names are not.
             return Err(bad("unsupported string representation"));
-        }
-        if len > MAX_NAME && depth == 0 && skip == 0 {
-            out.push('…');
         }
         Ok(())
     }

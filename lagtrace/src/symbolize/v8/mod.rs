@@ -20,7 +20,7 @@ pub mod heap;
 pub mod merge;
 pub mod metadata;
 
-use std::{collections::HashMap, io, path::Path, sync::Arc};
+use std::{collections::HashMap, io, sync::Arc};
 
 use lagtrace_common::{LANG_CHECK_SHIFT, LANG_FRAME_JS, LangFrameRec, js_name_check};
 
@@ -31,7 +31,8 @@ use super::{
     },
     frame::{Frame, FrameKind},
 };
-use heap::{FunctionInfo, Heap};
+pub use heap::FunctionInfo;
+use heap::Heap;
 use metadata::V8Layout;
 
 /// The module of JS frames read from V8's frames.
@@ -42,8 +43,13 @@ pub const UNKNOWN_JS: &str = "[unknown js]";
 const MAX_FUNCTIONS: usize = 1 << 16;
 /// Most reads awaiting a late answer per process.
 const MAX_PENDING: usize = 256;
-/// Largest script read from disk to find a function's line.
-const MAX_SCRIPT: u64 = 16 << 20;
+
+/// True when the environment says `LAGTRACE_V8=off`: node targets keep
+/// native frames only (to compare costs, or to work around a V8 build
+/// lagtrace misreads).
+pub fn turned_off() -> bool {
+    std::env::var_os("LAGTRACE_V8").is_some_and(|v| v == "off")
+}
 
 /// True for a language frame the kernel read from V8.
 pub fn is_js(rec: &LangFrameRec) -> bool {
@@ -51,24 +57,19 @@ pub fn is_js(rec: &LangFrameRec) -> bool {
 }
 
 /// A function as named here.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    pub info: FunctionInfo,
-    /// 1-based line of the function's start, from its script on disk.
-    pub line: Option<u32>,
-}
+type Resolved = FunctionInfo;
 
-impl Resolved {
+impl FunctionInfo {
     fn frame(&self) -> Frame {
-        let name = if self.info.name.is_empty() {
+        let name = if self.name.is_empty() {
             "(anonymous)".to_string()
         } else {
-            self.info.name.clone()
+            self.name.clone()
         };
         Frame {
             kind: FrameKind::Js,
             function: name,
-            file: self.info.script.clone(),
+            file: self.script.clone(),
             line: self.line,
             module: Some(V8_MODULE.into()),
             offset: None,
@@ -98,37 +99,13 @@ pub struct JsFrames {
     pub stale: u64,
 }
 
-/// The 1-based line of character `pos` in the script file `script` of
-/// process `pid` (read through its root), if the script is a file.
-fn line_of(pid: u32, script: &str, pos: u32) -> Option<u32> {
-    let path = script.strip_prefix("file://").unwrap_or(script);
-    if !path.starts_with('/') {
-        return None;
-    }
-    let full = format!("/proc/{pid}/root{path}");
-    let meta = std::fs::metadata(&full).ok()?;
-    if !meta.is_file() || meta.len() > MAX_SCRIPT {
-        return None;
-    }
-    let text = std::fs::read_to_string(Path::new(&full)).ok()?;
-    // Positions count UTF-16 units; for the ASCII text of most scripts
-    // that is the byte offset.
-    let upto = text.char_indices().nth(pos as usize).map(|(i, _)| i)?;
-    Some(1 + text[..upto].bytes().filter(|&b| b == b'\n').count() as u32)
-}
-
 /// Read one function (on the reader thread).
 fn read_function(pid: u32, layout: &V8Layout, sfi: u64) -> io::Result<Resolved> {
     let heap = Heap {
         mem: Mem { pid },
         l: layout,
     };
-    let info = heap.function(sfi)?;
-    let line = match (&info.script, info.start_pos) {
-        (Some(s), Some(p)) => line_of(pid, s, p),
-        _ => None,
-    };
-    Ok(Resolved { info, line })
+    heap.function(sfi)
 }
 
 impl JsFrames {
@@ -157,7 +134,7 @@ impl JsFrames {
             return Frame::marker(UNKNOWN_JS);
         };
         let want = rec.flags >> LANG_CHECK_SHIFT;
-        let matches = |r: &Resolved| js_name_check(r.info.name_word) == want;
+        let matches = |r: &Resolved| js_name_check(r.name_word) == want;
         if let Some(slot) = proc.functions.get_mut(&rec.code) {
             if let Slot::Pending(p) = slot {
                 match p.poll() {
