@@ -270,3 +270,197 @@ impl Heap<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// node 20's layout (V8 11.3), as its `v8dbg_*` symbols give it.
+    fn layout() -> V8Layout {
+        V8Layout {
+            fp_context: -8,
+            fp_function: -16,
+            fp_bytecode_offset: -40,
+            map_instance_type: 12,
+            jsfunction_shared: 24,
+            sfi_name_or_scope_info: 16,
+            sfi_script_or_debug_info: 32,
+            script_name: 16,
+            script_source: 8,
+            string_length: 12,
+            seq_one_byte_chars: 16,
+            seq_two_byte_chars: 16,
+            cons_first: 16,
+            cons_second: 24,
+            thin_actual: 16,
+            sliced_parent: 16,
+            sliced_offset: 24,
+            first_nonstring_type: 128,
+            string_representation_mask: 7,
+            string_encoding_mask: 8,
+            seq_string_tag: 0,
+            cons_string_tag: 1,
+            sliced_string_tag: 3,
+            thin_string_tag: 5,
+            one_byte_string_tag: 8,
+            type_jsfunction_first: 2066,
+            type_jsfunction_last: 2080,
+            type_sfi: 262,
+            type_script: 167,
+            type_scope_info: 261,
+            scope_info_first_vars: 3,
+            scope_info_ncontextlocals: 2,
+        }
+    }
+
+    const SEQ_ONE: u16 = 8;
+    const SEQ_TWO: u16 = 0;
+    const CONS_ONE: u16 = 9;
+
+    /// A fake V8 heap in this process's memory, read back through
+    /// `process_vm_readv` on itself.
+    struct Arena {
+        words: Vec<u64>,
+        used: usize,
+    }
+
+    impl Arena {
+        fn new() -> Self {
+            Self {
+                words: vec![0; 1024],
+                used: 0,
+            }
+        }
+        fn base(&self) -> u64 {
+            self.words.as_ptr() as u64
+        }
+        /// A new object of `bytes` (untagged address).
+        fn alloc(&mut self, bytes: usize) -> u64 {
+            let at = self.base() + 8 * self.used as u64;
+            self.used += bytes.div_ceil(8);
+            assert!(self.used <= self.words.len());
+            at
+        }
+        fn bytes(&mut self, addr: u64, b: &[u8]) {
+            let off = (addr - self.base()) as usize;
+            // SAFETY: the range is inside `words` (checked by `alloc`).
+            let all = unsafe {
+                std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), 8 * 1024)
+            };
+            all[off..off + b.len()].copy_from_slice(b);
+        }
+        fn u64(&mut self, addr: u64, v: u64) {
+            self.bytes(addr, &v.to_le_bytes());
+        }
+        /// A map for instance type `ty`: returns the object's tagged map.
+        fn map(&mut self, ty: u16) -> u64 {
+            let m = self.alloc(16);
+            self.bytes(m + 12, &ty.to_le_bytes());
+            m + 1
+        }
+        fn object(&mut self, ty: u16, bytes: usize) -> u64 {
+            let map = self.map(ty);
+            let o = self.alloc(bytes);
+            self.u64(o, map);
+            o
+        }
+        fn one_byte(&mut self, s: &str) -> u64 {
+            let o = self.object(SEQ_ONE, 16 + s.len());
+            self.bytes(o + 12, &(s.len() as u32).to_le_bytes());
+            self.bytes(o + 16, s.as_bytes());
+            o + 1
+        }
+        fn two_byte(&mut self, s: &str) -> u64 {
+            let units: Vec<u16> = s.encode_utf16().collect();
+            let o = self.object(SEQ_TWO, 16 + 2 * units.len());
+            self.bytes(o + 12, &(units.len() as u32).to_le_bytes());
+            let raw: Vec<u8> = units.iter().flat_map(|u| u.to_le_bytes()).collect();
+            self.bytes(o + 16, &raw);
+            o + 1
+        }
+        fn cons(&mut self, a: u64, b: u64, len: u32) -> u64 {
+            let o = self.object(CONS_ONE, 32);
+            self.bytes(o + 12, &len.to_le_bytes());
+            self.u64(o + 16, a);
+            self.u64(o + 24, b);
+            o + 1
+        }
+    }
+
+    fn heap(l: &V8Layout) -> Heap<'_> {
+        Heap {
+            mem: Mem {
+                pid: std::process::id(),
+            },
+            l,
+        }
+    }
+
+    #[test]
+    fn a_function_is_named_from_its_scope_info_and_script() {
+        let l = layout();
+        let mut a = Arena::new();
+        let (first, second) = (a.one_byte("build"), a.two_byte("Répört"));
+        let name = a.cons(first, second, 11);
+        let local = a.one_byte("local");
+        // ScopeInfo: flags, parameter count, 1 context local (a name and
+        // its info), then the function name and its positions.
+        let si = a.object(l.type_scope_info, 8 * 9);
+        a.u64(si + 8 + 16, 1 << 32);
+        a.u64(si + 8 + 24, local);
+        a.u64(si + 8 + 32, 7 << 32);
+        a.u64(si + 8 + 40, name);
+        a.u64(si + 8 + 48, 15 << 32);
+        a.u64(si + 8 + 56, 40 << 32);
+        let source = a.one_byte("'use strict';\n\nfunction buildReport() {}\n");
+        let script = a.object(l.type_script, 24);
+        a.u64(script + 8, source);
+        let script_name = a.one_byte("/app/server.js");
+        a.u64(script + 16, script_name);
+        let sfi = a.object(l.type_sfi, 40);
+        a.u64(sfi + 16, si + 1);
+        a.u64(sfi + 32, script + 1);
+        let f = heap(&l).function(sfi + 1).unwrap();
+        assert_eq!(f.name, "buildRépört");
+        assert_eq!(f.script.as_deref(), Some("/app/server.js"));
+        assert_eq!((f.start_pos, f.line), (Some(15), Some(3)));
+        assert_eq!(f.name_word, si + 1);
+    }
+
+    #[test]
+    fn another_object_is_not_read_as_a_function() {
+        let l = layout();
+        let mut a = Arena::new();
+        // What a moved function's old address may hold: another object, or
+        // a number (a Smi).
+        let other = a.object(l.type_script, 24);
+        assert!(heap(&l).function(other + 1).is_err());
+        assert!(heap(&l).function(other).is_err(), "an untagged pointer");
+        // A SharedFunctionInfo whose name slot holds neither a string nor
+        // a ScopeInfo.
+        let sfi = a.object(l.type_sfi, 40);
+        a.u64(sfi + 16, other + 1);
+        assert!(heap(&l).function(sfi + 1).is_err());
+        // An anonymous function: its name is the Smi 0.
+        a.u64(sfi + 16, 0);
+        let f = heap(&l).function(sfi + 1).unwrap();
+        assert_eq!((f.name.as_str(), f.script), ("", None));
+    }
+
+    #[test]
+    fn long_and_deep_strings_are_capped() {
+        let l = layout();
+        let mut a = Arena::new();
+        let long = "x".repeat(MAX_NAME + 10);
+        let s = a.one_byte(&long);
+        let got = heap(&l).string(s, 0).unwrap();
+        assert_eq!(got.chars().count(), MAX_NAME + 1);
+        assert!(got.ends_with('…'));
+        // A cons string that contains itself.
+        let o = a.object(CONS_ONE, 32);
+        a.bytes(o + 12, &4u32.to_le_bytes());
+        a.u64(o + 16, o + 1);
+        a.u64(o + 24, o + 1);
+        assert!(heap(&l).string(o + 1, 0).is_err());
+    }
+}

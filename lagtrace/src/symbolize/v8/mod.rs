@@ -20,7 +20,12 @@ pub mod heap;
 pub mod merge;
 pub mod metadata;
 
-use std::{collections::HashMap, io, sync::Arc};
+use std::{
+    collections::HashMap,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use lagtrace_common::{LANG_CHECK_SHIFT, LANG_FRAME_JS, LangFrameRec, js_name_check};
 
@@ -41,6 +46,9 @@ pub const V8_MODULE: &str = "[v8]";
 pub const UNKNOWN_JS: &str = "[unknown js]";
 /// Bound on cached functions per process.
 const MAX_FUNCTIONS: usize = 1 << 16;
+/// How long an address whose read failed stays `[unknown js]` before it
+/// is read again (the GC may have put a function there since).
+const RETRY: Duration = Duration::from_secs(1);
 /// Most reads awaiting a late answer per process.
 const MAX_PENDING: usize = 256;
 
@@ -79,8 +87,20 @@ impl FunctionInfo {
 }
 
 enum Slot {
-    Ready(Option<Arc<Resolved>>),
+    Ready(Arc<Resolved>),
+    /// The read failed (not a function there, or it moved while read):
+    /// tried again after [`RETRY`].
+    Failed(Instant),
     Pending(Pending<io::Result<Resolved>>),
+}
+
+impl Slot {
+    fn answer(r: io::Result<Resolved>) -> Self {
+        match r {
+            Ok(r) => Slot::Ready(Arc::new(r)),
+            Err(_) => Slot::Failed(Instant::now()),
+        }
+    }
 }
 
 struct Proc {
@@ -138,20 +158,21 @@ impl JsFrames {
         if let Some(slot) = proc.functions.get_mut(&rec.code) {
             if let Slot::Pending(p) = slot {
                 match p.poll() {
-                    Poll::Ready(r) => *slot = Slot::Ready(r.ok().map(Arc::new)),
+                    Poll::Ready(r) => *slot = Slot::answer(r),
                     Poll::NotYet => {
                         *deferred += 1;
                         return Frame::marker(UNKNOWN_JS);
                     }
-                    Poll::Lost => *slot = Slot::Ready(None),
+                    Poll::Lost => *slot = Slot::Failed(Instant::now()),
                 }
             }
             match slot {
-                Slot::Ready(Some(r)) if matches(r) => return r.frame(),
+                Slot::Ready(r) if matches(r) => return r.frame(),
                 // Another function at this address, or the same one renamed
                 // (lazily compiled: its name moved into a ScopeInfo): read
                 // it again.
-                Slot::Ready(Some(_)) => *stale += 1,
+                Slot::Ready(_) => *stale += 1,
+                Slot::Failed(at) if at.elapsed() >= RETRY => {}
                 _ => return Frame::marker(UNKNOWN_JS),
             }
         }
@@ -170,12 +191,12 @@ impl JsFrames {
         let code = rec.code;
         let (now, later) = reader.run(move || read_function(pid, &layout, code));
         let slot = match now {
-            Poll::Ready(r) => Slot::Ready(r.ok().map(Arc::new)),
+            Poll::Ready(r) => Slot::answer(r),
             Poll::NotYet => Slot::Pending(later),
-            Poll::Lost => Slot::Ready(None),
+            Poll::Lost => Slot::Failed(Instant::now()),
         };
         let frame = match &slot {
-            Slot::Ready(Some(r)) if matches(r) => r.frame(),
+            Slot::Ready(r) if matches(r) => r.frame(),
             Slot::Pending(_) => {
                 *deferred += 1;
                 Frame::marker(UNKNOWN_JS)
