@@ -528,7 +528,10 @@ pub struct V8Offsets {
     pub slot_bytecode_offset: u8,
     pub _pad: u8,
     /// `JSFunction::shared`, `Map::instance_type`,
-    /// `SharedFunctionInfo::name_or_scope_info` (bytes from the object).
+    /// `SharedFunctionInfo::name_or_scope_info` (bytes from the object; the
+    /// kernel reads the first 64 bytes of a function and 32 of a
+    /// `SharedFunctionInfo`, so the first and last are 8-aligned and below
+    /// 64 and 32).
     pub jsfunction_shared: u16,
     pub map_instance_type: u16,
     pub sfi_name: u16,

@@ -38,10 +38,10 @@ fn object(tagged: u64) -> Option<u64> {
     (tagged & TAG_MASK == HEAP_TAG).then(|| tagged - HEAP_TAG)
 }
 
-/// The instance type of the heap object at `obj` (untagged).
+/// The instance type an object's map word says.
 #[inline(always)]
-fn instance_type(o: &V8Offsets, obj: u64) -> Option<u16> {
-    let map = object(user::<u64>(obj)?)?;
+fn map_type(o: &V8Offsets, map_word: u64) -> Option<u16> {
+    let map = object(map_word)?;
     user::<u16>(map + u64::from(o.map_instance_type))
 }
 
@@ -58,17 +58,21 @@ pub fn frame(o: &V8Offsets, fp: u64, n: u32) -> Option<LangFrameRec> {
     // A typed frame (entry, exit, stub, builtin) keeps a Smi marker where
     // a JS frame keeps its context.
     object(at(o.slot_context))?;
+    // Each object is read once, from its map to the last field needed:
+    // a helper call per read is most of the cost.
     let func = object(at(o.slot_function))?;
-    let ty = instance_type(o, func)?;
+    let f: [u64; 8] = user(func)?;
+    let ty = map_type(o, f[0])?;
     if ty < o.type_jsfunction_first || ty > o.type_jsfunction_last {
         return None;
     }
-    let sfi_tagged: u64 = user(func + u64::from(o.jsfunction_shared))?;
+    let sfi_tagged = f[(o.jsfunction_shared as usize / 8) & 7];
     let sfi = object(sfi_tagged)?;
-    if instance_type(o, sfi)? != o.type_sfi {
+    let sf: [u64; 4] = user(sfi)?;
+    if map_type(o, sf[0])? != o.type_sfi {
         return None;
     }
-    let name: u64 = user(sfi + u64::from(o.sfi_name))?;
+    let name = sf[(o.sfi_name as usize / 8) & 3];
     let offset = at(o.slot_bytecode_offset);
     let instr_offset = if offset & 1 == 0 {
         (offset >> 32) as u32

@@ -239,8 +239,17 @@ pub fn from_symbols(path: &Path, syms: &HashMap<String, i64>) -> Result<V8Layout
         scope_info_first_vars: u("scopeinfo_idx_first_vars")?,
         scope_info_ncontextlocals: u("scopeinfo_idx_ncontextlocals")?,
     };
-    if name_or_scope_info + 8 > 1 << 12 || layout.jsfunction_shared > 1 << 12 {
-        return Err(unsupported("offsets out of range".into()));
+    // The kernel reads a function's first 64 bytes and a
+    // SharedFunctionInfo's first 32 (`lagtrace-ebpf/src/v8.rs`).
+    if !layout.jsfunction_shared.is_multiple_of(8)
+        || layout.jsfunction_shared >= 64
+        || !name_or_scope_info.is_multiple_of(8)
+        || name_or_scope_info >= 32
+    {
+        return Err(unsupported(format!(
+            "JSFunction::shared at {}, SharedFunctionInfo::name_or_scope_info at {name_or_scope_info}",
+            layout.jsfunction_shared
+        )));
     }
     Ok(layout)
 }
