@@ -10,6 +10,8 @@
 //! would need the loop split over tail calls. `bpf_task_pt_regs` is 5.15+.
 //! It must never loop forever or guess: every step checks that the stack
 //! pointer grew, and each way a walk ends is recorded and counted.
+//! For a node target, each frame stepped by its frame pointer is kept for
+//! `v8.rs`, which looks for a JS function below that pointer.
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
@@ -84,7 +86,7 @@ pub struct Unwound {
     pub frames: u16,
     pub end: u8,
     pub flags: u32,
-    pub js: u16,
+    pub fp_steps: u16,
 }
 
 /// Unwind the current task's user stack into the scratch sample's `user`
@@ -135,7 +137,7 @@ pub fn unwind_user(slot: u32, v8: bool) -> Option<Unwound> {
         frames: w.n as u16,
         end,
         flags: w.flags,
-        js: w.js.min(v8::MAX_JS_FRAMES) as u16,
+        fp_steps: w.js.min(v8::MAX_JS_FRAMES) as u16,
     })
 }
 

@@ -51,7 +51,7 @@ pub fn capture<C: EbpfContext, const WALK: bool>(ctx: &C, tgid: u32, s: &mut Sta
         Some(u) => {
             s.user_len = u.frames;
             s.flags |= u.flags;
-            steps = u.js;
+            steps = u.fp_steps;
             end_user(s, u.end);
         }
         None => kernel_user_walk(ctx, s),
