@@ -305,7 +305,7 @@ pub const SAMPLE_SLOTS: usize = 32;
 /// Ring-buffer record kind of a [`SampleEvent`].
 pub const EVENT_SAMPLE: u32 = 3;
 
-/// How a stack walk ended (`StackSample::user_end`, `py_end`).
+/// How a stack walk ended (`StackSample::user_end`, `lang_end`).
 /// Not walked (no table for the process, or not a Python target).
 pub const STACK_END_NONE: u8 = 0;
 /// Reached the outermost frame (the thread's start, or a zero return address).
@@ -332,19 +332,47 @@ pub const SAMPLE_F_KERNEL_FP_WALK: u32 = 2;
 /// long, not live: userspace must not read language frames for it now.
 pub const SAMPLE_F_BUFFERED: u32 = 4;
 
-/// One Python frame as the kernel sees it: resolved once per code object in
-/// userspace (name, file, line table).
+/// One language frame as the kernel sees it: a Python frame or a JS
+/// frame of V8, told apart by [`LANG_FRAME_JS`] in `flags`. Each is
+/// resolved once per object in userspace (name, file, line).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PyFrameRec {
-    /// Address of the `PyCodeObject` in the target.
+pub struct LangFrameRec {
+    /// Python: address of the `PyCodeObject`. JS: the tagged address of the
+    /// function's `SharedFunctionInfo`.
     pub code: u64,
-    /// Instruction offset in bytes from the start of the code's bytecode
-    /// (`f_lasti` × 2 before 3.10's units, `prev_instr - co_code_adaptive` on
-    /// 3.11+), for the line table.
+    /// Python: instruction offset in bytes from the start of the code's
+    /// bytecode (`f_lasti` × 2 before 3.10's units, `prev_instr -
+    /// co_code_adaptive` on 3.11+), for the line table. JS: the frame's
+    /// bytecode offset slot when it holds a Smi (meaningful for interpreted
+    /// frames only), else [`JS_NO_OFFSET`].
     pub instr_offset: u32,
-    /// `PY_FRAME_*` bits.
+    /// `PY_FRAME_*` / `LANG_FRAME_*` bits; for JS also the native frame
+    /// index ([`LANG_NATIVE_SHIFT`]) and the name check ([`LANG_CHECK_SHIFT`]).
     pub flags: u32,
+}
+
+/// The record of a Python frame: a [`LangFrameRec`] without
+/// [`LANG_FRAME_JS`].
+pub type PyFrameRec = LangFrameRec;
+
+/// `LangFrameRec::flags`: a V8 JS frame (else a Python frame).
+pub const LANG_FRAME_JS: u32 = 2;
+/// JS frames: bits 8..16 of `flags` hold the index in `StackSample::user`
+/// of the native frame whose frame pointer the JS frame was read from.
+pub const LANG_NATIVE_SHIFT: u32 = 8;
+/// JS frames: bits 16..32 of `flags` hold bits 3..19 of the
+/// `SharedFunctionInfo`'s `name_or_scope_info` word as read at the sample,
+/// so userspace can tell that the object at `code` is still the one that
+/// was on the stack (V8's GC moves objects).
+pub const LANG_CHECK_SHIFT: u32 = 16;
+/// JS frames: no bytecode offset.
+pub const JS_NO_OFFSET: u32 = u32::MAX;
+
+/// The name check of a JS frame (see [`LANG_CHECK_SHIFT`]).
+#[inline(always)]
+pub fn js_name_check(name_or_scope_info: u64) -> u32 {
+    ((name_or_scope_info >> 3) & 0xffff) as u32
 }
 
 /// One sample taken inside an open iteration, with its frames.
@@ -361,16 +389,17 @@ pub struct StackSample {
     pub flags: u32,
     pub user_len: u16,
     pub kernel_len: u16,
-    pub py_len: u16,
-    /// `STACK_END_*` of the native user walk and of the Python walk.
+    pub lang_len: u16,
+    /// `STACK_END_*` of the native user walk and of the language (Python
+    /// or JS) walk.
     pub user_end: u8,
-    pub py_end: u8,
+    pub lang_end: u8,
     /// Native user return addresses, innermost first (`user[0]` is the PC).
     pub user: [u64; MAX_USER_FRAMES],
     /// Kernel addresses, innermost first.
     pub kernel: [u64; MAX_KERNEL_FRAMES],
-    /// Python frames, innermost first.
-    pub py: [PyFrameRec; MAX_PY_FRAMES],
+    /// Language frames (Python, or JS on V8), innermost first.
+    pub lang: [LangFrameRec; MAX_PY_FRAMES],
 }
 
 /// One sample on its way to userspace: the only sample record kind.
@@ -415,7 +444,7 @@ pub const PY_INSTR_LASTI_UNITS: u8 = 2;
 /// `instr_ptr` from 3.13).
 pub const PY_INSTR_POINTER: u8 = 3;
 
-/// `PyFrameRec::flags`: the frame was entered from C, i.e. it is the first
+/// `LangFrameRec::flags` of a Python frame: the frame was entered from C, i.e. it is the first
 /// Python frame a `_PyEval_EvalFrameDefault` call ran (3.11+: `is_entry`, or
 /// the frame just above a C-stack shim frame on 3.12+; before 3.11 every
 /// frame has its own eval call).
@@ -470,6 +499,46 @@ pub struct PyTarget {
     pub task_fsbase: u32,
     pub _pad: u32,
     pub offsets: PyOffsets,
+}
+
+// ---------------------------------------------------------------------------
+// V8 frames (#13): read from a node target's frame pointers during the
+// native walk. Userspace takes the layout from the node binary's `v8dbg_*`
+// postmortem symbols (`lagtrace/src/symbolize/v8/metadata.rs`) and writes
+// it to the `V8_TARGETS` map.
+// ---------------------------------------------------------------------------
+
+/// Most node targets whose JS frames the kernel reads at once.
+pub const MAX_V8_TARGETS: u32 = 256;
+/// Bytes below a frame pointer read at once: the slots a JS frame keeps
+/// there (context or frame type, function, bytecode array and offset).
+pub const V8_FP_SLOTS: usize = 8;
+
+/// What the kernel needs of a V8 build (x86-64, no pointer compression:
+/// tagged pointers are 8 bytes, heap objects are tagged `01`, Smis are
+/// `value << 32`; userspace refuses other builds). Value of `V8_TARGETS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8Offsets {
+    /// Slots (8-byte words) below the frame pointer, counted from
+    /// `fp - 8 * V8_FP_SLOTS`: `fp + v8dbg_off_fp_context_or_frame_type`,
+    /// `fp + v8dbg_off_fp_function`, `fp + v8dbg_off_fp_bytecode_offset`.
+    pub slot_context: u8,
+    pub slot_function: u8,
+    pub slot_bytecode_offset: u8,
+    pub _pad: u8,
+    /// `JSFunction::shared`, `Map::instance_type`,
+    /// `SharedFunctionInfo::name_or_scope_info` (bytes from the object; the
+    /// kernel reads the first 64 bytes of a function and 32 of a
+    /// `SharedFunctionInfo`, so the first and last are 8-aligned and below
+    /// 64 and 32).
+    pub jsfunction_shared: u16,
+    pub map_instance_type: u16,
+    pub sfi_name: u16,
+    /// Instance types: the `JSFunction` range, and `SharedFunctionInfo`.
+    pub type_jsfunction_first: u16,
+    pub type_jsfunction_last: u16,
+    pub type_sfi: u16,
 }
 
 // ---------------------------------------------------------------------------
@@ -550,7 +619,8 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SpanEvent {}
     unsafe impl aya::Pod for super::ExecEvent {}
-    unsafe impl aya::Pod for super::PyFrameRec {}
+    unsafe impl aya::Pod for super::LangFrameRec {}
+    unsafe impl aya::Pod for super::V8Offsets {}
     unsafe impl aya::Pod for super::StackSample {}
     unsafe impl aya::Pod for super::SampleEvent {}
     unsafe impl aya::Pod for super::ThreadSamples {}
@@ -633,13 +703,14 @@ mod tests {
         assert_eq!(size_of::<SpanEvent>(), 16 + 8 * 6 + 8 + 16);
         assert_eq!(size_of::<Config>(), 32);
         assert_eq!(size_of::<ExecEvent>(), 16 + 8 + 16);
-        assert_eq!(size_of::<PyFrameRec>(), 16);
+        assert_eq!(size_of::<LangFrameRec>(), 16);
         assert_eq!(
             size_of::<StackSample>(),
             32 + 8 * MAX_USER_FRAMES + 8 * MAX_KERNEL_FRAMES + 16 * MAX_PY_FRAMES
         );
         assert_eq!(size_of::<SampleEvent>(), 16 + 8 + size_of::<StackSample>());
         assert_eq!(size_of::<PyOffsets>(), 32);
+        assert_eq!(size_of::<V8Offsets>(), 16);
         assert_eq!(size_of::<PyTarget>(), 16 + size_of::<PyOffsets>());
         assert_eq!(size_of::<UnwindRow>(), 8);
         assert_eq!(size_of::<UnwindMapping>(), 32);

@@ -19,6 +19,8 @@ mod probes;
 #[cfg(target_arch = "bpf")]
 mod python;
 mod unwind;
+#[cfg(target_arch = "bpf")]
+mod v8;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

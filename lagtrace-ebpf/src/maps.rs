@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lagtrace_common::{
-    Config, MAX_PY_TARGETS, MAX_SAMPLE_THREADS, MAX_TARGETS, MAX_THREADS, NUM_COUNTERS, ProcUnwind,
-    PyTarget, StackSample, TargetConfig, ThreadSamples, ThreadState, UNWIND_MAX_PROCS,
-    UNWIND_MAX_ROWS, UnwindRow,
+    Config, MAX_PY_TARGETS, MAX_SAMPLE_THREADS, MAX_TARGETS, MAX_THREADS, MAX_V8_TARGETS,
+    NUM_COUNTERS, ProcUnwind, PyTarget, StackSample, TargetConfig, ThreadSamples, ThreadState,
+    UNWIND_MAX_PROCS, UNWIND_MAX_ROWS, UnwindRow, V8Offsets,
 };
 
 use crate::python::PyFrameBuf;
@@ -82,3 +82,8 @@ pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(UNWIND_MAX_RO
 /// Per-process tables of executable mappings, by `TargetConfig::unwind_slot`.
 #[map]
 pub static UNWIND_PROCS: Array<ProcUnwind> = Array::with_max_entries(UNWIND_MAX_PROCS, 0);
+
+/// Node targets by tgid: the V8 layout their JS frames are read with
+/// during the native walk (see `v8.rs`), written by userspace at attach.
+#[map]
+pub static V8_TARGETS: HashMap<u32, V8Offsets> = HashMap::with_max_entries(MAX_V8_TARGETS, 0);

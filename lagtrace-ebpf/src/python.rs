@@ -32,8 +32,8 @@ use aya_ebpf::{
     },
 };
 use lagtrace_common::{
-    MAX_PY_FRAMES, PY_FRAME_ENTRY, PY_INSTR_LASTI_BYTES, PY_INSTR_LASTI_UNITS, PY_INSTR_POINTER,
-    PY_OFF_NONE, PyFrameRec, PyOffsets, PyTarget, STACK_END_BAD_FRAME, STACK_END_DEPTH,
+    LangFrameRec, MAX_PY_FRAMES, PY_FRAME_ENTRY, PY_INSTR_LASTI_BYTES, PY_INSTR_LASTI_UNITS,
+    PY_INSTR_POINTER, PY_OFF_NONE, PyOffsets, PyTarget, STACK_END_BAD_FRAME, STACK_END_DEPTH,
     STACK_END_NONE, STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
 };
 
@@ -198,7 +198,7 @@ fn field<T: Copy>(buf: &PyFrameBuf, off: u16) -> Option<T> {
 /// `Some((None, back))` for a C-stack shim frame, else its record and the
 /// next (outer) frame.
 #[inline(always)]
-fn parse_frame(o: &PyOffsets, buf: &PyFrameBuf) -> Option<(Option<PyFrameRec>, u64)> {
+fn parse_frame(o: &PyOffsets, buf: &PyFrameBuf) -> Option<(Option<LangFrameRec>, u64)> {
     let back: u64 = field(buf, o.frame_back)?;
     if o.frame_owner != PY_OFF_NONE && o.owner_cstack != u8::MAX {
         let owner: u8 = field(buf, o.frame_owner)?;
@@ -222,7 +222,7 @@ fn parse_frame(o: &PyOffsets, buf: &PyFrameBuf) -> Option<(Option<PyFrameRec>, u
         o.frame_owner == PY_OFF_NONE
     };
     Some((
-        Some(PyFrameRec {
+        Some(LangFrameRec {
             code,
             instr_offset,
             flags: if entry { PY_FRAME_ENTRY } else { 0 },
@@ -238,7 +238,7 @@ fn read_frame(
     buf: &mut PyFrameBuf,
     span: u32,
     frame: u64,
-) -> Option<(Option<PyFrameRec>, u64)> {
+) -> Option<(Option<LangFrameRec>, u64)> {
     // 1..=PY_FRAME_READ for the verifier, branch-free: `walk` checked
     // that `span` is in that range (a compare would be turned into a
     // wrapping subtraction whose bounds the verifier loses).
@@ -293,14 +293,14 @@ extern "C" fn step(_i: u64, ctx: *mut c_void) -> i64 {
     };
     match rec {
         Some(r) => {
-            if let Some(slot) = s.py.get_mut(len) {
+            if let Some(slot) = s.lang.get_mut(len) {
                 *slot = r;
             }
             w.len += 1;
         }
         // A C-stack shim: the frame inside it was entered from C.
         None => {
-            if let Some(last) = len.checked_sub(1).and_then(|i| s.py.get_mut(i)) {
+            if let Some(last) = len.checked_sub(1).and_then(|i| s.lang.get_mut(i)) {
                 last.flags |= PY_FRAME_ENTRY;
             }
         }
@@ -313,11 +313,11 @@ extern "C" fn step(_i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Fill `s.py`, `s.py_len` and `s.py_end` for the current task.
+/// Fill `s.lang`, `s.lang_len` and `s.lang_end` for the current task.
 #[inline(always)]
 pub fn walk(s: &mut StackSample) {
-    s.py_len = 0;
-    s.py_end = STACK_END_NONE;
+    s.lang_len = 0;
+    s.lang_end = STACK_END_NONE;
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a map value, read-only here; userspace writes it only before
     // it starts tracing the target.
@@ -325,16 +325,16 @@ pub fn walk(s: &mut StackSample) {
         return;
     };
     let Some(ts) = thread_state(t) else {
-        s.py_end = STACK_END_READ_ERROR;
+        s.lang_end = STACK_END_READ_ERROR;
         return;
     };
     let Some(frame) = top_frame(&t.offsets, ts) else {
-        s.py_end = STACK_END_READ_ERROR;
+        s.lang_end = STACK_END_READ_ERROR;
         return;
     };
     let span = frame_span(&t.offsets);
     let Some(buf) = PY_FRAME_BUF.get_ptr_mut(0).filter(|_| span != 0) else {
-        s.py_end = STACK_END_READ_ERROR;
+        s.lang_end = STACK_END_READ_ERROR;
         return;
     };
     let mut w = Walk {
@@ -358,6 +358,6 @@ pub fn walk(s: &mut StackSample) {
             0,
         )
     };
-    s.py_len = w.len.min(MAX_PY_FRAMES as u32) as u16;
-    s.py_end = w.end;
+    s.lang_len = w.len.min(MAX_PY_FRAMES as u32) as u16;
+    s.lang_end = w.end;
 }

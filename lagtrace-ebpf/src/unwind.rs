@@ -10,6 +10,8 @@
 //! would need the loop split over tail calls. `bpf_task_pt_regs` is 5.15+.
 //! It must never loop forever or guess: every step checks that the stack
 //! pointer grew, and each way a walk ends is recorded and counted.
+//! For a node target, each frame stepped by its frame pointer is kept for
+//! `v8.rs`, which looks for a JS function below that pointer.
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{
@@ -22,7 +24,10 @@ use lagtrace_common::{
     STACK_END_READ_ERROR, STACK_END_ROOT, UNWIND_MAX_MAPPINGS, UnwindRow,
 };
 
-use crate::maps::{SCRATCH, UNWIND_PROCS, UNWIND_ROWS};
+use crate::{
+    maps::{SCRATCH, UNWIND_PROCS, UNWIND_ROWS},
+    v8,
+};
 
 /// Offsets in x86_64 `struct pt_regs` (arch/x86/include/asm/ptrace.h).
 const REGS_BP: usize = 4 * 8;
@@ -60,17 +65,35 @@ struct Walk {
     /// Index of the mapping the last frame was in: callers are mostly in
     /// the same file, so it is tried before a search.
     last_map: u32,
+    /// 1 for a node target: frames stepped by their frame pointer are
+    /// kept for `v8::frames`.
+    v8_on: u32,
+    /// Frame-pointer steps kept in the sample's `lang`.
+    js: u32,
+    /// The frame pointer the last step followed (0: it used a table).
+    fp_bp: u64,
 }
 
 /// How the frame loop's step ended, as `bpf_loop` wants it.
 const CONTINUE: i64 = 0;
 const STOP: i64 = 1;
 
-/// Unwind the current task's user stack into the scratch sample's `user`.
-/// Returns `(frames, end, flags)`, or None when the task has no user
-/// registers (a kernel thread): the caller then uses `bpf_get_stack`.
+/// What [`unwind_user`] found: native frames, how the walk ended, the
+/// `SAMPLE_F_*` bits, and how many frames it stepped by their frame
+/// pointer, each left in `lang` as (frame pointer, native index) for
+/// `v8::frames`.
+pub struct Unwound {
+    pub frames: u16,
+    pub end: u8,
+    pub flags: u32,
+    pub fp_steps: u16,
+}
+
+/// Unwind the current task's user stack into the scratch sample's `user`
+/// (and, with `v8`, its frame-pointer steps into `lang`). None when the task has no
+/// user registers (a kernel thread): the caller then uses `bpf_get_stack`.
 #[inline(always)]
-pub fn unwind_user(slot: u32) -> Option<(u16, u8, u32)> {
+pub fn unwind_user(slot: u32, v8: bool) -> Option<Unwound> {
     // SAFETY: helpers on the current task; the returned pt_regs pointer is
     // only read through bpf_probe_read_kernel.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
@@ -91,6 +114,9 @@ pub fn unwind_user(slot: u32) -> Option<(u16, u8, u32)> {
         flags: 0,
         exact: 1,
         last_map: 0,
+        v8_on: u32::from(v8),
+        js: 0,
+        fp_bp: 0,
     };
     // SAFETY: `step` has the callback signature bpf_loop expects, and `w`
     // outlives the call.
@@ -107,7 +133,12 @@ pub fn unwind_user(slot: u32) -> Option<(u16, u8, u32)> {
     } else {
         w.end as u8
     };
-    Some((w.n as u16, end, w.flags))
+    Some(Unwound {
+        frames: w.n as u16,
+        end,
+        flags: w.flags,
+        fp_steps: w.js.min(v8::MAX_JS_FRAMES) as u16,
+    })
 }
 
 #[inline(always)]
@@ -140,7 +171,22 @@ extern "C" fn step(_i: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: per-CPU scratch sample, being filled by this program alone.
     unsafe { (*s).user[n & (MAX_USER_FRAMES - 1)] = w.ip };
     w.n += 1;
-    match caller(w) {
+    w.fp_bp = 0;
+    let r = caller(w);
+    // A frame stepped by its frame pointer may be a JS frame: keep the
+    // pointer and the frame's index in the next free language slot for
+    // `v8::frames`, which reads them after the walk (reading them here
+    // would make the verifier check the reads once per path of `caller`).
+    if w.v8_on != 0 && w.fp_bp != 0 && w.js < v8::MAX_JS_FRAMES {
+        // SAFETY: as above; the index is masked to the array.
+        unsafe {
+            let slot = &mut (*s).lang[(w.js as usize) & (v8::MAX_JS_FRAMES as usize - 1)];
+            slot.code = w.fp_bp;
+            slot.flags = n as u32;
+        }
+        w.js += 1;
+    }
+    match r {
         Ok(()) => CONTINUE,
         Err(end) => {
             w.end = end as u32;
@@ -201,6 +247,7 @@ fn frame_pointer_step(w: &mut Walk) -> Result<(), u8> {
     if bp == 0 || bp < w.sp {
         return Err(STACK_END_NO_TABLE);
     }
+    w.fp_bp = bp;
     let saved_bp = read_user(bp).ok_or(STACK_END_NO_TABLE)?;
     let ra = read_user(bp + 8).ok_or(STACK_END_NO_TABLE)?;
     w.flags |= SAMPLE_F_FP_FALLBACK;

@@ -91,15 +91,15 @@ proptest! {
         let s = &mut ev.sample;
         s.ts_ns = ts;
         s.kind = SAMPLE_ON_CPU;
-        (s.user_len, s.kernel_len, s.py_len) = (user_len as u16, kernel_len as u16, py_len as u16);
-        (s.user_end, s.py_end) = (end, end);
+        (s.user_len, s.kernel_len, s.lang_len) = (user_len as u16, kernel_len as u16, py_len as u16);
+        (s.user_end, s.lang_end) = (end, end);
         for (i, a) in s.user.iter_mut().enumerate() {
             *a = seed.wrapping_add(i as u64);
         }
         for (i, a) in s.kernel.iter_mut().enumerate() {
             *a = seed.wrapping_mul(3).wrapping_add(i as u64);
         }
-        for (i, f) in s.py.iter_mut().enumerate() {
+        for (i, f) in s.lang.iter_mut().enumerate() {
             f.code = seed ^ i as u64;
             f.instr_offset = i as u32;
         }
@@ -110,7 +110,7 @@ proptest! {
         prop_assert_eq!(got.rec.ts_ns, ts);
         prop_assert_eq!(&got.rec.user[..], &ev.sample.user[..user_len]);
         prop_assert_eq!(&got.rec.kernel[..], &ev.sample.kernel[..kernel_len]);
-        prop_assert_eq!(&got.rec.py[..], &ev.sample.py[..py_len]);
+        prop_assert_eq!(&got.rec.lang[..], &ev.sample.lang[..py_len]);
     }
 
     #[test]

@@ -6,19 +6,21 @@
 //! the task's user registers; only a task without them (a kernel thread)
 //! gets `bpf_get_stack(BPF_F_USER_STACK)`, the kernel's frame-pointer walk.
 //! Kernel frames come from `bpf_get_stack(0)`.
-//! Python frames are filled by [`fill_python`]. Every failure is counted by
-//! kind, never guessed.
+//! Python frames are filled by [`fill_python`]; a node target's JS frames
+//! by the native walk itself (`v8.rs`). Every failure is counted by kind,
+//! never guessed.
 use core::mem::size_of;
 
 use aya_ebpf::{EbpfContext, bindings::BPF_F_USER_STACK, helpers::generated::bpf_get_stack};
 use lagtrace_common::{
     CTR_KERNEL_STACK_ERRORS, CTR_USER_END, MAX_KERNEL_FRAMES, MAX_USER_FRAMES,
-    SAMPLE_F_KERNEL_FP_WALK, STACK_END_DEPTH, STACK_END_KINDS, STACK_END_READ_ERROR,
-    STACK_END_ROOT, StackSample,
+    SAMPLE_F_KERNEL_FP_WALK, STACK_END_DEPTH, STACK_END_KINDS, STACK_END_NONE,
+    STACK_END_READ_ERROR, STACK_END_ROOT, StackSample,
 };
 
 use crate::{
     iteration::{bump, target},
+    maps::V8_TARGETS,
     unwind::unwind_user,
 };
 
@@ -36,21 +38,38 @@ pub fn capture<C: EbpfContext, const WALK: bool>(ctx: &C, tgid: u32, s: &mut Sta
     if !WALK {
         kernel_user_walk(ctx, s);
         capture_kernel(ctx, s);
-        s.py_len = 0;
-        s.py_end = 0;
+        s.lang_len = 0;
+        s.lang_end = 0;
         return;
     }
     let slot = target(tgid).map_or(0, |t| t.unwind_slot);
-    match unwind_user(slot) {
-        Some((frames, end, flags)) => {
-            s.user_len = frames;
-            s.flags |= flags;
-            end_user(s, end);
+    // SAFETY: a map value, read-only here; userspace writes it only before
+    // it starts tracing the target.
+    let v8 = unsafe { V8_TARGETS.get(tgid) };
+    let mut steps = 0;
+    match unwind_user(slot, v8.is_some()) {
+        Some(u) => {
+            s.user_len = u.frames;
+            s.flags |= u.flags;
+            steps = u.fp_steps;
+            end_user(s, u.end);
         }
         None => kernel_user_walk(ctx, s),
     }
     capture_kernel(ctx, s);
-    fill_python(ctx, s);
+    if let Some(o) = v8 {
+        // A node target: its language frames are the JS frames among the
+        // frames the native walk stepped by their frame pointer.
+        let js = crate::v8::frames(o, s, steps);
+        s.lang_len = js;
+        s.lang_end = if js > 0 {
+            STACK_END_ROOT
+        } else {
+            STACK_END_NONE
+        };
+    } else {
+        fill_python(ctx, s);
+    }
 }
 
 /// Native user frames by the kernel's frame-pointer walk, for a task

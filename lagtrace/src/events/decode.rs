@@ -4,10 +4,10 @@
 use std::mem::{offset_of, size_of};
 
 use lagtrace_common::{
-    EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, MAX_KERNEL_FRAMES, MAX_PY_FRAMES,
-    MAX_USER_FRAMES, PyFrameRec, SAMPLE_F_BUFFERED, SAMPLE_OFF_CPU, SAMPLE_ON_CPU, SAMPLE_RUNQUEUE,
-    SAMPLE_STOPPED, STACK_END_BAD_FRAME, STACK_END_DEPTH, STACK_END_NO_TABLE, STACK_END_NONE,
-    STACK_END_READ_ERROR, STACK_END_ROOT, SampleEvent, SpanEvent, StackSample,
+    EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, LangFrameRec, MAX_KERNEL_FRAMES,
+    MAX_PY_FRAMES, MAX_USER_FRAMES, SAMPLE_F_BUFFERED, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
+    SAMPLE_RUNQUEUE, SAMPLE_STOPPED, STACK_END_BAD_FRAME, STACK_END_DEPTH, STACK_END_NO_TABLE,
+    STACK_END_NONE, STACK_END_READ_ERROR, STACK_END_ROOT, SampleEvent, SpanEvent, StackSample,
 };
 
 use crate::spans::StackKind;
@@ -65,10 +65,11 @@ pub struct SampleRec {
     /// `SAMPLE_F_*`.
     pub flags: u32,
     pub user_end: StackEnd,
-    pub py_end: StackEnd,
+    pub lang_end: StackEnd,
     pub user: Vec<u64>,
     pub kernel: Vec<u64>,
-    pub py: Vec<PyFrameRec>,
+    /// Language frames: Python, or JS on V8 (`LANG_FRAME_JS`).
+    pub lang: Vec<LangFrameRec>,
 }
 
 impl SampleRec {
@@ -90,17 +91,17 @@ impl SampleRec {
         };
         let user = len("user", s.user_len, MAX_USER_FRAMES)?;
         let kernel = len("kernel", s.kernel_len, MAX_KERNEL_FRAMES)?;
-        let py = len("python", s.py_len, MAX_PY_FRAMES)?;
+        let lang = len("language", s.lang_len, MAX_PY_FRAMES)?;
         Ok(Self {
             ts_ns: s.ts_ns,
             weight_ns: s.weight_ns,
             kind,
             flags: s.flags,
             user_end: StackEnd::from_raw(s.user_end)?,
-            py_end: StackEnd::from_raw(s.py_end)?,
+            lang_end: StackEnd::from_raw(s.lang_end)?,
             user: s.user[..user].to_vec(),
             kernel: s.kernel[..kernel].to_vec(),
-            py: s.py[..py].to_vec(),
+            lang: s.lang[..lang].to_vec(),
         })
     }
 }
@@ -222,12 +223,12 @@ pub(crate) mod tests {
             flags: 0,
             user_len: 0,
             kernel_len: 0,
-            py_len: 0,
+            lang_len: 0,
             user_end: STACK_END_ROOT,
-            py_end: STACK_END_NONE,
+            lang_end: STACK_END_NONE,
             user: [0; MAX_USER_FRAMES],
             kernel: [0; MAX_KERNEL_FRAMES],
-            py: [PyFrameRec::default(); MAX_PY_FRAMES],
+            lang: [LangFrameRec::default(); MAX_PY_FRAMES],
         };
         sample.user[..3].copy_from_slice(&[0x1000, 0x2000, 0x3000]);
         sample.user_len = 2;
@@ -255,7 +256,7 @@ pub(crate) mod tests {
         assert_eq!((s.tid, s.iteration, s.rec.ts_ns), (9, 3, 11));
         assert_eq!(s.rec.user, [0x1000, 0x2000]);
         assert_eq!(s.rec.kernel, [0xffff_0000]);
-        assert!(s.rec.py.is_empty());
+        assert!(s.rec.lang.is_empty());
         assert_eq!(s.rec.user_end, StackEnd::Root);
         assert_eq!(s.rec.kind, StackKind::OnCpu);
         assert!(s.buffered());

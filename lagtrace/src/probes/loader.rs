@@ -11,7 +11,7 @@ use lagtrace_common::{
     CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
     CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_TARGETS_FULL,
     CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples,
-    ThreadState,
+    ThreadState, V8Offsets,
 };
 
 use super::{
@@ -201,6 +201,25 @@ impl Probes {
         targets
             .insert(tgid, target, 0)
             .map_err(map_err("PY_TARGETS"))
+    }
+
+    /// Read this node process's JS frames from V8's frames at each sample.
+    pub fn set_v8_target(&mut self, tgid: u32, offsets: V8Offsets) -> Result<()> {
+        let map = self.ebpf.map_mut("V8_TARGETS").expect("V8_TARGETS map");
+        let mut targets: HashMap<_, u32, V8Offsets> =
+            HashMap::try_from(map).map_err(map_err("V8_TARGETS"))?;
+        targets
+            .insert(tgid, offsets, 0)
+            .map_err(map_err("V8_TARGETS"))
+    }
+
+    /// Stop reading a process's JS frames (it exec'd another program).
+    pub fn remove_v8_target(&mut self, tgid: u32) {
+        if let Some(map) = self.ebpf.map_mut("V8_TARGETS")
+            && let Ok(mut t) = HashMap::<_, u32, V8Offsets>::try_from(map)
+        {
+            let _ = t.remove(&tgid);
+        }
     }
 
     /// The kernel's state of one loop thread.

@@ -436,6 +436,13 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             "lagtrace: python: frames read in the kernel at each sample; {codes} code objects read from the targets, {stale} found stale"
         );
     }
+    if p.symbolizer.js.reads > 0 {
+        let js = &p.symbolizer.js;
+        eprintln!(
+            "lagtrace: node: JS frames read from V8's frames; {} functions read from the targets, {} found moved or renamed",
+            js.reads, js.stale
+        );
+    }
     outcome.files = p.outputs.finish(&info);
     outcome.failed_outputs = std::mem::take(&mut p.outputs.failed);
     outcome.spans = p.spans;

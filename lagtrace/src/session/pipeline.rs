@@ -154,14 +154,14 @@ impl Pipeline {
         let t0 = Instant::now();
         // The thread (or the whole process) exited inside the span.
         let unfinished = ev.header.kind == EVENT_SPAN_EXIT;
-        self.symbolizer.python.take_deferred();
+        self.symbolizer.take_deferred();
         let span = self.build(&raw, unfinished);
         log::debug!(
             "span of {} samples built in {:?}",
             raw.samples.len(),
             t0.elapsed()
         );
-        if self.symbolizer.python.take_deferred() > 0 && self.parked.len() < MAX_PARKED {
+        if self.symbolizer.take_deferred() > 0 && self.parked.len() < MAX_PARKED {
             self.parked.push((raw, unfinished, Instant::now()));
             return Ok(());
         }
@@ -173,15 +173,15 @@ impl Pipeline {
     fn retry_parked(&mut self, force: bool) -> Result<()> {
         if self.parked.is_empty()
             || (!force
-                && self.symbolizer.python.reads_in_flight() > 0
+                && self.symbolizer.reads_in_flight() > 0
                 && self.parked.iter().all(|(_, _, t)| t.elapsed() < PARK_MAX))
         {
             return Ok(());
         }
         for (raw, unfinished, since) in std::mem::take(&mut self.parked) {
-            self.symbolizer.python.take_deferred();
+            self.symbolizer.take_deferred();
             let span = self.build(&raw, unfinished);
-            let waiting = self.symbolizer.python.take_deferred() > 0;
+            let waiting = self.symbolizer.take_deferred() > 0;
             if waiting && !force && since.elapsed() < PARK_MAX {
                 self.parked.push((raw, unfinished, since));
             } else {
@@ -386,7 +386,7 @@ impl Pipeline {
         // Parked spans get a last chance at their code objects, bounded.
         let until = Instant::now() + std::time::Duration::from_millis(500);
         while !self.parked.is_empty()
-            && self.symbolizer.python.reads_in_flight() > 0
+            && self.symbolizer.reads_in_flight() > 0
             && Instant::now() < until
         {
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -14,7 +14,10 @@ use crate::{
     error::Result,
     probes::Probes,
     probes::btf::task_fsbase_offset,
-    symbolize::cpython::{self, PyFrames},
+    symbolize::{
+        cpython::{self, PyFrames},
+        v8,
+    },
     target::{
         Target, exe_id, exe_name, has_live_thread, is_python, model_for,
         runtime::{has_perf_map, is_node},
@@ -68,6 +71,18 @@ fn enroll_python(pid: u32, probes: &mut Probes, python: &mut PyFrames) -> Result
     let version = it.version_string();
     python.add(it);
     Ok(version)
+}
+
+/// Tell the kernel how to read a node target's JS frames, from the V8
+/// metadata of the binary it runs.
+fn enroll_node(pid: u32, probes: &mut Probes) -> Result<(), String> {
+    if v8::turned_off() {
+        return Err("LAGTRACE_V8=off".into());
+    }
+    let layout = v8::metadata::for_pid(pid)?;
+    probes
+        .set_v8_target(pid, layout.kernel())
+        .map_err(|e| e.to_string())
 }
 
 impl Targets {
@@ -131,11 +146,19 @@ impl Targets {
                 ),
             });
         }
-        if is_node(t.pid) && !has_perf_map(t.pid) {
-            note = Some(format!(
-                "pid {} is node without a perf map: JS functions show as [unknown]; start node with --perf-basic-prof (and --interpreted-frames-native-stack) to name them",
-                t.pid
-            ));
+        if is_node(t.pid) {
+            let v8 = enroll_node(t.pid, probes);
+            note = match v8 {
+                Ok(()) => Some(format!(
+                    "pid {} is node: JS frames read from V8's frames",
+                    t.pid
+                )),
+                Err(_) if has_perf_map(t.pid) => note,
+                Err(e) => Some(format!(
+                    "pid {} is node without a perf map, and its V8 frames cannot be read ({e}): JS functions show as [unknown]; start node with --perf-basic-prof (and --interpreted-frames-native-stack) to name them",
+                    t.pid
+                )),
+            };
         }
         probes.add_target(t.pid, model)?;
         Ok(note)
@@ -295,6 +318,7 @@ impl Targets {
             if before != now {
                 // Walks with the old interpreter's layout stop at once.
                 probes.remove_python_target(t.pid);
+                probes.remove_v8_target(t.pid);
                 let was_walked = python.remove(t.pid);
                 if is_python(t.pid) {
                     self.reattach.insert(t.pid, Instant::now());

@@ -215,6 +215,11 @@ impl Rules {
 }
 
 fn js_is_user(f: &Frame) -> bool {
+    // A function read from V8's frames without a script is V8's or node's
+    // own (a builtin's JS part, a promise job), never a file of the app.
+    if f.module.as_deref() == Some(crate::symbolize::v8::V8_MODULE) && f.file.is_none() {
+        return false;
+    }
     let text = [f.function.as_str(), f.file.as_deref().unwrap_or("")];
     !text
         .iter()

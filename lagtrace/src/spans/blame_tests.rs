@@ -160,6 +160,34 @@ fn node_blames_the_js_function_not_v8() {
     );
 }
 
+/// Node without flags: JS frames read from V8's frames. A function
+/// without a script (a promise job's JS part) is V8's, not the app's.
+#[test]
+fn node_v8_frames_blame_the_app_function() {
+    let v8 = |name: &str, file: Option<&str>| Frame {
+        kind: FrameKind::Js,
+        function: name.into(),
+        file: file.map(Into::into),
+        line: Some(3),
+        module: Some(crate::symbolize::v8::V8_MODULE.into()),
+        offset: None,
+        inlined: false,
+    };
+    let mut stack = frames(&["node::Start(int, char**)", "Builtins_JSEntry"]);
+    stack.extend([
+        v8("emit", Some("node:events")),
+        v8("buildReport", Some("/srv/app/server.js")),
+        v8(
+            "serialize",
+            Some("/srv/app/node_modules/fast-json/index.js"),
+        ),
+        v8("(anonymous)", None),
+    ]);
+    let (rules, paths) = (Rules::default(), HashMap::new());
+    let b = blamer(&rules, &paths).blame(&stack).unwrap();
+    assert_eq!(b.frame.function, "buildReport", "{b:?}");
+}
+
 /// tokio binary with frame pointers, sleeping in a named function.
 #[test]
 fn tokio_blames_the_handler_not_libc() {

@@ -13,10 +13,11 @@ pub mod perf_map;
 pub mod perf_map_owner;
 pub mod python;
 pub mod untrusted;
+pub mod v8;
 
 use std::collections::HashMap;
 
-use lagtrace_common::PY_FRAME_ENTRY;
+use lagtrace_common::{LANG_NATIVE_SHIFT, PY_FRAME_ENTRY};
 
 use crate::{
     events::{SampleRec, StackEnd},
@@ -54,6 +55,8 @@ pub struct StackSymbolizer {
     native: NativeSymbolizer,
     /// Python targets and their code objects.
     pub python: cpython::PyFrames,
+    /// Node targets and their JS functions.
+    pub js: v8::JsFrames,
 }
 
 impl Default for StackSymbolizer {
@@ -67,6 +70,7 @@ impl StackSymbolizer {
         Self {
             native: NativeSymbolizer::new(),
             python: cpython::PyFrames::default(),
+            js: v8::JsFrames::default(),
         }
     }
 
@@ -86,14 +90,14 @@ impl StackSymbolizer {
     /// thread, or not a Python target). A walk that did not reach the
     /// outermost frame starts with a [`truncation_marker`].
     pub fn python_frames(&mut self, pid: u32, rec: &SampleRec) -> Option<Vec<(Frame, bool)>> {
-        if rec.py.is_empty() {
+        if rec.lang.is_empty() || rec.lang.iter().any(v8::is_js) {
             return None;
         }
-        let mut out: Vec<(Frame, bool)> = Vec::with_capacity(rec.py.len() + 1);
-        if let Some(marker) = truncation_marker(rec.py_end) {
+        let mut out: Vec<(Frame, bool)> = Vec::with_capacity(rec.lang.len() + 1);
+        if let Some(marker) = truncation_marker(rec.lang_end) {
             out.push((Frame::marker(marker), false));
         }
-        for f in rec.py.iter().rev() {
+        for f in rec.lang.iter().rev() {
             out.push((self.python.frame(pid, f), f.flags & PY_FRAME_ENTRY != 0));
         }
         Some(out)
@@ -102,6 +106,9 @@ impl StackSymbolizer {
     /// Frames (outermost first) of one sample: native frames from its
     /// addresses, merged with its Python frames when it has them.
     pub fn frames(&mut self, pid: u32, sample: &Sample) -> Vec<Frame> {
+        if sample.rec.lang.iter().any(v8::is_js) {
+            return self.js_frames(pid, &sample.rec);
+        }
         let n = self.native_frames(pid, &sample.rec);
         let mut frames = match self.python_frames(pid, &sample.rec) {
             Some(py) => merge::merge(&py, &n.user, &n.leaf, &n.kernel),
@@ -111,6 +118,33 @@ impl StackSymbolizer {
             frames.push(Frame::marker("[no stack]"));
         }
         frames
+    }
+
+    /// Frames (outermost first) of a sample with JS frames read from V8,
+    /// each in place of the native frame it was found in.
+    fn js_frames(&mut self, pid: u32, rec: &SampleRec) -> Vec<Frame> {
+        let groups = self.native.user_groups(pid, rec.ts_ns, &rec.user);
+        let kernel = self.native.frames(pid, rec.ts_ns, &[], &rec.kernel);
+        let js: Vec<(usize, Frame)> = rec
+            .lang
+            .iter()
+            .map(|r| {
+                let at = ((r.flags >> LANG_NATIVE_SHIFT) & 0xff) as usize;
+                (at, self.js.frame(pid, r))
+            })
+            .collect();
+        v8::merge::merge(groups, &js, kernel)
+    }
+
+    /// Frames left unknown since the last call because a read of the
+    /// target (a code object, a JS function) has not answered yet.
+    pub fn take_deferred(&mut self) -> u64 {
+        self.python.take_deferred() + self.js.take_deferred()
+    }
+
+    /// Reads of the targets queued or running.
+    pub fn reads_in_flight(&self) -> usize {
+        self.python.reads_in_flight() + self.js.reads_in_flight()
     }
 
     /// The asyncio task that most of the samples with Python frames ran in.

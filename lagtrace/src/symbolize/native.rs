@@ -116,6 +116,17 @@ impl NativeSymbolizer {
         out
     }
 
+    /// The user frames of one sample by address, INNERMOST address first,
+    /// each address's frames outermost first (a function and its inlines);
+    /// a walk that ran into data ends in a marker group.
+    pub fn user_groups(&mut self, pid: u32, ts_ns: u64, user_ips: &[u64]) -> Vec<Vec<Frame>> {
+        let user = lookup_addrs(user_ips);
+        if user.is_empty() {
+            return Vec::new();
+        }
+        self.resolve_user(pid, ts_ns, &user)
+    }
+
     /// Read the maps of a process again, so that each mapping's time window
     /// stays fine-grained. Called on every drain tick: a process that has
     /// changed its file mappings is read each time, others every 100 ms.

@@ -20,6 +20,7 @@ mod soak;
 mod stats;
 mod targets;
 mod unwind;
+mod v8frames;
 mod wrk;
 
 use std::{
@@ -162,6 +163,11 @@ const SECTIONS: &[(&str, &str, SectionFn)] = &[
         soak::section_soak,
     ),
     ("attach", "8. Attach modes", attach::section_attach),
+    (
+        "node",
+        "9. Node JS frames from V8",
+        v8frames::section_v8frames,
+    ),
 ];
 
 pub fn run_bench(args: &BenchArgs) -> Result<()> {
