@@ -4,10 +4,11 @@
 use std::mem::{offset_of, size_of};
 
 use lagtrace_common::{
-    EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, LangFrameRec, MAX_KERNEL_FRAMES,
-    MAX_PY_FRAMES, MAX_USER_FRAMES, SAMPLE_F_BUFFERED, SAMPLE_OFF_CPU, SAMPLE_ON_CPU,
-    SAMPLE_RUNQUEUE, SAMPLE_STOPPED, STACK_END_BAD_FRAME, STACK_END_DEPTH, STACK_END_NO_TABLE,
-    STACK_END_NONE, STACK_END_READ_ERROR, STACK_END_ROOT, SampleEvent, SpanEvent, StackSample,
+    EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, LANG_FRAME_JS, LangFrameRec,
+    MAX_KERNEL_FRAMES, MAX_PY_FRAMES, MAX_USER_FRAMES, SAMPLE_F_BUFFERED, SAMPLE_OFF_CPU,
+    SAMPLE_ON_CPU, SAMPLE_RUNQUEUE, SAMPLE_STOPPED, STACK_END_BAD_FRAME, STACK_END_DEPTH,
+    STACK_END_NO_TABLE, STACK_END_NONE, STACK_END_READ_ERROR, STACK_END_ROOT, SampleEvent,
+    SpanEvent, StackSample,
 };
 
 use crate::spans::StackKind;
@@ -73,6 +74,16 @@ pub struct SampleRec {
 }
 
 impl SampleRec {
+    /// The Python frames of the sample: its language frames unless they
+    /// are V8's (a sample holds frames of one language only).
+    pub fn python_frames(&self) -> &[LangFrameRec] {
+        if self.lang.iter().any(|f| f.flags & LANG_FRAME_JS != 0) {
+            &[]
+        } else {
+            &self.lang
+        }
+    }
+
     /// Decode the kernel's record; lengths and kinds are checked.
     pub fn from_kernel(s: &StackSample) -> Result<Self, DecodeError> {
         let kind = match s.kind {

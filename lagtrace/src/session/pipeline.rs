@@ -122,7 +122,7 @@ impl Pipeline {
         // open, the moment to read which asyncio Task it runs.
         if let Event::Sample(s) = &event
             && !s.buffered()
-            && !s.rec.py.is_empty()
+            && !s.rec.python_frames().is_empty()
         {
             self.symbolizer
                 .python
@@ -241,7 +241,7 @@ impl Pipeline {
         let codes: Vec<u64> = raw
             .samples
             .iter()
-            .flat_map(|s| s.rec.py.iter().map(|f| f.code))
+            .flat_map(|s| s.rec.python_frames().iter().map(|f| f.code))
             .collect();
         let running = self
             .symbolizer

@@ -171,7 +171,7 @@ impl StackSymbolizer {
     pub fn task_of_coro(&mut self, pid: u32, samples: &[Sample], coro_code: u64) -> Option<String> {
         let recs = samples
             .iter()
-            .map(|s| &s.rec.py)
+            .map(|s| s.rec.python_frames())
             .find(|py| py.iter().any(|f| f.code == coro_code))?;
         let inner = recs.iter().position(|f| f.code == coro_code)?;
         let frames = self.python.frames(pid, recs);
