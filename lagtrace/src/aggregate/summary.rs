@@ -24,6 +24,11 @@ pub struct ThreadSummary {
     pub span_longest_ns: u64,
     /// Blocking spans' share of the traced wall time, 0..=1.
     pub lag_share: f64,
+    /// The thread exited inside an iteration that crossed the threshold:
+    /// how long that last iteration ran. Not counted in `spans` (see
+    /// `Span::exited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_iteration_ns: Option<u64>,
 }
 
 /// Collects kernel snapshots of threads and finished spans.
@@ -32,6 +37,8 @@ pub struct SummaryBuilder {
     threads: BTreeMap<u32, (u32, ThreadState)>,
     spans: BTreeMap<u32, (u64, u64, u64)>,
     names: BTreeMap<u32, String>,
+    /// The iteration each thread exited in, by tid (not lag).
+    exits: BTreeMap<u32, u64>,
     /// (pid, cause) → (spans, total lag, runqueue time).
     causes: BTreeMap<(u32, String), (u64, u64, u64)>,
     /// Spans whose cause was new past [`MAX_CAUSES`]: counted under
@@ -60,6 +67,11 @@ impl SummaryBuilder {
     }
 
     pub fn span(&mut self, span: &Span) {
+        if !span.is_lag() {
+            self.exits.insert(span.tid, span.duration_ns);
+            self.names.insert(span.tid, span.thread.clone());
+            return;
+        }
         let hot = crate::output::live::hot_frames(span).map(|(h, _)| h);
         let mut key = crate::spans::cause::cause_key(span, hot.as_deref());
         if self.causes.len() >= MAX_CAUSES && !self.causes.contains_key(&(span.pid, key.clone())) {
@@ -132,6 +144,7 @@ impl SummaryBuilder {
                     span_total_ns: total,
                     span_longest_ns: longest,
                     lag_share: share(total, wall_ns),
+                    exit_iteration_ns: self.exits.get(&r.tid).copied(),
                     ..r.clone()
                 }
             })
@@ -171,6 +184,7 @@ impl SummaryBuilder {
                     span_total_ns: total,
                     span_longest_ns: longest,
                     lag_share: share(total, wall_ns),
+                    exit_iteration_ns: self.exits.get(&tid).copied(),
                 }
             })
             .collect();

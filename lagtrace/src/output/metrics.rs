@@ -414,6 +414,7 @@ mod tests {
                 samples: 1,
                 samples_dropped: 0,
                 unfinished: false,
+                exited: false,
                 cause: Some("cpu".into()),
                 task: None,
                 stacks: vec![crate::spans::StackCount {

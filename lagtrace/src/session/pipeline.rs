@@ -220,6 +220,7 @@ impl Pipeline {
             samples: u64::from(ev.samples),
             samples_dropped: u64::from(ev.samples_dropped) + raw.samples_capped,
             unfinished,
+            exited: ev.header.kind == EVENT_SPAN_EXIT,
             cause: None,
             blame: None,
             task: self.symbolizer.busiest_task(pid, &raw.samples),
@@ -237,7 +238,9 @@ impl Pipeline {
         }
         self.summary.span(&span);
         self.outputs.record(&span);
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.metrics
+            && span.is_lag()
+        {
             m.span(&span);
         }
         self.window.push(&span);
