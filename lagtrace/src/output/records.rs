@@ -104,6 +104,39 @@ pub struct Health {
     /// Python code objects read from the targets, and entries found stale.
     pub code_objects_read: u64,
     pub code_objects_stale: u64,
+    /// The native unwind tables built for the targets (what `-v` logs).
+    #[serde(default)]
+    pub unwind_tables: UnwindTables,
+}
+
+/// The native unwind tables of the trace: totals, and each file (the first
+/// `unwind::tables::MAX_FILE_STATS` of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwindTables {
+    pub files_loaded: u64,
+    pub rows: u64,
+    /// Bytes of kernel map the rows take.
+    pub bytes: u64,
+    pub build_ns: u64,
+    pub load_ns: u64,
+    pub files_without_cfi: u64,
+    pub files_over_budget: u64,
+    pub mappings_dropped: u64,
+    pub procs_dropped: u64,
+    pub files: Vec<UnwindFile>,
+}
+
+/// One file's unwind table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwindFile {
+    pub path: std::path::PathBuf,
+    pub rows: u64,
+    /// Bytes of kernel map its rows take.
+    pub bytes: u64,
+    pub fdes: u64,
+    pub unsupported_rows: u64,
+    pub build_ns: u64,
+    pub load_ns: u64,
 }
 
 /// The last record, and the `--summary-json` file.

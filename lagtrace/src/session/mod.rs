@@ -414,7 +414,13 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     drop(probes);
 
     // The summary is printed by its recorder, with the files.
-    let summary = record::summary(&p, &outcome.counters, wall_ns, &outcome.exited);
+    let summary = record::summary(
+        &p,
+        &outcome.counters,
+        &tables.stats,
+        wall_ns,
+        &outcome.exited,
+    );
     outcome.idle = summary
         .processes
         .iter()

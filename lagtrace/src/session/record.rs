@@ -4,9 +4,12 @@
 use super::pipeline::Pipeline;
 use crate::{
     events::StackEnd,
-    output::records::{Header, Health, ProcessSummary, SummaryRecord, TargetInfo},
+    output::records::{
+        Header, Health, ProcessSummary, SummaryRecord, TargetInfo, UnwindFile, UnwindTables,
+    },
     probes::Counters,
     target::Target,
+    unwind::TableStats,
 };
 
 /// Rows of top causes per process.
@@ -24,7 +27,13 @@ pub(super) fn header(targets: &[Target], threshold_ns: u64, frequency_hz: u64) -
     Header::now(targets, threshold_ns, frequency_hz)
 }
 
-pub(super) fn summary(p: &Pipeline, c: &Counters, wall_ns: u64, exited: &[u32]) -> SummaryRecord {
+pub(super) fn summary(
+    p: &Pipeline,
+    c: &Counters,
+    tables: &TableStats,
+    wall_ns: u64,
+    exited: &[u32],
+) -> SummaryRecord {
     let processes = p
         .targets
         .iter()
@@ -55,10 +64,43 @@ pub(super) fn summary(p: &Pipeline, c: &Counters, wall_ns: u64, exited: &[u32]) 
             .collect(),
         code_objects_read,
         code_objects_stale,
+        unwind_tables: unwind_tables(tables),
     };
     SummaryRecord {
         wall_ns,
         processes,
         health,
+    }
+}
+
+/// Bytes of kernel map per unwind row.
+const ROW_BYTES: u64 = std::mem::size_of::<lagtrace_common::UnwindRow>() as u64;
+
+/// The unwind tables' figures as the summary records them.
+pub(super) fn unwind_tables(s: &TableStats) -> UnwindTables {
+    let ns = |d: std::time::Duration| d.as_nanos() as u64;
+    UnwindTables {
+        files_loaded: s.files_loaded,
+        rows: s.rows,
+        bytes: s.rows * ROW_BYTES,
+        build_ns: ns(s.build_time),
+        load_ns: ns(s.load_time),
+        files_without_cfi: s.files_without_cfi,
+        files_over_budget: s.files_over_budget,
+        mappings_dropped: s.mappings_dropped,
+        procs_dropped: s.procs_dropped,
+        files: s
+            .files
+            .iter()
+            .map(|f| UnwindFile {
+                path: f.path.clone(),
+                rows: f.rows,
+                bytes: f.rows * ROW_BYTES,
+                fdes: f.fdes,
+                unsupported_rows: f.unsupported_rows,
+                build_ns: ns(f.build_time),
+                load_ns: ns(f.load_time),
+            })
+            .collect(),
     }
 }
