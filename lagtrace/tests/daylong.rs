@@ -179,7 +179,11 @@ fn sigusr1_snapshot_while_tracing() {
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(find(".summary.json").unwrap()).unwrap())
             .unwrap();
-    assert_eq!(summary["spans"], 2, "{summary}");
+    assert_eq!(
+        span_rows(&summary).values().map(|r| r[0]).sum::<u64>(),
+        2,
+        "{summary}"
+    );
     // The trace goes on: b's stalls after the signal are reported too.
     b.run_scenario(patience(Duration::from_secs(60)));
     std::thread::sleep(Duration::from_millis(200));
@@ -193,4 +197,60 @@ fn sigusr1_snapshot_while_tracing() {
         .collect();
     assert_stalls_reported(&after, &b.stalls(), 50);
     assert_eq!(after.len(), 2, "spans after the snapshot: {after:?}");
+
+    // One summary, not two: `lagtrace report` over the recorded spans of
+    // the snapshot's window computes the same span figures and causes.
+    let window = &summary["window"];
+    let time = |k: &str| {
+        let ns = window[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {window}"));
+        jiff::Timestamp::from_nanosecond(i128::from(ns))
+            .unwrap()
+            .to_string()
+    };
+    let again = fin.dir.path("window.summary.json");
+    let (code, _, err) = run_lagtrace(&[
+        "report",
+        fin.dir.path("spans.jsonl").to_str().unwrap(),
+        "--since",
+        &time("from_unix_ns"),
+        "--until",
+        &time("to_unix_ns"),
+        "--summary-json",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let again: Value = serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+    assert_eq!(span_rows(&summary), span_rows(&again), "{summary}\n{again}");
+    assert_eq!(causes(&summary), causes(&again), "{summary}\n{again}");
+    assert!(!causes(&summary).is_empty(), "{summary}");
+}
+
+/// Per (pid, tid) with spans: spans, total and longest, from a summary.
+fn span_rows(summary: &Value) -> std::collections::BTreeMap<(u64, u64), [u64; 3]> {
+    let mut rows = std::collections::BTreeMap::new();
+    for p in summary["processes"].as_array().expect("processes") {
+        for t in p["threads"].as_array().expect("threads") {
+            let n = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k} in {t}"));
+            if n("spans") > 0 {
+                rows.insert(
+                    (n("pid"), n("tid")),
+                    [n("spans"), n("span_total_ns"), n("span_longest_ns")],
+                );
+            }
+        }
+    }
+    rows
+}
+
+/// Per pid, its top causes.
+fn causes(summary: &Value) -> std::collections::BTreeMap<u64, Value> {
+    summary["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["top_causes"].as_array().is_some_and(|c| !c.is_empty()))
+        .map(|p| (p["pid"].as_u64().unwrap(), p["top_causes"].clone()))
+        .collect()
 }

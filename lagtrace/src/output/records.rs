@@ -9,7 +9,7 @@
 //! misread a file; adding fields does not change it.
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::summary::{CauseRow, ThreadSummary};
+use crate::aggregate::summary::{CauseRow, SummaryBuilder, ThreadSummary};
 
 /// The version of the recorded-file format written by this lagtrace.
 pub const FORMAT_VERSION: u32 = 1;
@@ -146,9 +146,42 @@ pub struct SummaryRecord {
     pub wall_ns: u64,
     pub processes: Vec<ProcessSummary>,
     pub health: Health,
+    /// A `SIGUSR1` snapshot: the window of spans it covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<SnapshotWindow>,
+}
+
+/// The spans a snapshot summary covers: those starting in
+/// `from_unix_ns..to_unix_ns` (as `lagtrace report --since --until`
+/// selects them), less `spans_not_kept` pushed out by the window's cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotWindow {
+    pub from_unix_ns: u64,
+    pub to_unix_ns: u64,
+    pub spans_not_kept: u64,
 }
 
 impl SummaryRecord {
+    /// This summary with its span figures and top causes taken from the
+    /// spans given to `spans` instead: the iteration figures (which the
+    /// kernel counts for the whole trace) stay. `lagtrace report` uses it
+    /// for the spans it keeps, a snapshot for the spans of its window.
+    pub fn with_spans(&self, spans: &SummaryBuilder, top_causes: usize) -> SummaryRecord {
+        let processes = self
+            .processes
+            .iter()
+            .map(|p| ProcessSummary {
+                threads: spans.rebuild(&p.threads, self.wall_ns),
+                top_causes: spans.top_causes(p.pid, top_causes),
+                ..p.clone()
+            })
+            .collect();
+        SummaryRecord {
+            processes,
+            ..self.clone()
+        }
+    }
+
     /// The record as one JSON line (without the newline).
     pub fn to_line(&self) -> String {
         serde_json::to_string(&Record::Summary(self.clone())).expect("a summary always serializes")

@@ -196,19 +196,7 @@ fn summary_again(
         processes: processes_from_spans(rec, header),
         ..SummaryRecord::default()
     });
-    let processes = recorded
-        .processes
-        .iter()
-        .map(|p| ProcessSummary {
-            threads: builder.rebuild(&p.threads, recorded.wall_ns),
-            top_causes: builder.top_causes(p.pid, TOP_CAUSES),
-            ..p.clone()
-        })
-        .collect();
-    SummaryRecord {
-        processes,
-        ..recorded
-    }
+    recorded.with_spans(builder, TOP_CAUSES)
 }
 
 /// Processes and threads as the spans of a file without a summary show

@@ -275,15 +275,19 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sigusr1.recv() => {
+                // The threads' latest figures, so the snapshot's rows are current.
+                if let Ok(threads) = probes.threads() {
+                    snapshot(&mut p, &mut probes, &threads);
+                }
                 let info = TraceInfo {
                     pids: p.targets.iter().map(|t| t.pid).collect(),
                     comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
                     threshold_ns,
                     period_ns: period_ns(args.frequency),
-                    // A snapshot writes its own summary of the window.
-                    summary: Default::default(),
+                    // The trace so far; the snapshot takes the window's spans.
+                    summary: record::summary(&p, &probes.counters().unwrap_or_default(), &tables.stats, started.elapsed().as_nanos() as u64, &outcome.exited),
                 };
-                match p.window.write(&snapshot::snapshot_dir(args), &info) {
+                match p.window.write(&snapshot::snapshot_dir(args), info, record::TOP_CAUSES) {
                     Ok(files) => for f in files {
                         eprintln!("lagtrace: snapshot: wrote {}", sanitize::line(&f.display().to_string()));
                     },

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Rows of top causes per process.
-const TOP_CAUSES: usize = 5;
+pub(super) const TOP_CAUSES: usize = 5;
 
 pub(super) fn header(targets: &[Target], threshold_ns: u64, frequency_hz: u64) -> Header {
     let targets = targets
@@ -70,6 +70,7 @@ pub(super) fn summary(
         wall_ns,
         processes,
         health,
+        window: None,
     }
 }
 
