@@ -1,6 +1,7 @@
 //! Issue 16's long-attach outputs: `--spans-max-size` rotation loses no
-//! span across files, and `SIGUSR1` writes a flamegraph and a summary of
-//! the last window while the trace goes on.
+//! span across files, `SIGUSR1` writes a flamegraph and a summary of the
+//! last window while the trace goes on, and thread churn leaves the
+//! summary one row of exited threads per process, with exact totals.
 mod common;
 
 use std::{path::Path, time::Duration};
@@ -253,4 +254,96 @@ fn causes(summary: &Value) -> std::collections::BTreeMap<u64, Value> {
         .filter(|p| p["top_causes"].as_array().is_some_and(|c| !c.is_empty()))
         .map(|p| (p["pid"].as_u64().unwrap(), p["top_causes"].clone()))
         .collect()
+}
+
+/// 2,000 short-lived threads (4 at a time, 160 a second: the kernel's
+/// table holds 256 threads with samples until lagtrace forgets the exited
+/// ones), each a tiny epoll loop of 9 iterations and
+/// every 100th with one 60 ms stall: the summary keeps one
+/// `[2000 exited threads]` row (not 2,000), and its iterations and spans
+/// equal the target's own totals exactly.
+#[test]
+fn thread_churn_is_folded_into_one_row_with_exact_totals() {
+    let test = "thread_churn_is_folded_into_one_row_with_exact_totals";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = tempdir::Dir::new("churn");
+    let Some(bin) = build_c_target(test, "thread_churn.c", &dir) else {
+        return;
+    };
+    let mut target = Target::start(
+        &bin,
+        &[
+            "--threads",
+            "2000",
+            "--batch",
+            "4",
+            "--pause-ms",
+            "25",
+            "--stall-every",
+            "100",
+        ],
+    );
+    let lt = Lagtrace::attach(&["--pid", &target.pid.to_string(), "--threshold", "50ms"]);
+    target.run_scenario(patience(Duration::from_secs(120)));
+    let truth = read_jsonl(&target.truth)
+        .into_iter()
+        .find(|v| v["kind"] == "done")
+        .expect("the target's totals");
+    // The last threads' rows reach the summary at lagtrace's next snapshot.
+    std::thread::sleep(Duration::from_millis(1000));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let summary = read_record(&fin.dir.path("spans.jsonl"), "summary").expect("summary record");
+    let rows = summary["processes"][0]["threads"]
+        .as_array()
+        .expect("threads");
+    eprintln!(
+        "CHURN: {} rows: {:?}; truth {truth}",
+        rows.len(),
+        rows.iter().map(|r| r["thread"].clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(rows.len(), 1, "one row for the exited threads: {rows:?}");
+    assert_eq!(rows[0]["thread"], "[2000 exited threads]", "{}", rows[0]);
+    let sum = |k: &str| rows.iter().map(|r| r[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        sum("iterations"),
+        truth["iterations"].as_u64().unwrap(),
+        "{summary}"
+    );
+    assert_eq!(sum("spans"), truth["spans"].as_u64().unwrap(), "{summary}");
+    assert_eq!(fin.spans.len() as u64, truth["spans"].as_u64().unwrap());
+    let total: u64 = fin
+        .spans
+        .iter()
+        .map(|s| s["duration_ns"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum("span_total_ns"), total, "{summary}");
+    let longest = fin
+        .spans
+        .iter()
+        .map(|s| s["duration_ns"].as_u64().unwrap())
+        .max();
+    assert_eq!(rows[0]["span_longest_ns"].as_u64(), longest);
+    assert!(
+        rows[0]["max_ns"].as_u64().unwrap() >= 60_000_000,
+        "{}",
+        rows[0]
+    );
+    // `lagtrace report` counts the recorded spans of the folded threads in
+    // that row too.
+    let again = fin.dir.path("again.summary.json");
+    let (code, _, err) = run_lagtrace(&[
+        "report",
+        fin.dir.path("spans.jsonl").to_str().unwrap(),
+        "--summary-json",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let again: Value = serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+    assert_eq!(
+        again["processes"][0]["threads"],
+        summary["processes"][0]["threads"]
+    );
 }

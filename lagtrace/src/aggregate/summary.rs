@@ -1,5 +1,11 @@
 //! The end-of-trace summary of every loop thread: iterations, percentiles of
 //! iteration time, blocking spans and the share of wall time they took.
+//!
+//! Bounded under thread churn: a thread that exited is folded into one
+//! `[N exited threads]` row of its process ([`SummaryBuilder::retire`]),
+//! whose figures are exact sums (iterations, spans, times) and an exact
+//! merge of the kernel's histograms, so a day of short-lived threads keeps
+//! one row per process instead of one per thread.
 use std::collections::BTreeMap;
 
 use lagtrace_common::ThreadState;
@@ -31,14 +37,32 @@ pub struct ThreadSummary {
     pub exit_iteration_ns: Option<u64>,
 }
 
+/// A thread's span figures: spans, total and longest duration.
+type SpanFigures = (u64, u64, u64);
+
+/// The exited threads of one process, folded together.
+#[derive(Default)]
+struct Retired {
+    /// Threads folded in (those the kernel reported).
+    threads: u64,
+    /// Iterations, maximum and histogram, summed over them.
+    state: Option<ThreadState>,
+    spans: SpanFigures,
+    /// The longest of their exit iterations.
+    exit_iteration_ns: Option<u64>,
+}
+
 /// Collects kernel snapshots of threads and finished spans.
 #[derive(Default)]
 pub struct SummaryBuilder {
     threads: BTreeMap<u32, (u32, ThreadState)>,
-    spans: BTreeMap<u32, (u64, u64, u64)>,
+    /// By tid: the process, and the figures.
+    spans: BTreeMap<u32, (u32, SpanFigures)>,
     names: BTreeMap<u32, String>,
     /// The iteration each thread exited in, by tid (not lag).
-    exits: BTreeMap<u32, u64>,
+    exits: BTreeMap<u32, (u32, u64)>,
+    /// Exited threads by process.
+    retired: BTreeMap<u32, Retired>,
     /// (pid, cause) → (spans, total lag, runqueue time).
     causes: BTreeMap<(u32, String), (u64, u64, u64)>,
     /// Spans whose cause was new past [`MAX_CAUSES`]: counted under
@@ -68,7 +92,7 @@ impl SummaryBuilder {
 
     pub fn span(&mut self, span: &Span) {
         if !span.is_lag() {
-            self.exits.insert(span.tid, span.duration_ns);
+            self.exits.insert(span.tid, (span.pid, span.duration_ns));
             self.names.insert(span.tid, span.thread.clone());
             return;
         }
@@ -82,20 +106,88 @@ impl SummaryBuilder {
         c.0 += 1;
         c.1 += span.duration_ns;
         c.2 += span.runqueue_ns.min(span.duration_ns);
-        let e = self.spans.entry(span.tid).or_default();
-        e.0 += 1;
-        e.1 += span.duration_ns;
-        e.2 = e.2.max(span.duration_ns);
+        self.count_span(span.pid, span.tid, span.duration_ns);
         self.names.insert(span.tid, span.thread.clone());
     }
 
     /// A span that was not symbolized (a flood): its time counts, its cause
     /// is not known.
-    pub fn counted_only(&mut self, tid: u32, duration_ns: u64) {
-        let e = self.spans.entry(tid).or_default();
+    pub fn counted_only(&mut self, pid: u32, tid: u32, duration_ns: u64) {
+        self.count_span(pid, tid, duration_ns);
+    }
+
+    fn count_span(&mut self, pid: u32, tid: u32, duration_ns: u64) {
+        let (p, e) = self.spans.entry(tid).or_default();
+        *p = pid;
         e.0 += 1;
         e.1 += duration_ns;
         e.2 = e.2.max(duration_ns);
+    }
+
+    /// The thread exited (the kernel forgot it): fold its row into its
+    /// process's exited-threads row. A span of it that arrives later is
+    /// folded by the next [`SummaryBuilder::sweep`].
+    pub fn retire(&mut self, tid: u32) {
+        let state = self.threads.remove(&tid);
+        let spans = self.spans.remove(&tid);
+        let exit = self.exits.remove(&tid);
+        self.names.remove(&tid);
+        let Some(pid) = state
+            .map(|(p, _)| p)
+            .or(spans.map(|(p, _)| p))
+            .or(exit.map(|(p, _)| p))
+        else {
+            return;
+        };
+        let r = self.retired.entry(pid).or_default();
+        if let Some((_, s)) = state {
+            r.threads += 1;
+            match &mut r.state {
+                Some(acc) => {
+                    acc.iterations += s.iterations;
+                    acc.sum_ns += s.sum_ns;
+                    acc.max_ns = acc.max_ns.max(s.max_ns);
+                    for (a, b) in acc.hist.iter_mut().zip(s.hist) {
+                        *a += b;
+                    }
+                }
+                None => r.state = Some(s),
+            }
+        }
+        if let Some((_, (n, total, longest))) = spans {
+            r.spans.0 += n;
+            r.spans.1 += total;
+            r.spans.2 = r.spans.2.max(longest);
+        }
+        if let Some((_, ns)) = exit {
+            r.exit_iteration_ns = Some(r.exit_iteration_ns.unwrap_or(0).max(ns));
+        }
+    }
+
+    /// Fold the figures of threads that are neither in the kernel's table
+    /// (`live`) nor known by a snapshot: spans that arrived after their
+    /// thread was retired.
+    pub fn sweep(&mut self, live: &std::collections::HashSet<u32>) {
+        let stale: Vec<u32> = self
+            .spans
+            .keys()
+            .chain(self.exits.keys())
+            .filter(|t| !live.contains(t) && !self.threads.contains_key(t))
+            .copied()
+            .collect();
+        for tid in stale {
+            self.retire(tid);
+        }
+    }
+
+    /// Rows the builder holds (threads, span figures, names, exits), for
+    /// the bound's test and `-v`.
+    pub fn rows(&self) -> usize {
+        self.threads.len()
+            + self.spans.len()
+            + self.names.len()
+            + self.exits.len()
+            + self.retired.len()
     }
 
     pub fn name(&mut self, tid: u32, name: String) {
@@ -128,6 +220,11 @@ impl SummaryBuilder {
         self.threads
             .values()
             .any(|(tgid, s)| *tgid == pid && (s.iterations > 0 || s.iteration > 0))
+            || self
+                .retired
+                .get(&pid)
+                .and_then(|r| r.state.as_ref())
+                .is_some_and(|s| s.iterations > 0 || s.iteration > 0)
     }
 
     /// The figures of recorded threads (`recorded`, from a file's summary)
@@ -138,30 +235,56 @@ impl SummaryBuilder {
         let mut out: Vec<ThreadSummary> = recorded
             .iter()
             .map(|r| {
-                let (spans, total, longest) = self.spans.get(&r.tid).copied().unwrap_or_default();
+                let (spans, total, longest) =
+                    self.spans.get(&r.tid).map(|s| s.1).unwrap_or_default();
                 ThreadSummary {
                     spans,
                     span_total_ns: total,
                     span_longest_ns: longest,
                     lag_share: share(total, wall_ns),
-                    exit_iteration_ns: self.exits.get(&r.tid).copied(),
+                    exit_iteration_ns: self.exits.get(&r.tid).map(|e| e.1),
                     ..r.clone()
                 }
             })
             .collect();
+        // Spans of threads the record folded into its exited-threads row
+        // (tid 0) count there.
+        if let Some(folded) = out.iter().position(|r| r.tid == 0) {
+            let pid = out[folded].pid;
+            let (mut n, mut total, mut longest) = (0, 0, 0);
+            for (tid, (p, f)) in &self.spans {
+                if *p == pid && !recorded.iter().any(|r| r.tid == *tid) {
+                    n += f.0;
+                    total += f.1;
+                    longest = f.2.max(longest);
+                }
+            }
+            let exit = self
+                .exits
+                .iter()
+                .filter(|(tid, (p, _))| *p == pid && !recorded.iter().any(|r| r.tid == **tid))
+                .map(|(_, (_, ns))| *ns)
+                .max();
+            let r = &mut out[folded];
+            r.spans = n;
+            r.span_total_ns = total;
+            r.span_longest_ns = longest;
+            r.lag_share = share(total, wall_ns);
+            r.exit_iteration_ns = exit;
+        }
         sort_rows(&mut out);
         out
     }
 
-    /// Threads of `pid` that ran at least one iteration, busiest first.
+    /// Threads of `pid` that ran at least one iteration, busiest first,
+    /// then one row for its exited threads.
     pub fn build(&self, pid: u32, wall_ns: u64) -> Vec<ThreadSummary> {
         let mut out: Vec<ThreadSummary> = self
             .threads
             .iter()
             .filter(|(_, (tgid, s))| *tgid == pid && s.iterations > 0)
             .map(|(&tid, (_, s))| {
-                let (spans, total, longest) = self.spans.get(&tid).copied().unwrap_or_default();
-                let q = |p| quantile(&s.hist, p, s.max_ns).unwrap_or(0);
+                let spans = self.spans.get(&tid).map(|s| s.1).unwrap_or_default();
                 ThreadSummary {
                     pid,
                     tid,
@@ -175,21 +298,41 @@ impl SummaryBuilder {
                         .unwrap_or_else(|| {
                             crate::target::unnamed(tid, crate::target::ThreadRole::Loop)
                         }),
-                    iterations: s.iterations,
-                    p50_ns: q(0.5),
-                    p90_ns: q(0.9),
-                    p99_ns: q(0.99),
-                    max_ns: s.max_ns,
-                    spans,
-                    span_total_ns: total,
-                    span_longest_ns: longest,
-                    lag_share: share(total, wall_ns),
-                    exit_iteration_ns: self.exits.get(&tid).copied(),
+                    exit_iteration_ns: self.exits.get(&tid).map(|e| e.1),
+                    ..row(Some(s), spans, wall_ns)
                 }
             })
             .collect();
         sort_rows(&mut out);
+        if let Some(r) = self.retired.get(&pid)
+            && (r.threads > 0 || r.spans.0 > 0)
+        {
+            out.push(ThreadSummary {
+                pid,
+                tid: 0,
+                thread: format!("[{} exited threads]", r.threads),
+                exit_iteration_ns: r.exit_iteration_ns,
+                ..row(r.state.as_ref(), r.spans, wall_ns)
+            });
+        }
         out
+    }
+}
+
+/// A row's figures from a kernel snapshot and span figures.
+fn row(s: Option<&ThreadState>, spans: SpanFigures, wall_ns: u64) -> ThreadSummary {
+    let q = |p| s.and_then(|s| quantile(&s.hist, p, s.max_ns)).unwrap_or(0);
+    ThreadSummary {
+        iterations: s.map_or(0, |s| s.iterations),
+        p50_ns: q(0.5),
+        p90_ns: q(0.9),
+        p99_ns: q(0.99),
+        max_ns: s.map_or(0, |s| s.max_ns),
+        spans: spans.0,
+        span_total_ns: spans.1,
+        span_longest_ns: spans.2,
+        lag_share: share(spans.1, wall_ns),
+        ..ThreadSummary::default()
     }
 }
 

@@ -137,8 +137,11 @@ impl Pipeline {
         }
         if !self.budget.take(Instant::now()) {
             // Over the rate: the summary still counts it, nothing else.
-            self.summary
-                .counted_only(ev.header.tid, ev.end_ns.saturating_sub(ev.start_ns));
+            self.summary.counted_only(
+                ev.header.tgid,
+                ev.header.tid,
+                ev.end_ns.saturating_sub(ev.start_ns),
+            );
             return Ok(());
         }
         let t0 = Instant::now();
@@ -388,6 +391,10 @@ pub(super) fn snapshot(p: &mut Pipeline, probes: &mut Probes, threads: &[(u32, T
         let gone = !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.tgid)).exists();
         if gone && t.flags & THREAD_IN_ITER == 0 {
             probes.forget_thread(*tid);
+            // Its row joins its process's exited threads (bounded churn).
+            p.summary.retire(*tid);
         }
     }
+    let live: std::collections::HashSet<u32> = threads.iter().map(|(tid, _)| *tid).collect();
+    p.summary.sweep(&live);
 }
