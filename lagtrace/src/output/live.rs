@@ -117,7 +117,7 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
     let cause = span.cause.as_deref().unwrap_or_default();
     let named = cause.starts_with("blocked") && !cause.contains('%');
     if let Some(b) = &span.blame {
-        if !cause.contains(&b.frame_text) {
+        if !cause.contains(&b.frame_text()) {
             line.push_str(&format!("  {}", b.text));
         }
     } else if !named && let Some((hot, kind)) = hot_frames(span) {

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::summary::{CauseRow, SummaryBuilder, ThreadSummary};
 
 /// The version of the recorded-file format written by this lagtrace.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: a span's `blame` no longer holds `frame` and `group` (derived from
+/// its other fields), which format-1 readers require; this lagtrace reads
+/// both.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A non-span line of a `--spans` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
