@@ -347,3 +347,85 @@ fn thread_churn_is_folded_into_one_row_with_exact_totals() {
         summary["processes"][0]["threads"]
     );
 }
+
+/// 400 short-lived child processes (`--children`), each a tiny epoll loop
+/// of 9 iterations and every 100th with one 60 ms stall: past 256 exited
+/// children the oldest fold into one `[other exited processes]` process,
+/// so the summary stays bounded, and its totals equal the target's own.
+#[test]
+fn process_churn_is_folded_into_one_process_with_exact_totals() {
+    let test = "process_churn_is_folded_into_one_process_with_exact_totals";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = tempdir::Dir::new("pchurn");
+    let Some(bin) = build_c_target(test, "thread_churn.c", &dir) else {
+        return;
+    };
+    let mut target = Target::start(
+        &bin,
+        &[
+            "--processes",
+            "1",
+            "--threads",
+            "400",
+            "--batch",
+            "4",
+            "--pause-ms",
+            "25",
+            "--stall-every",
+            "100",
+        ],
+    );
+    let lt = Lagtrace::attach(&[
+        "--pid",
+        &target.pid.to_string(),
+        "--children",
+        "--threshold",
+        "50ms",
+    ]);
+    target.run_scenario(patience(Duration::from_secs(120)));
+    let truth = read_jsonl(&target.truth)
+        .into_iter()
+        .find(|v| v["kind"] == "done")
+        .expect("the target's totals");
+    // The last children are found exited at lagtrace's next ticks.
+    std::thread::sleep(Duration::from_millis(2500));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let summary = read_record(&fin.dir.path("spans.jsonl"), "summary").expect("summary record");
+    let processes = summary["processes"].as_array().expect("processes");
+    let other = processes.iter().find(|p| p["pid"] == 0);
+    eprintln!(
+        "PROCESS CHURN: {} processes in the summary; other: {:?}; truth {truth}",
+        processes.len(),
+        other.map(|o| (&o["describe"], &o["threads"]))
+    );
+    assert!(processes.len() <= 1 + 256 + 1, "{}", processes.len());
+    let other = other.expect("an [other exited processes] row");
+    assert_eq!(other["comm"], "[other exited processes]");
+    let rows = || {
+        processes
+            .iter()
+            .flat_map(|p| p["threads"].as_array().unwrap().iter())
+    };
+    let sum = |k: &str| rows().map(|r| r[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(
+        sum("iterations"),
+        truth["iterations"].as_u64().unwrap(),
+        "{summary}"
+    );
+    assert_eq!(sum("spans"), truth["spans"].as_u64().unwrap(), "{summary}");
+    assert_eq!(fin.spans.len() as u64, truth["spans"].as_u64().unwrap());
+    // `lagtrace report` gives the same rows from the recorded spans.
+    let again = fin.dir.path("again.summary.json");
+    let (code, _, err) = run_lagtrace(&[
+        "report",
+        fin.dir.path("spans.jsonl").to_str().unwrap(),
+        "--summary-json",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let again: Value = serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
+    assert_eq!(again["processes"], summary["processes"]);
+}

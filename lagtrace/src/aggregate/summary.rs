@@ -5,7 +5,9 @@
 //! `[N exited threads]` row of its process ([`SummaryBuilder::retire`]),
 //! whose figures are exact sums (iterations, spans, times) and an exact
 //! merge of the kernel's histograms, so a day of short-lived threads keeps
-//! one row per process instead of one per thread.
+//! one row per process instead of one per thread. Likewise, processes
+//! dropped from the target list after they exited are folded into one
+//! process of pid 0 ([`SummaryBuilder::fold_process`], [`OTHER_PROCESSES`]).
 use std::collections::BTreeMap;
 
 use lagtrace_common::ThreadState;
@@ -52,6 +54,43 @@ struct Retired {
     exit_iteration_ns: Option<u64>,
 }
 
+impl Retired {
+    fn add_state(&mut self, s: &ThreadState) {
+        match &mut self.state {
+            Some(acc) => {
+                acc.iterations += s.iterations;
+                acc.sum_ns += s.sum_ns;
+                acc.max_ns = acc.max_ns.max(s.max_ns);
+                for (a, b) in acc.hist.iter_mut().zip(s.hist) {
+                    *a += b;
+                }
+            }
+            None => self.state = Some(*s),
+        }
+    }
+
+    fn add_spans(&mut self, (n, total, longest): SpanFigures) {
+        self.spans.0 += n;
+        self.spans.1 += total;
+        self.spans.2 = self.spans.2.max(longest);
+    }
+
+    fn add_exit(&mut self, ns: Option<u64>) {
+        if let Some(ns) = ns {
+            self.exit_iteration_ns = Some(self.exit_iteration_ns.unwrap_or(0).max(ns));
+        }
+    }
+
+    fn absorb(&mut self, other: Retired) {
+        self.threads += other.threads;
+        if let Some(s) = &other.state {
+            self.add_state(s);
+        }
+        self.add_spans(other.spans);
+        self.add_exit(other.exit_iteration_ns);
+    }
+}
+
 /// Collects kernel snapshots of threads and finished spans.
 #[derive(Default)]
 pub struct SummaryBuilder {
@@ -61,8 +100,10 @@ pub struct SummaryBuilder {
     names: BTreeMap<u32, String>,
     /// The iteration each thread exited in, by tid (not lag).
     exits: BTreeMap<u32, (u32, u64)>,
-    /// Exited threads by process.
+    /// Exited threads by process (pid 0: of the folded processes).
     retired: BTreeMap<u32, Retired>,
+    /// Processes folded into pid 0.
+    pub folded_processes: u64,
     /// (pid, cause) → (spans, total lag, runqueue time).
     causes: BTreeMap<(u32, String), (u64, u64, u64)>,
     /// Spans whose cause was new past [`MAX_CAUSES`]: counted under
@@ -73,6 +114,8 @@ pub struct SummaryBuilder {
 /// Most distinct (process, cause) rows kept.
 pub const MAX_CAUSES: usize = 2000;
 pub const OTHER_CAUSES: &str = "[other causes]";
+/// The name of the process row (pid 0) that holds folded processes.
+pub const OTHER_PROCESSES: &str = "[other exited processes]";
 
 /// One line of the top causes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,26 +185,89 @@ impl SummaryBuilder {
         let r = self.retired.entry(pid).or_default();
         if let Some((_, s)) = state {
             r.threads += 1;
-            match &mut r.state {
-                Some(acc) => {
-                    acc.iterations += s.iterations;
-                    acc.sum_ns += s.sum_ns;
-                    acc.max_ns = acc.max_ns.max(s.max_ns);
-                    for (a, b) in acc.hist.iter_mut().zip(s.hist) {
-                        *a += b;
-                    }
-                }
-                None => r.state = Some(s),
+            r.add_state(&s);
+        }
+        if let Some((_, f)) = spans {
+            r.add_spans(f);
+        }
+        r.add_exit(exit.map(|(_, ns)| ns));
+    }
+
+    /// A process left the target list after it exited: fold all its
+    /// figures (threads, spans, causes) into pid 0, so the summary keeps
+    /// one row for all such processes, with exact totals.
+    pub fn fold_process(&mut self, pid: u32) {
+        if pid != 0 {
+            self.fold_figures(pid);
+            self.folded_processes += 1;
+        }
+    }
+
+    /// Move `pid`'s figures to pid 0.
+    fn fold_figures(&mut self, pid: u32) {
+        let tids: Vec<u32> = self
+            .threads
+            .iter()
+            .filter(|(_, (p, _))| *p == pid)
+            .map(|(t, _)| *t)
+            .chain(
+                self.spans
+                    .iter()
+                    .filter(|(_, (p, _))| *p == pid)
+                    .map(|(t, _)| *t),
+            )
+            .chain(
+                self.exits
+                    .iter()
+                    .filter(|(_, (p, _))| *p == pid)
+                    .map(|(t, _)| *t),
+            )
+            .collect();
+        for tid in tids {
+            self.retire(tid);
+        }
+        if let Some(r) = self.retired.remove(&pid) {
+            self.retired.entry(0).or_default().absorb(r);
+        }
+        let keys: Vec<(u32, String)> = self
+            .causes
+            .keys()
+            .filter(|(p, _)| *p == pid)
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some((n, total, rq)) = self.causes.remove(&key) {
+                let c = self.causes.entry((0, key.1)).or_default();
+                c.0 += n;
+                c.1 += total;
+                c.2 += rq;
             }
         }
-        if let Some((_, (n, total, longest))) = spans {
-            r.spans.0 += n;
-            r.spans.1 += total;
-            r.spans.2 = r.spans.2.max(longest);
+    }
+
+    /// Fold the figures of every process here that `keep` rejects (late
+    /// spans of folded processes; a report's spans of them).
+    pub fn fold_unlisted(&mut self, keep: impl Fn(u32) -> bool) {
+        let mut pids: Vec<u32> = self
+            .threads
+            .values()
+            .map(|(p, _)| *p)
+            .chain(self.spans.values().map(|(p, _)| *p))
+            .chain(self.exits.values().map(|(p, _)| *p))
+            .chain(self.retired.keys().copied())
+            .chain(self.causes.keys().map(|(p, _)| *p))
+            .filter(|&p| p != 0 && !keep(p))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        for pid in pids {
+            self.fold_figures(pid);
         }
-        if let Some((_, ns)) = exit {
-            r.exit_iteration_ns = Some(r.exit_iteration_ns.unwrap_or(0).max(ns));
-        }
+    }
+
+    /// Whether folded processes left figures (the pid-0 process row).
+    pub fn has_folded(&self) -> bool {
+        self.retired.contains_key(&0) || self.causes.keys().any(|(p, _)| *p == 0)
     }
 
     /// Fold the figures of threads that are neither in the kernel's table
@@ -259,12 +365,18 @@ impl SummaryBuilder {
                     longest = f.2.max(longest);
                 }
             }
-            let exit = self
+            let mut exit = self
                 .exits
                 .iter()
                 .filter(|(tid, (p, _))| *p == pid && !recorded.iter().any(|r| r.tid == **tid))
                 .map(|(_, (_, ns))| *ns)
                 .max();
+            if let Some(r) = self.retired.get(&pid) {
+                n += r.spans.0;
+                total += r.spans.1;
+                longest = longest.max(r.spans.2);
+                exit = exit.max(r.exit_iteration_ns);
+            }
             let r = &mut out[folded];
             r.spans = n;
             r.span_total_ns = total;

@@ -169,7 +169,11 @@ impl SummaryRecord {
     /// spans given to `spans` instead: the iteration figures (which the
     /// kernel counts for the whole trace) stay. `lagtrace report` uses it
     /// for the spans it keeps, a snapshot for the spans of its window.
-    pub fn with_spans(&self, spans: &SummaryBuilder, top_causes: usize) -> SummaryRecord {
+    /// Spans of processes the record folded into its pid-0 row count there.
+    pub fn with_spans(&self, spans: &mut SummaryBuilder, top_causes: usize) -> SummaryRecord {
+        if self.processes.iter().any(|p| p.pid == 0) {
+            spans.fold_unlisted(|pid| self.processes.iter().any(|p| p.pid == pid));
+        }
         let processes = self
             .processes
             .iter()

@@ -4,6 +4,7 @@
 //! aggregation → outputs. Everything here runs on one tokio task, so no
 //! state is shared between threads. `pipeline.rs` holds the steps,
 //! `targets.rs` the traced processes.
+mod churn;
 mod descendants;
 pub mod flood;
 mod metrics;
@@ -355,6 +356,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                         }
                     }
                 }
+                churn::prune(&mut p, &mut outcome.exited);
                 if outcome.exited.len() == p.targets.len() && !selection.active() {
                     break;
                 }

@@ -3,6 +3,7 @@
 //! the pipeline's state and the kernel's counters.
 use super::pipeline::Pipeline;
 use crate::{
+    aggregate::summary::OTHER_PROCESSES,
     events::StackEnd,
     output::records::{
         Header, Health, ProcessSummary, SummaryRecord, TargetInfo, UnwindFile, UnwindTables,
@@ -46,6 +47,18 @@ pub(super) fn summary(
             threads: p.summary.build(t.pid, wall_ns),
             top_causes: p.summary.top_causes(t.pid, TOP_CAUSES),
         })
+        .chain(p.summary.has_folded().then(|| ProcessSummary {
+            pid: 0,
+            comm: OTHER_PROCESSES.into(),
+            describe: format!(
+                "{} processes that exited, folded together",
+                p.summary.folded_processes
+            ),
+            exited: true,
+            active: true,
+            threads: p.summary.build(0, wall_ns),
+            top_causes: p.summary.top_causes(0, TOP_CAUSES),
+        }))
         .collect();
     let (code_objects_read, code_objects_stale) = p.symbolizer.python.reads();
     let health = Health {

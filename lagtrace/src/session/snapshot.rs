@@ -91,7 +91,7 @@ impl Window {
                 to_unix_ns: now,
                 spans_not_kept: self.not_kept.len() as u64,
             }),
-            ..live.with_spans(&builder, top_causes)
+            ..live.with_spans(&mut builder, top_causes)
         }
     }
 

@@ -1,5 +1,7 @@
-/* Target for lagtrace's bounded-memory test: thread churn. On SIGUSR1 it
- * runs --threads short-lived threads, --batch at a time (a pause of
+/* Target for lagtrace's bounded-memory tests: thread or process churn. On
+ * SIGUSR1 it runs --threads short-lived threads (with --processes 1:
+ * forked child processes instead, each looping on its main thread),
+ * --batch at a time (a pause of
  * --pause-ms between batches keeps the kernel's thread table from filling
  * before lagtrace forgets the exited ones). Each thread is a tiny event
  * loop: --waits epoll_wait calls with a zero timeout, so --waits - 1
@@ -19,6 +21,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int waits = 10, stall_every = 100, stall_ms = 60;
@@ -40,12 +43,13 @@ static void *tiny_loop(void *arg)
 
 int main(int argc, char **argv)
 {
-    long threads = 2000, batch = 8, pause_ms = 25;
+    long threads = 2000, batch = 8, pause_ms = 25, processes = 0;
     const char *truth = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         long v = atol(argv[i + 1]);
         if (!strcmp(argv[i], "--threads")) threads = v;
         else if (!strcmp(argv[i], "--batch")) batch = v;
+        else if (!strcmp(argv[i], "--processes")) processes = v;
         else if (!strcmp(argv[i], "--pause-ms")) pause_ms = v;
         else if (!strcmp(argv[i], "--waits")) waits = (int)v;
         else if (!strcmp(argv[i], "--stall-every")) stall_every = (int)v;
@@ -72,13 +76,23 @@ int main(int argc, char **argv)
     for (long done = 0; done < threads;) {
         pthread_t t[64];
         long n = threads - done < batch ? threads - done : batch;
+        pid_t kids[64];
         for (long j = 0; j < n; j++) {
             if ((done + j) % stall_every == 0)
                 spans++;
-            pthread_create(&t[j], NULL, tiny_loop, (void *)(done + j));
+            if (!processes) {
+                pthread_create(&t[j], NULL, tiny_loop, (void *)(done + j));
+            } else if ((kids[j] = fork()) == 0) {
+                tiny_loop((void *)(done + j));
+                _exit(0);
+            }
         }
-        for (long j = 0; j < n; j++)
-            pthread_join(t[j], NULL);
+        for (long j = 0; j < n; j++) {
+            if (processes)
+                waitpid(kids[j], NULL, 0);
+            else
+                pthread_join(t[j], NULL);
+        }
         done += n;
         usleep(pause_ms * 1000);
     }
