@@ -180,11 +180,10 @@ fn sigusr1_snapshot_while_tracing() {
     let summary: Value =
         serde_json::from_str(&std::fs::read_to_string(find(".summary.json").unwrap()).unwrap())
             .unwrap();
-    assert_eq!(
-        span_rows(&summary).values().map(|r| r[0]).sum::<u64>(),
-        2,
-        "{summary}"
-    );
+    // a's two stalls, and any iteration a loaded host stretched past the
+    // threshold (counted exactly against the recorded spans below).
+    let in_snapshot = span_rows(&summary).values().map(|r| r[0]).sum::<u64>();
+    assert!(in_snapshot >= 2, "{summary}");
     // The trace goes on: b's stalls after the signal are reported too.
     b.run_scenario(patience(Duration::from_secs(60)));
     std::thread::sleep(Duration::from_millis(200));
@@ -222,6 +221,16 @@ fn sigusr1_snapshot_while_tracing() {
         again.to_str().unwrap(),
     ]);
     assert_eq!(code, Some(0), "{err}");
+    let (from, to) = (
+        window["from_unix_ns"].as_u64().unwrap(),
+        window["to_unix_ns"].as_u64().unwrap(),
+    );
+    let recorded = fin
+        .spans
+        .iter()
+        .filter(|s| (from..to).contains(&s["start_unix_ns"].as_u64().unwrap()))
+        .count() as u64;
+    assert_eq!(in_snapshot, recorded, "{summary}");
     let again: Value = serde_json::from_str(&std::fs::read_to_string(&again).unwrap()).unwrap();
     assert_eq!(span_rows(&summary), span_rows(&again), "{summary}\n{again}");
     assert_eq!(causes(&summary), causes(&again), "{summary}\n{again}");
