@@ -299,7 +299,13 @@ fn a_slow_teardown_is_the_exit_iteration_not_lag() {
     let fin = lt.wait(Duration::from_secs(10));
     assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
     let (exited, lag): (Vec<_>, Vec<_>) = fin.spans.iter().partition(|s| s["exited"] == true);
-    assert_eq!(lag.len(), 1, "the 80 ms stall: {:?}", fin.spans);
+    // The 80 ms stall is one of them (a loaded host can stretch an idle
+    // iteration past the threshold too: those count as lag as well).
+    for t in target.stalls() {
+        let found = matching_span(&fin.spans, &t);
+        assert_eq!(found.len(), 1, "{}: {:?}", t.label, fin.spans);
+        assert_ne!(found[0]["exited"], true, "{}", found[0]);
+    }
     assert_eq!(exited.len(), 1, "the exit iteration: {:?}", fin.spans);
     let e = exited[0];
     assert_eq!(e["unfinished"], true, "{e}");
@@ -318,7 +324,7 @@ fn a_slow_teardown_is_the_exit_iteration_not_lag() {
         .as_array()
         .expect("threads");
     assert_eq!(threads.len(), 1, "{summary}");
-    assert_eq!(threads[0]["spans"], 1, "{summary}");
+    assert_eq!(threads[0]["spans"], lag.len() as u64, "{summary}");
     assert!(
         threads[0]["exit_iteration_ns"].as_u64() == Some(d),
         "{summary}"
@@ -327,7 +333,7 @@ fn a_slow_teardown_is_the_exit_iteration_not_lag() {
         .as_array()
         .expect("causes");
     let in_causes: u64 = causes.iter().map(|c| c["spans"].as_u64().unwrap()).sum();
-    assert_eq!(in_causes, 1, "{summary}");
+    assert_eq!(in_causes, lag.len() as u64, "{summary}");
     let folded = std::fs::read_to_string(&folded).expect("folded file");
     assert!(folded.contains("burn_cpu"), "{folded}");
     assert!(!folded.contains("linger_at_exit"), "{folded}");

@@ -1,8 +1,9 @@
 //! The end-of-trace summary of every loop thread: iterations, percentiles of
 //! iteration time, blocking spans and the share of wall time they took.
 //!
-//! Bounded under thread churn: a thread that exited is folded into one
-//! `[N exited threads]` row of its process ([`SummaryBuilder::retire`]),
+//! Bounded under thread churn: past [`MAX_EXITED_ROWS`] exited threads of
+//! a process, the oldest are folded into one `[N exited threads]` row of
+//! it ([`SummaryBuilder::retire`]),
 //! whose figures are exact sums (iterations, spans, times) and an exact
 //! merge of the kernel's histograms, so a day of short-lived threads keeps
 //! one row per process instead of one per thread. Likewise, processes
@@ -102,6 +103,8 @@ pub struct SummaryBuilder {
     exits: BTreeMap<u32, (u32, u64)>,
     /// Exited threads by process (pid 0: of the folded processes).
     retired: BTreeMap<u32, Retired>,
+    /// Exited threads that still have a row, oldest first, by process.
+    exited_rows: BTreeMap<u32, std::collections::VecDeque<u32>>,
     /// Processes folded into pid 0.
     pub folded_processes: u64,
     /// (pid, cause) → (spans, total lag, runqueue time).
@@ -114,6 +117,8 @@ pub struct SummaryBuilder {
 /// Most distinct (process, cause) rows kept.
 pub const MAX_CAUSES: usize = 2000;
 pub const OTHER_CAUSES: &str = "[other causes]";
+/// Exited threads of a process that keep a row of their own.
+pub const MAX_EXITED_ROWS: usize = 32;
 /// The name of the process row (pid 0) that holds folded processes.
 pub const OTHER_PROCESSES: &str = "[other exited processes]";
 
@@ -167,10 +172,35 @@ impl SummaryBuilder {
         e.2 = e.2.max(duration_ns);
     }
 
-    /// The thread exited (the kernel forgot it): fold its row into its
-    /// process's exited-threads row. A span of it that arrives later is
-    /// folded by the next [`SummaryBuilder::sweep`].
+    /// The thread exited (the kernel forgot it): it keeps its row while
+    /// its process has at most [`MAX_EXITED_ROWS`] exited threads; past
+    /// that the oldest is folded into the process's exited-threads row.
     pub fn retire(&mut self, tid: u32) {
+        let Some(pid) = self
+            .threads
+            .get(&tid)
+            .map(|(p, _)| *p)
+            .or(self.spans.get(&tid).map(|(p, _)| *p))
+            .or(self.exits.get(&tid).map(|(p, _)| *p))
+        else {
+            return;
+        };
+        let kept = self.exited_rows.entry(pid).or_default();
+        if kept.contains(&tid) {
+            return;
+        }
+        kept.push_back(tid);
+        if kept.len() > MAX_EXITED_ROWS
+            && let Some(old) = kept.pop_front()
+        {
+            self.fold_thread(old);
+        }
+    }
+
+    /// Fold a thread's row into its process's exited-threads row. A span
+    /// of it that arrives later is folded by the next
+    /// [`SummaryBuilder::sweep`].
+    fn fold_thread(&mut self, tid: u32) {
         let state = self.threads.remove(&tid);
         let spans = self.spans.remove(&tid);
         let exit = self.exits.remove(&tid);
@@ -224,8 +254,9 @@ impl SummaryBuilder {
             )
             .collect();
         for tid in tids {
-            self.retire(tid);
+            self.fold_thread(tid);
         }
+        self.exited_rows.remove(&pid);
         if let Some(r) = self.retired.remove(&pid) {
             self.retired.entry(0).or_default().absorb(r);
         }
@@ -272,7 +303,7 @@ impl SummaryBuilder {
 
     /// Fold the figures of threads that are neither in the kernel's table
     /// (`live`) nor known by a snapshot: spans that arrived after their
-    /// thread was retired.
+    /// thread was folded.
     pub fn sweep(&mut self, live: &std::collections::HashSet<u32>) {
         let stale: Vec<u32> = self
             .spans
@@ -282,18 +313,8 @@ impl SummaryBuilder {
             .copied()
             .collect();
         for tid in stale {
-            self.retire(tid);
+            self.fold_thread(tid);
         }
-    }
-
-    /// Rows the builder holds (threads, span figures, names, exits), for
-    /// the bound's test and `-v`.
-    pub fn rows(&self) -> usize {
-        self.threads.len()
-            + self.spans.len()
-            + self.names.len()
-            + self.exits.len()
-            + self.retired.len()
     }
 
     pub fn name(&mut self, tid: u32, name: String) {
@@ -385,6 +406,8 @@ impl SummaryBuilder {
             r.exit_iteration_ns = exit;
         }
         sort_rows(&mut out);
+        // As `build` orders them: the exited-threads row last.
+        out.sort_by_key(|r| r.tid == 0);
         out
     }
 
