@@ -243,7 +243,13 @@ fn target_exit_ends_the_trace_with_a_summary() {
     // Under load the teardown after SIGTERM can cross the threshold: that
     // iteration is reported apart (`exited`), never as lag.
     let lag: Vec<_> = fin.spans.iter().filter(|s| s["exited"] != true).collect();
-    assert_eq!(lag.len(), 1, "{:?}", fin.spans);
+    // The 80 ms stall is one of them (a loaded host can stretch an idle
+    // iteration past the threshold too, and that is lag as well).
+    for t in target.stalls() {
+        let found = matching_span(&fin.spans, &t);
+        assert_eq!(found.len(), 1, "{}: {:?}", t.label, fin.spans);
+        assert_ne!(found[0]["exited"], true, "{}", found[0]);
+    }
     for s in fin.spans.iter().filter(|s| s["exited"] == true) {
         assert_eq!(s["unfinished"], true, "{s}");
     }
@@ -254,7 +260,7 @@ fn target_exit_ends_the_trace_with_a_summary() {
         .iter()
         .map(|t| t["spans"].as_u64().unwrap())
         .sum();
-    assert_eq!(counted, 1, "{summary}");
+    assert_eq!(counted, lag.len() as u64, "{summary}");
     assert_released(&ids, "after the target exited");
 }
 
