@@ -166,7 +166,7 @@ fn a_report_of_a_live_run_writes_the_same_outputs() {
     // which is the --summary-json object.
     let lines = read_jsonl(&spans_file);
     assert_eq!(lines[0]["record"], "header", "{}", lines[0]);
-    assert_eq!(lines[0]["format_version"], 1);
+    assert_eq!(lines[0]["format_version"], 2);
     assert_eq!(
         lines[0]["targets"][0]["pid"].as_u64(),
         Some(target.pid.into())

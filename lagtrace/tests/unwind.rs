@@ -324,27 +324,21 @@ fn python_311_c_extension_frames_hang_under_their_python_caller() {
     };
     let script = targets_dir().join("seed_story.py");
     let mut target = Target::start(&py, &[script.to_str().unwrap(), "--count", "3"]);
-    let fin = trace_scenario(&mut target, &["-v"]);
+    let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
     assert!(!stalls.is_empty());
-    // The kernel's walk count: nearly every walk reached the thread start,
-    // so it passed through every _PyEval_EvalFrameDefault on the way.
-    let ends = fin
-        .stderr
-        .iter()
-        .find(|l| l.contains("user stack walks ended"))
-        .expect("walk counts at -v");
-    let count = |kind: &str| -> u64 {
-        ends.split(", ")
-            .find_map(|p| p.rsplit_once(&format!("{kind} ")).map(|(_, n)| n))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let all: u64 = ["None", "Root", "Depth", "NoTable", "ReadError", "BadFrame"]
-        .iter()
-        .map(|k| count(k))
+    // The kernel's walk count (the summary record's health): nearly every
+    // walk reached the thread start, so it passed through every
+    // _PyEval_EvalFrameDefault on the way.
+    let summary = read_record(&fin.dir.path("spans.jsonl"), "summary").expect("summary record");
+    let ends = &summary["health"]["user_stack_ends"];
+    let all: u64 = ends
+        .as_object()
+        .expect("user_stack_ends")
+        .values()
+        .filter_map(|n| n.as_u64())
         .sum();
-    let root = count("Root");
+    let root = ends["root"].as_u64().unwrap_or(0);
     eprintln!(
         "UNWIND python 3.11: {root}/{all} walks reached the root ({:.1}%): {ends}",
         root as f64 * 100.0 / all.max(1) as f64
@@ -393,4 +387,43 @@ fn python_311_c_extension_frames_hang_under_their_python_caller() {
             t.label
         );
     }
+}
+
+/// The unwind tables are in the summary record, per file and in total
+/// (what `cargo xtask bench --unwind` reads instead of `-v` lines).
+#[test]
+fn unwind_tables_are_in_the_summary_record() {
+    let test = "unwind_tables_are_in_the_summary_record";
+    if !root_or_skip(test) {
+        return;
+    }
+    let Some(py) = python3_or_skip(test) else {
+        return;
+    };
+    let script = targets_dir().join("asyncio_stalls.py");
+    let target = Target::start(&py, &[script.to_str().unwrap()]);
+    let lt = Lagtrace::attach(&["--pid", &target.pid.to_string()]);
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
+    let summary = read_record(&fin.dir.path("spans.jsonl"), "summary").expect("summary record");
+    let t = &summary["health"]["unwind_tables"];
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    let files = t["files"].as_array().expect("files");
+    assert_eq!(files.len() as u64, n(t, "files_loaded"), "{t}");
+    assert!(n(t, "rows") > 0 && n(t, "bytes") == 8 * n(t, "rows"), "{t}");
+    assert_eq!(
+        files.iter().map(|f| n(f, "rows")).sum::<u64>(),
+        n(t, "rows")
+    );
+    let libc = files
+        .iter()
+        .find(|f| f["path"].as_str().is_some_and(|p| p.contains("libc.so")))
+        .unwrap_or_else(|| panic!("libc's table: {t}"));
+    assert!(n(libc, "rows") > 1000 && n(libc, "fdes") > 100, "{libc}");
+    assert!(n(libc, "build_ns") > 0 && n(libc, "load_ns") > 0, "{libc}");
+    eprintln!(
+        "UNWIND TABLES: {} files, {} rows; libc {libc}",
+        files.len(),
+        n(t, "rows")
+    );
 }

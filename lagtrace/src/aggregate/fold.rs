@@ -134,6 +134,7 @@ pub(crate) mod tests {
             samples: 0,
             samples_dropped: 0,
             unfinished: false,
+            exited: false,
             cause: None,
             blame: None,
             task: None,

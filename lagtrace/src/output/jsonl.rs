@@ -47,6 +47,11 @@ impl Recorder for JsonLines {
         self.line(line)
     }
 
+    /// The recorded file holds every span; readers apply `Span::is_lag`.
+    fn takes_exit_spans(&self) -> bool {
+        true
+    }
+
     fn record(&mut self, span: &Span) -> Result<()> {
         let Some(file) = self.file.as_mut() else {
             return Ok(());

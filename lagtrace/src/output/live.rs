@@ -30,6 +30,10 @@ impl Recorder for LiveLines {
         Ok(())
     }
 
+    fn takes_exit_spans(&self) -> bool {
+        true
+    }
+
     fn finish(&mut self, _info: &TraceInfo) -> Result<Option<PathBuf>> {
         Ok(None)
     }
@@ -91,8 +95,13 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
     } else {
         crate::target::thread_label(&span.thread, None, span.tid)
     };
+    let verb = if span.exited {
+        "exited after"
+    } else {
+        "blocked"
+    };
     let mut line = format!(
-        "{}  {}  blocked {}",
+        "{}  {}  {verb} {}",
         local_time(span.start_unix_ns),
         who,
         fmt_ns(span.duration_ns)
@@ -111,7 +120,7 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
     let cause = span.cause.as_deref().unwrap_or_default();
     let named = cause.starts_with("blocked") && !cause.contains('%');
     if let Some(b) = &span.blame {
-        if !cause.contains(&b.frame_text) {
+        if !cause.contains(&b.frame_text()) {
             line.push_str(&format!("  {}", b.text));
         }
     } else if !named && let Some((hot, kind)) = hot_frames(span) {
@@ -122,7 +131,9 @@ pub fn span_line(span: &Span, with_pid: bool) -> String {
         };
         line.push_str(&format!("  {hot}{tag}"));
     }
-    if span.unfinished {
+    if span.exited {
+        line.push_str("  (the thread exited in this iteration: not counted as lag)");
+    } else if span.unfinished {
         line.push_str("  (still open at exit)");
     }
     sanitize::line(&line).into_owned()

@@ -36,7 +36,7 @@ const LE_POW: std::ops::RangeInclusive<u32> = 13..=36;
 /// frame.
 pub fn blame_label(span: &Span) -> String {
     if let Some(b) = &span.blame {
-        return b.group.clone();
+        return b.group();
     }
     crate::output::live::hot_frames(span)
         .map(|(h, _)| h.split(" ← ").next().unwrap_or_default().to_string())
@@ -415,6 +415,7 @@ mod tests {
                 samples: 1,
                 samples_dropped: 0,
                 unfinished: false,
+                exited: false,
                 cause: Some("cpu".into()),
                 task: None,
                 task_name: None,

@@ -52,6 +52,12 @@ pub trait Recorder {
         Ok(())
     }
     fn record(&mut self, span: &Span) -> Result<()>;
+    /// Whether it also takes the spans that are not lag (the iteration a
+    /// thread exited in, `Span::exited`): the recorded file and the live
+    /// lines show them, marked; the aggregates leave them out.
+    fn takes_exit_spans(&self) -> bool {
+        false
+    }
     /// Write what is left and put the file in place; returns its path.
     fn finish(&mut self, info: &TraceInfo) -> Result<Option<PathBuf>>;
     /// `SIGHUP`: open the file at its path again (logrotate moved it).
@@ -215,9 +221,15 @@ impl Outputs {
 
     /// Give a finished span to every output; one that fails is dropped.
     pub fn record(&mut self, span: &Span) {
-        self.spans += 1;
+        if span.is_lag() {
+            self.spans += 1;
+        }
         let mut i = 0;
         while i < self.slots.len() {
+            if !span.is_lag() && !self.slots[i].rec.takes_exit_spans() {
+                i += 1;
+                continue;
+            }
             match self.slots[i].rec.record(span) {
                 Ok(()) => i += 1,
                 Err(e) => self.fail(i, &e),

@@ -9,10 +9,13 @@
 //! misread a file; adding fields does not change it.
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::summary::{CauseRow, ThreadSummary};
+use crate::aggregate::summary::{CauseRow, SummaryBuilder, ThreadSummary};
 
 /// The version of the recorded-file format written by this lagtrace.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: a span's `blame` no longer holds `frame` and `group` (derived from
+/// its other fields), which format-1 readers require; this lagtrace reads
+/// both.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A non-span line of a `--spans` file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,6 +107,39 @@ pub struct Health {
     /// Python code objects read from the targets, and entries found stale.
     pub code_objects_read: u64,
     pub code_objects_stale: u64,
+    /// The native unwind tables built for the targets (what `-v` logs).
+    #[serde(default)]
+    pub unwind_tables: UnwindTables,
+}
+
+/// The native unwind tables of the trace: totals, and each file (the first
+/// `unwind::tables::MAX_FILE_STATS` of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwindTables {
+    pub files_loaded: u64,
+    pub rows: u64,
+    /// Bytes of kernel map the rows take.
+    pub bytes: u64,
+    pub build_ns: u64,
+    pub load_ns: u64,
+    pub files_without_cfi: u64,
+    pub files_over_budget: u64,
+    pub mappings_dropped: u64,
+    pub procs_dropped: u64,
+    pub files: Vec<UnwindFile>,
+}
+
+/// One file's unwind table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnwindFile {
+    pub path: std::path::PathBuf,
+    pub rows: u64,
+    /// Bytes of kernel map its rows take.
+    pub bytes: u64,
+    pub fdes: u64,
+    pub unsupported_rows: u64,
+    pub build_ns: u64,
+    pub load_ns: u64,
 }
 
 /// The last record, and the `--summary-json` file.
@@ -113,9 +149,46 @@ pub struct SummaryRecord {
     pub wall_ns: u64,
     pub processes: Vec<ProcessSummary>,
     pub health: Health,
+    /// A `SIGUSR1` snapshot: the window of spans it covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<SnapshotWindow>,
+}
+
+/// The spans a snapshot summary covers: those starting in
+/// `from_unix_ns..to_unix_ns` (as `lagtrace report --since --until`
+/// selects them), less `spans_not_kept` pushed out by the window's cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotWindow {
+    pub from_unix_ns: u64,
+    pub to_unix_ns: u64,
+    pub spans_not_kept: u64,
 }
 
 impl SummaryRecord {
+    /// This summary with its span figures and top causes taken from the
+    /// spans given to `spans` instead: the iteration figures (which the
+    /// kernel counts for the whole trace) stay. `lagtrace report` uses it
+    /// for the spans it keeps, a snapshot for the spans of its window.
+    /// Spans of processes the record folded into its pid-0 row count there.
+    pub fn with_spans(&self, spans: &mut SummaryBuilder, top_causes: usize) -> SummaryRecord {
+        if self.processes.iter().any(|p| p.pid == 0) {
+            spans.fold_unlisted(|pid| self.processes.iter().any(|p| p.pid == pid));
+        }
+        let processes = self
+            .processes
+            .iter()
+            .map(|p| ProcessSummary {
+                threads: spans.rebuild(&p.threads, self.wall_ns),
+                top_causes: spans.top_causes(p.pid, top_causes),
+                ..p.clone()
+            })
+            .collect();
+        SummaryRecord {
+            processes,
+            ..self.clone()
+        }
+    }
+
     /// The record as one JSON line (without the newline).
     pub fn to_line(&self) -> String {
         serde_json::to_string(&Record::Summary(self.clone())).expect("a summary always serializes")

@@ -158,6 +158,11 @@ impl Recorder for RotatingJsonl {
         self.append(&line)
     }
 
+    /// The recorded file holds every span; readers apply `Span::is_lag`.
+    fn takes_exit_spans(&self) -> bool {
+        true
+    }
+
     fn record(&mut self, span: &Span) -> Result<()> {
         let mut line = to_line(span);
         line.push('\n');

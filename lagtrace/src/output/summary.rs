@@ -75,6 +75,15 @@ pub fn render(pid: u32, comm: &str, wall_ns: u64, rows: &[ThreadSummary], exited
             r.lag_share * 100.0
         ));
     }
+    for r in rows {
+        if let Some(ns) = r.exit_iteration_ns {
+            out.push_str(&format!(
+                "{} exited {} into an iteration (its last; not counted as lag)\n",
+                crate::target::thread_label(&sanitize::terminal(&r.thread), None, r.tid),
+                fmt_ns(ns)
+            ));
+        }
+    }
     out
 }
 

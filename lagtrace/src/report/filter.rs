@@ -141,8 +141,6 @@ mod tests {
             via: None,
             kind: crate::spans::StackKind::OnCpu,
             text: "json.loads (json/__init__.py:346)".into(),
-            frame_text: "json.loads (json/__init__.py:346)".into(),
-            group: "json.loads (__init__.py)".into(),
         });
         let kept = |f: &Filter| -> Vec<u32> {
             [&a, &b]

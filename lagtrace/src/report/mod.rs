@@ -130,7 +130,7 @@ pub fn run(args: &ReportArgs) -> Result<ReportOutcome> {
         "lagtrace: report of {shown}: {kept} of {} spans kept",
         rec.spans.len()
     );
-    let mut summary = summary_again(&rec, &header, &builder, end);
+    let mut summary = summary_again(&rec, &header, &mut builder, end);
     if !filter.pids.is_empty() {
         summary.processes.retain(|p| filter.pids.contains(&p.pid));
     }
@@ -188,7 +188,7 @@ fn recording_end(rec: &read::Recorded, header: &Header) -> u64 {
 fn summary_again(
     rec: &read::Recorded,
     header: &Header,
-    builder: &SummaryBuilder,
+    builder: &mut SummaryBuilder,
     end: u64,
 ) -> SummaryRecord {
     let recorded = rec.summary.clone().unwrap_or_else(|| SummaryRecord {
@@ -196,19 +196,7 @@ fn summary_again(
         processes: processes_from_spans(rec, header),
         ..SummaryRecord::default()
     });
-    let processes = recorded
-        .processes
-        .iter()
-        .map(|p| ProcessSummary {
-            threads: builder.rebuild(&p.threads, recorded.wall_ns),
-            top_causes: builder.top_causes(p.pid, TOP_CAUSES),
-            ..p.clone()
-        })
-        .collect();
-    SummaryRecord {
-        processes,
-        ..recorded
-    }
+    recorded.with_spans(builder, TOP_CAUSES)
 }
 
 /// Processes and threads as the spans of a file without a summary show

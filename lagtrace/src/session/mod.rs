@@ -4,6 +4,7 @@
 //! aggregation → outputs. Everything here runs on one tokio task, so no
 //! state is shared between threads. `pipeline.rs` holds the steps,
 //! `targets.rs` the traced processes.
+mod churn;
 mod descendants;
 pub mod flood;
 mod metrics;
@@ -275,15 +276,19 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sigusr1.recv() => {
+                // The threads' latest figures, so the snapshot's rows are current.
+                if let Ok(threads) = probes.threads() {
+                    snapshot(&mut p, &mut probes, &threads);
+                }
                 let info = TraceInfo {
                     pids: p.targets.iter().map(|t| t.pid).collect(),
                     comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
                     threshold_ns,
                     period_ns: period_ns(args.frequency),
-                    // A snapshot writes its own summary of the window.
-                    summary: Default::default(),
+                    // The trace so far; the snapshot takes the window's spans.
+                    summary: record::summary(&p, &probes.counters().unwrap_or_default(), &tables.stats, started.elapsed().as_nanos() as u64, &outcome.exited),
                 };
-                match p.window.write(&snapshot::snapshot_dir(args), &info) {
+                match p.window.write(&snapshot::snapshot_dir(args), info, record::TOP_CAUSES) {
                     Ok(files) => for f in files {
                         eprintln!("lagtrace: snapshot: wrote {}", sanitize::line(&f.display().to_string()));
                     },
@@ -351,6 +356,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                         }
                     }
                 }
+                churn::prune(&mut p, &mut outcome.exited);
                 if outcome.exited.len() == p.targets.len() && !selection.active() {
                     break;
                 }
@@ -414,7 +420,13 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     drop(probes);
 
     // The summary is printed by its recorder, with the files.
-    let summary = record::summary(&p, &outcome.counters, wall_ns, &outcome.exited);
+    let summary = record::summary(
+        &p,
+        &outcome.counters,
+        &tables.stats,
+        wall_ns,
+        &outcome.exited,
+    );
     outcome.idle = summary
         .processes
         .iter()

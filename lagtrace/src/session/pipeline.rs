@@ -147,8 +147,11 @@ impl Pipeline {
         }
         if !self.budget.take(Instant::now()) {
             // Over the rate: the summary still counts it, nothing else.
-            self.summary
-                .counted_only(ev.header.tid, ev.end_ns.saturating_sub(ev.start_ns));
+            self.summary.counted_only(
+                ev.header.tgid,
+                ev.header.tid,
+                ev.end_ns.saturating_sub(ev.start_ns),
+            );
             return Ok(());
         }
         let t0 = Instant::now();
@@ -230,6 +233,7 @@ impl Pipeline {
             samples: u64::from(ev.samples),
             samples_dropped: u64::from(ev.samples_dropped) + raw.samples_capped,
             unfinished,
+            exited: ev.header.kind == EVENT_SPAN_EXIT,
             cause: None,
             blame: None,
             task: self.symbolizer.busiest_task(pid, &raw.samples),
@@ -263,7 +267,9 @@ impl Pipeline {
         }
         self.summary.span(&span);
         self.outputs.record(&span);
-        if let Some(m) = &self.metrics {
+        if let Some(m) = &self.metrics
+            && span.is_lag()
+        {
             m.span(&span);
         }
         self.window.push(&span);
@@ -425,6 +431,10 @@ pub(super) fn snapshot(p: &mut Pipeline, probes: &mut Probes, threads: &[(u32, T
         let gone = !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.tgid)).exists();
         if gone && t.flags & THREAD_IN_ITER == 0 {
             probes.forget_thread(*tid);
+            // Its row joins its process's exited threads (bounded churn).
+            p.summary.retire(*tid);
         }
     }
+    let live: std::collections::HashSet<u32> = threads.iter().map(|(tid, _)| *tid).collect();
+    p.summary.sweep(&live);
 }

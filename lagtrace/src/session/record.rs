@@ -3,14 +3,18 @@
 //! the pipeline's state and the kernel's counters.
 use super::pipeline::Pipeline;
 use crate::{
+    aggregate::summary::OTHER_PROCESSES,
     events::StackEnd,
-    output::records::{Header, Health, ProcessSummary, SummaryRecord, TargetInfo},
+    output::records::{
+        Header, Health, ProcessSummary, SummaryRecord, TargetInfo, UnwindFile, UnwindTables,
+    },
     probes::Counters,
     target::Target,
+    unwind::TableStats,
 };
 
 /// Rows of top causes per process.
-const TOP_CAUSES: usize = 5;
+pub(super) const TOP_CAUSES: usize = 5;
 
 pub(super) fn header(targets: &[Target], threshold_ns: u64, frequency_hz: u64) -> Header {
     let targets = targets
@@ -24,7 +28,13 @@ pub(super) fn header(targets: &[Target], threshold_ns: u64, frequency_hz: u64) -
     Header::now(targets, threshold_ns, frequency_hz)
 }
 
-pub(super) fn summary(p: &Pipeline, c: &Counters, wall_ns: u64, exited: &[u32]) -> SummaryRecord {
+pub(super) fn summary(
+    p: &Pipeline,
+    c: &Counters,
+    tables: &TableStats,
+    wall_ns: u64,
+    exited: &[u32],
+) -> SummaryRecord {
     let processes = p
         .targets
         .iter()
@@ -37,6 +47,18 @@ pub(super) fn summary(p: &Pipeline, c: &Counters, wall_ns: u64, exited: &[u32]) 
             threads: p.summary.build(t.pid, wall_ns),
             top_causes: p.summary.top_causes(t.pid, TOP_CAUSES),
         })
+        .chain(p.summary.has_folded().then(|| ProcessSummary {
+            pid: 0,
+            comm: OTHER_PROCESSES.into(),
+            describe: format!(
+                "{} processes that exited, folded together",
+                p.summary.folded_processes
+            ),
+            exited: true,
+            active: true,
+            threads: p.summary.build(0, wall_ns),
+            top_causes: p.summary.top_causes(0, TOP_CAUSES),
+        }))
         .collect();
     let (code_objects_read, code_objects_stale) = p.symbolizer.python.reads();
     let health = Health {
@@ -55,10 +77,44 @@ pub(super) fn summary(p: &Pipeline, c: &Counters, wall_ns: u64, exited: &[u32]) 
             .collect(),
         code_objects_read,
         code_objects_stale,
+        unwind_tables: unwind_tables(tables),
     };
     SummaryRecord {
         wall_ns,
         processes,
         health,
+        window: None,
+    }
+}
+
+/// Bytes of kernel map per unwind row.
+const ROW_BYTES: u64 = std::mem::size_of::<lagtrace_common::UnwindRow>() as u64;
+
+/// The unwind tables' figures as the summary records them.
+pub(super) fn unwind_tables(s: &TableStats) -> UnwindTables {
+    let ns = |d: std::time::Duration| d.as_nanos() as u64;
+    UnwindTables {
+        files_loaded: s.files_loaded,
+        rows: s.rows,
+        bytes: s.rows * ROW_BYTES,
+        build_ns: ns(s.build_time),
+        load_ns: ns(s.load_time),
+        files_without_cfi: s.files_without_cfi,
+        files_over_budget: s.files_over_budget,
+        mappings_dropped: s.mappings_dropped,
+        procs_dropped: s.procs_dropped,
+        files: s
+            .files
+            .iter()
+            .map(|f| UnwindFile {
+                path: f.path.clone(),
+                rows: f.rows,
+                bytes: f.rows * ROW_BYTES,
+                fdes: f.fdes,
+                unsupported_rows: f.unsupported_rows,
+                build_ns: ns(f.build_time),
+                load_ns: ns(f.load_time),
+            })
+            .collect(),
     }
 }

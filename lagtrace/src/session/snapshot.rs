@@ -4,23 +4,23 @@
 //!
 //! The window keeps the spans themselves, newest last, bounded both by age
 //! and by [`MAX_KEPT`]: past that the oldest leave early and are counted as
-//! `spans_not_kept` in the summary, so a storm cannot grow memory. Spans
-//! are the same records every output sees, so the snapshot's flamegraph is
-//! made by the same recorder as `--flamegraph`.
+//! `spans_not_kept` in the summary, so a storm cannot grow memory. A
+//! snapshot is a small trace of its own: the window's spans go through the
+//! same [`Outputs`] as `--flamegraph` and `--summary-json`, and its summary
+//! is the live summary record with the span figures of the window
+//! ([`SummaryRecord::with_spans`], as `lagtrace report --since --until`
+//! computes them), so the two cannot drift apart.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     path::{Path, PathBuf},
 };
 
-use serde_json::json;
-
 use crate::{
-    error::{Error, Result},
+    aggregate::summary::SummaryBuilder,
+    error::Result,
     output::{
-        Recorder, TraceInfo,
-        file::AtomicFile,
-        flamegraph::FlameGraphFile,
-        metrics::{blame_label, cause_label},
+        OutputPaths, Outputs, TraceInfo,
+        records::{SnapshotWindow, SummaryRecord},
     },
     spans::Span,
 };
@@ -28,14 +28,12 @@ use crate::{
 /// Most spans kept for a snapshot. A span of a Python storm holds about
 /// 25 KB of frames (measured: 4,000 spans took RSS from 72 to 181 MB).
 pub const MAX_KEPT: usize = 1000;
-/// Blame functions and longest spans listed in a snapshot summary.
-const TOP: usize = 10;
 
 #[derive(Debug)]
 pub struct Window {
     window_ns: u64,
     spans: VecDeque<Span>,
-    /// Spans of the window pushed out early by [`MAX_KEPT`].
+    /// Spans of the window pushed out early by [`MAX_KEPT`], by start.
     not_kept: VecDeque<u64>,
 }
 
@@ -54,13 +52,11 @@ impl Window {
         }
     }
 
+    /// Spans that started before the window leave (a report's `--since`
+    /// selects by start too).
     fn trim(&mut self, now: u64) {
         let from = now.saturating_sub(self.window_ns);
-        while self
-            .spans
-            .front()
-            .is_some_and(|s| s.start_unix_ns + s.duration_ns < from)
-        {
+        while self.spans.front().is_some_and(|s| s.start_unix_ns < from) {
             self.spans.pop_front();
         }
         while self.not_kept.front().is_some_and(|&t| t < from) {
@@ -73,8 +69,8 @@ impl Window {
         if self.spans.len() >= MAX_KEPT
             && let Some(old) = self.spans.pop_front()
         {
-            // Remember only when it ended, to age it out of the count.
-            self.not_kept.push_back(old.start_unix_ns + old.duration_ns);
+            // Remember only when it started, to age it out of the count.
+            self.not_kept.push_back(old.start_unix_ns);
             if self.not_kept.len() > MAX_KEPT * 16 {
                 self.not_kept.pop_front();
             }
@@ -82,41 +78,31 @@ impl Window {
         self.spans.push_back(span.clone());
     }
 
-    /// The summary of the window, as JSON.
-    fn summary(&self, now: u64) -> serde_json::Value {
-        let mut by_cause: HashMap<String, (u64, u64)> = HashMap::new();
-        let mut by_blame: HashMap<String, (u64, u64)> = HashMap::new();
+    /// The summary of the window: `live` (the summary of the trace so far)
+    /// with the span figures of the window's spans.
+    fn summary(&self, live: &SummaryRecord, now: u64, top_causes: usize) -> SummaryRecord {
+        let mut builder = SummaryBuilder::default();
         for s in &self.spans {
-            let c = by_cause.entry(cause_label(s)).or_default();
-            c.0 += 1;
-            c.1 += s.duration_ns;
-            let b = by_blame.entry(blame_label(s)).or_default();
-            b.0 += 1;
-            b.1 += s.duration_ns;
+            builder.span(s);
         }
-        let mut blame: Vec<(String, (u64, u64))> = by_blame.into_iter().collect();
-        blame.sort_by(|a, b| b.1.1.cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
-        let mut longest: Vec<&Span> = self.spans.iter().collect();
-        longest.sort_by_key(|s| std::cmp::Reverse(s.duration_ns));
-        json!({
-            "window_s": self.window_ns as f64 / 1e9,
-            "from_unix_ns": now.saturating_sub(self.window_ns),
-            "to_unix_ns": now,
-            "spans": self.spans.len(),
-            "spans_not_kept": self.not_kept.len(),
-            "blocked_ns": self.spans.iter().map(|s| s.duration_ns).sum::<u64>(),
-            "by_cause": by_cause.iter().map(|(k, (n, ns))| (k.clone(), json!({"spans": n, "blocked_ns": ns}))).collect::<serde_json::Map<_, _>>(),
-            "top_blame": blame.iter().take(TOP).map(|(k, (n, ns))| json!({"blame": k, "spans": n, "blocked_ns": ns})).collect::<Vec<_>>(),
-            "longest": longest.iter().take(TOP).map(|s| json!({
-                "pid": s.pid, "tid": s.tid, "thread": s.thread,
-                "start_unix_ns": s.start_unix_ns, "duration_ns": s.duration_ns,
-                "cause": s.cause, "blame": blame_label(s),
-            })).collect::<Vec<_>>(),
-        })
+        SummaryRecord {
+            window: Some(SnapshotWindow {
+                from_unix_ns: now.saturating_sub(self.window_ns),
+                to_unix_ns: now,
+                spans_not_kept: self.not_kept.len() as u64,
+            }),
+            ..live.with_spans(&mut builder, top_causes)
+        }
     }
 
-    /// Write `lagtrace-snapshot-STAMP.svg` and `.summary.json` into `dir`.
-    pub fn write(&mut self, dir: &Path, info: &TraceInfo) -> Result<Vec<PathBuf>> {
+    /// Write `lagtrace-snapshot-STAMP.svg` and `.summary.json` into `dir`;
+    /// `info.summary` is the live summary of the trace so far.
+    pub fn write(
+        &mut self,
+        dir: &Path,
+        mut info: TraceInfo,
+        top_causes: usize,
+    ) -> Result<Vec<PathBuf>> {
         let now = now_unix_ns();
         self.trim(now);
         let secs = now / 1_000_000_000;
@@ -131,20 +117,17 @@ impl Window {
             tm.tm_sec,
             (now / 1_000_000) % 1000
         );
-        let svg_path = dir.join(format!("lagtrace-snapshot-{stamp}.svg"));
-        let mut svg = FlameGraphFile::new(svg_path, info.period_ns, true)?;
+        let paths = OutputPaths {
+            flamegraph: Some(dir.join(format!("lagtrace-snapshot-{stamp}.svg"))),
+            summary_json: Some(dir.join(format!("lagtrace-snapshot-{stamp}.summary.json"))),
+            ..OutputPaths::default()
+        };
+        let mut outputs = Outputs::open_paths(&paths, None, info.period_ns, true)?;
         for s in &self.spans {
-            svg.record(s)?;
+            outputs.record(s);
         }
-        let mut written: Vec<PathBuf> = svg.finish(info)?.into_iter().collect();
-        let json_path = dir.join(format!("lagtrace-snapshot-{stamp}.summary.json"));
-        let mut f = AtomicFile::create(&json_path)?;
-        let text = serde_json::to_string_pretty(&self.summary(now))
-            .map_err(|e| Error::io("encoding a snapshot summary", e.into()))?;
-        f.write_all(text.as_bytes())?;
-        f.write_all(b"\n")?;
-        written.push(f.commit()?);
-        Ok(written)
+        info.summary = self.summary(&info.summary, now, top_causes);
+        Ok(outputs.finish(&info))
     }
 }
 
@@ -183,9 +166,8 @@ mod tests {
             w.push(&new);
         }
         assert_eq!(w.spans.len(), MAX_KEPT);
-        let s = w.summary(now_unix_ns());
-        assert_eq!(s["spans_not_kept"], 4);
-        assert_eq!(s["spans"], MAX_KEPT);
-        assert_eq!(s["top_blame"][0]["blame"], "new");
+        let s = w.summary(&SummaryRecord::default(), now_unix_ns(), 5);
+        let window = s.window.expect("a snapshot's window");
+        assert_eq!(window.spans_not_kept, 4);
     }
 }

@@ -41,7 +41,13 @@ pub(super) struct Targets {
     exes: HashMap<u32, (u64, u64)>,
     /// Targets that exec'd a Python not yet readable, since when.
     reattach: HashMap<u32, Instant>,
+    /// Exited targets dropped from `list` (see `churn.rs`), the latest
+    /// [`MAX_PRUNED_KEPT`]: their late spans are not adopted again.
+    pub pruned: std::collections::VecDeque<u32>,
 }
+
+/// Pruned pids remembered, so a late span does not re-adopt one.
+const MAX_PRUNED_KEPT: usize = 4096;
 
 impl Deref for Targets {
     type Target = Vec<Target>;
@@ -117,6 +123,7 @@ impl Targets {
                 named,
                 exes,
                 reattach: HashMap::new(),
+                pruned: Default::default(),
             },
             notes,
         ))
@@ -183,7 +190,7 @@ impl Targets {
         candidates.sort_unstable();
         candidates.dedup();
         for pid in candidates {
-            if self.list.iter().any(|t| t.pid == pid) {
+            if self.list.iter().any(|t| t.pid == pid) || self.pruned.contains(&pid) {
                 continue;
             }
             if started.elapsed() > ADOPT_SLICE {
@@ -303,6 +310,32 @@ impl Targets {
             probes.remove_target(pid);
         }
         adopted
+    }
+
+    /// Drop the oldest exited adopted targets past `keep` from the list
+    /// (and from `exited`); returns their pids. Targets named on the
+    /// command line stay.
+    pub fn prune_exited(&mut self, exited: &mut Vec<u32>, keep: usize) -> Vec<u32> {
+        let gone: Vec<u32> = self.list[self.named..]
+            .iter()
+            .map(|t| t.pid)
+            .filter(|pid| exited.contains(pid))
+            .collect();
+        let drop: Vec<u32> = gone[..gone.len().saturating_sub(keep)].to_vec();
+        if drop.is_empty() {
+            return drop;
+        }
+        self.list.retain(|t| !drop.contains(&t.pid));
+        exited.retain(|pid| !drop.contains(pid));
+        for pid in &drop {
+            self.exes.remove(pid);
+            self.reattach.remove(pid);
+            self.pruned.push_back(*pid);
+        }
+        while self.pruned.len() > MAX_PRUNED_KEPT {
+            self.pruned.pop_front();
+        }
+        drop
     }
 
     /// Notice a target that exec'd another program: the kernel walks the

@@ -77,9 +77,9 @@ fn blocked_detail(span: &Span, group: bool) -> String {
         .unwrap_or_else(|| "the kernel".into());
     if let Some(c) = span.blame.as_ref().filter(|c| c.kind == StackKind::OffCpu) {
         let (who, via) = if group {
-            (&c.group, None)
+            (c.group(), None)
         } else {
-            (&c.frame_text, c.via.as_ref())
+            (c.frame_text(), c.via.as_ref())
         };
         return match via {
             Some(lib) => format!("blocked in {what} ← {who} via {lib}"),
@@ -130,7 +130,7 @@ pub fn cause_key(span: &Span, hot: Option<&str>) -> String {
     if let Some(c) = &span.blame {
         return match c.kind {
             StackKind::OffCpu => blocked_detail(span, true),
-            _ => format!("cpu in {}", c.group),
+            _ => format!("cpu in {}", c.group()),
         };
     }
     let total = (span.on_cpu_ns + span.off_cpu_ns + span.runqueue_ns).max(1);

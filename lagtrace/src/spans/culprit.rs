@@ -11,6 +11,7 @@ use super::{
     blame::{self, Rules},
     model::{Span, StackKind},
 };
+use crate::symbolize::Frame;
 
 /// The span's culprit, as the JSON `blame` field carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,12 +33,30 @@ pub struct Culprit {
     pub kind: StackKind,
     /// The line form: `load_catalog (frontend.py:18) → json.raw_decode`.
     pub text: String,
-    /// The blame frame alone: `load_catalog (frontend.py:18)`. Recorded,
-    /// so that `lagtrace report` words causes as the live run did.
-    #[serde(rename = "frame")]
-    pub frame_text: String,
+    // Files of format 1 also hold `frame` and `group`, which are computed
+    // from the fields above ([`Culprit::frame_text`], [`Culprit::group`]);
+    // they are no longer written and are ignored when read.
+}
+
+impl Culprit {
+    /// The blame frame as far as display and grouping need it (function,
+    /// file, line; the kind does not change either).
+    fn frame(&self) -> Frame {
+        Frame {
+            file: self.file.clone(),
+            ..Frame::python(self.function.clone(), String::new(), self.line)
+        }
+    }
+
+    /// The blame frame alone: `load_catalog (frontend.py:18)`.
+    pub fn frame_text(&self) -> String {
+        blame::display(&self.frame())
+    }
+
     /// The summary's grouping key: function and file, no line.
-    pub group: String,
+    pub fn group(&self) -> String {
+        blame::group_key(&self.frame())
+    }
 }
 
 /// Which stack kinds speak for a span: off-CPU ones when it was mostly
@@ -92,7 +111,7 @@ pub fn of(span: &Span, rules: &Rules) -> Option<Culprit> {
             g.kind = stack.kind;
         }
     }
-    let (group, g) = groups
+    let (_, g) = groups
         .into_iter()
         .max_by(|a, b| a.1.weight.cmp(&b.1.weight).then_with(|| b.0.cmp(&a.0)))?;
     let leaf = g
@@ -121,8 +140,6 @@ pub fn of(span: &Span, rules: &Rules) -> Option<Culprit> {
         via: b.via.clone(),
         kind,
         text,
-        frame_text: blame::display(&b.frame),
-        group,
     })
 }
 
@@ -130,6 +147,26 @@ pub fn of(span: &Span, rules: &Rules) -> Option<Culprit> {
 mod tests {
     use super::*;
     use crate::aggregate::fold::tests::{span_with, stack};
+
+    /// `frame` and `group` are derived: not written, and a format-1 file
+    /// that holds them still reads, to the same values.
+    #[test]
+    fn derived_fields_are_not_recorded_and_old_files_still_read() {
+        let old = serde_json::json!({
+            "function": "json.loads", "file": "json/__init__.py", "line": 346,
+            "kind": "on-cpu", "text": "json.loads (__init__.py:346)",
+            "frame": "json.loads (__init__.py:346)", "group": "json.loads (__init__.py)"
+        });
+        let c: Culprit = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(c.frame_text(), old["frame"]);
+        assert_eq!(c.group(), old["group"]);
+        let new = serde_json::to_value(&c).unwrap();
+        assert!(
+            new.get("frame").is_none() && new.get("group").is_none(),
+            "{new}"
+        );
+        assert_eq!(serde_json::from_value::<Culprit>(new).unwrap(), c);
+    }
 
     #[test]
     fn a_mostly_cpu_span_with_runqueue_is_blamed_on_its_code() {
@@ -165,7 +202,8 @@ mod tests {
         s.runqueue_ns = 5_000_000;
         let c = of(&s, &Rules::default()).unwrap();
         assert_eq!(c.function, "handler");
-        assert_eq!(c.group, "handler (app.py)");
+        assert_eq!(c.group(), "handler (app.py)");
+        assert_eq!(c.frame_text(), "handler (app.py:9)");
         assert_eq!(c.kind, StackKind::OnCpu);
         assert_eq!(c.text, "handler (app.py:9) → json.loads");
         // The live cause leads with it even when waiting for a CPU dominates.

@@ -141,6 +141,14 @@ pub struct Span {
     /// Still open when lagtrace stopped: the duration is a lower bound.
     #[serde(skip_serializing_if = "is_false", default)]
     pub unfinished: bool,
+    /// The thread exited inside this iteration (its process ended, was
+    /// killed, or the thread returned): the iteration the target exited in,
+    /// which may hold its own teardown after the loop stopped. It is written
+    /// to `--spans` and shown live, marked so, but it is not event-loop lag:
+    /// the summary, causes, stack outputs and metrics leave it out
+    /// ([`Span::is_lag`]). Such a span is also `unfinished`.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub exited: bool,
     /// `cpu`, `blocked` or `runqueue`, with the blocking call where known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub cause: Option<String>,
@@ -162,6 +170,14 @@ pub struct Span {
     /// by a newer one): kept, and written again as they were.
     #[serde(flatten, default)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Span {
+    /// Whether the span counts as event-loop lag: every span but the
+    /// iteration its thread exited in (see [`Span::exited`]).
+    pub fn is_lag(&self) -> bool {
+        !self.exited
+    }
 }
 
 /// The span's blame function, for filters and labels.

@@ -45,6 +45,23 @@ pub struct TableStats {
     pub procs_dropped: u64,
     pub build_time: Duration,
     pub load_time: Duration,
+    /// Each file loaded, at most [`MAX_FILE_STATS`] (the first ones).
+    pub files: Vec<FileStat>,
+}
+
+/// Most files whose figures are kept one by one; the totals count all.
+pub const MAX_FILE_STATS: usize = 256;
+
+/// One file's table: what it holds and cost.
+#[derive(Debug, Clone)]
+pub struct FileStat {
+    pub path: PathBuf,
+    pub rows: u64,
+    pub fdes: u64,
+    /// Rows whose rule the kernel walker does not support.
+    pub unsupported_rows: u64,
+    pub build_time: Duration,
+    pub load_time: Duration,
 }
 
 #[derive(Default)]
@@ -230,6 +247,16 @@ impl UnwindTables {
             table.stats.fdes,
             table.stats.unsupported
         );
+        if self.stats.files.len() < MAX_FILE_STATS {
+            self.stats.files.push(FileStat {
+                path: file.to_path_buf(),
+                rows: u64::from(count),
+                fdes: table.stats.fdes,
+                unsupported_rows: table.stats.unsupported,
+                build_time: built,
+                load_time: t1.elapsed(),
+            });
+        }
         self.next_row += count;
         self.stats.files_loaded += 1;
         self.stats.rows += u64::from(count);

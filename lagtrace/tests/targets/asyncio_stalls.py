@@ -11,6 +11,9 @@
 # {"kind":"done"}, prints "DONE", and idles until SIGTERM/SIGINT (exit 0).
 # Labels are "<label-prefix><mode>-<index>-<ms>ms", e.g. "cpu-2-120ms".
 #   --thread   the loop runs in a non-main thread named "loop-thread"
+#   --exit-linger-ms N  after the loop stops (SIGTERM), spend N ms in
+#              linger_at_exit before exiting: a slow teardown, which runs in
+#              the iteration the process exits in and is not loop lag
 #   --loops 2  two independent loops in threads "loop-a" and "loop-b", both
 #              injecting the same stalls at the same time. With --mode cpu
 #              the two burns share the GIL: truth windows stay exact, but
@@ -58,6 +61,11 @@ def burn_cpu(ms):
         for i in range(100):
             x = (x * 31 + i) % 1000003
     return x
+
+
+def linger_at_exit(ms):
+    """A slow teardown after the loop stopped (flushing, closing pools)."""
+    time.sleep(ms / 1000.0)
 
 
 def legacy_sync_call(ms):
@@ -145,6 +153,7 @@ def parse_args():
     p.add_argument("--label-prefix", default="")
     p.add_argument("--thread", action="store_true")
     p.add_argument("--loops", type=int, choices=[1, 2], default=1)
+    p.add_argument("--exit-linger-ms", type=int, default=0)
     return p.parse_args()
 
 
@@ -165,6 +174,8 @@ def main():
             sl.loop.add_signal_handler(sig, sl.loop.stop)
         sl.loop.call_soon(lambda: print("READY %d" % os.getpid(), flush=True))
         sl.run()
+        if args.exit_linger_ms:
+            linger_at_exit(args.exit_linger_ms)
         return 0
 
     # Loops in worker threads: signals arrive on the main thread, which hands

@@ -10,7 +10,8 @@
 #                      (taskset), so the stall is partly runqueue wait.
 #                      Label "contention".
 # Protocol: prints "READY <pid>", injects nothing until SIGUSR1, writes one
-# {"kind":"stall",...} line per stall then {"kind":"done"} to --truth, prints
+# {"kind":"stall",...} line per stall (with "cpu_ns", the loop thread's own
+# CPU time during the stall, from Python 3.7) then {"kind":"done"} to --truth, prints
 # "DONE", and idles until SIGTERM/SIGINT (exit 0). CPython 3.6 .. 3.13.
 import argparse
 import asyncio
@@ -34,6 +35,14 @@ def gettid():
         return threading.get_native_id()
     import ctypes
     return ctypes.CDLL(None).syscall(186)  # SYS_gettid on x86_64
+
+
+def thread_cpu_ns():
+    """The loop thread's own CPU time (CLOCK_THREAD_CPUTIME_ID), the truth
+    for on-CPU time; None before Python 3.7."""
+    if hasattr(time, "thread_time_ns"):
+        return time.thread_time_ns()
+    return None
 
 
 def burn_cpu(ms):
@@ -101,11 +110,13 @@ def main():
         for i, (label, block) in enumerate(stalls):
             if i:
                 await asyncio.sleep(args.gap_ms / 1000.0)
+            cpu0 = thread_cpu_ns()
             start_ns = now_ns()
             block()
             end_ns = now_ns()
+            cpu_ns = thread_cpu_ns() - cpu0 if cpu0 is not None else None
             write_truth({"kind": "stall", "label": label, "tid": tid,
-                         "start_ns": start_ns, "end_ns": end_ns})
+                         "start_ns": start_ns, "end_ns": end_ns, "cpu_ns": cpu_ns})
         write_truth({"kind": "done"})
         print("DONE", flush=True)
 

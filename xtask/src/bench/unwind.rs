@@ -24,15 +24,30 @@ use crate::util::{self, run};
 
 const DEPTHS: [u32; 3] = [16, 64, 128];
 
-/// Lines of a lagtrace run at -v, from start to its `tracing` line.
+/// A lagtrace run, from start to its `tracing` line; its summary goes to
+/// `summary` (`--summary-json`), read with [`Started::summary`] once stopped.
 struct Started {
     proc: Proc,
     took: Duration,
+    summary: PathBuf,
+}
+
+impl Started {
+    /// The `--summary-json` object, after `proc.stop()`.
+    fn summary(&self) -> Result<serde_json::Value> {
+        let text = fs::read_to_string(&self.summary)
+            .with_context(|| format!("reading {}", self.summary.display()))?;
+        let _ = fs::remove_file(&self.summary);
+        serde_json::from_str(&text).context("lagtrace's --summary-json")
+    }
 }
 
 fn start_lagtrace(bin: &Path, pid: u32, extra: &[&str]) -> Result<Started> {
+    let summary = std::env::temp_dir().join(format!("lagtrace-unwind-bench-{pid}.summary.json"));
     let mut cmd = Command::new(bin);
-    cmd.args(["--pid", &pid.to_string(), "-v"]).args(extra);
+    cmd.args(["--pid", &pid.to_string(), "--summary-json"])
+        .arg(&summary)
+        .args(extra);
     let t0 = Instant::now();
     let mut proc = Proc::spawn(
         "lagtrace",
@@ -47,6 +62,7 @@ fn start_lagtrace(bin: &Path, pid: u32, extra: &[&str]) -> Result<Started> {
     Ok(Started {
         proc,
         took: t0.elapsed(),
+        summary,
     })
 }
 
@@ -61,16 +77,6 @@ fn start_target(name: &str, cmd: &mut Command, stdin: bool) -> Result<(Proc, u32
         .and_then(|p| p.parse().ok())
         .with_context(|| format!("{name} printed `{line}`"))?;
     Ok((proc, pid))
-}
-
-/// The number after `key` in `line` (`"... Root 731, Depth 2"`).
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let rest = line.split(key).nth(1)?;
-    rest.trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Kernel ns per on-CPU sample at one depth.
@@ -110,6 +116,7 @@ fn depth_cost(lagtrace: &Path, bin: &Path, depth: u32, secs: f64) -> Result<Vec<
         .filter_map(|st| st["samples"].as_u64())
         .sum();
     let _ = fs::remove_file(&spans);
+    let _ = fs::remove_file(&lt.summary);
     // How the user stack walks ended, from the summary record's health
     // counters (`{"root": 731, "depth": 2}`).
     let ends = records
@@ -241,17 +248,12 @@ pub fn run_unwind_bench(quick: bool) -> Result<()> {
         let mut lt = start_lagtrace(&lagtrace, pid, &[])?;
         std::thread::sleep(Duration::from_millis(200));
         lt.proc.stop()?;
-        let stderr = lt.proc.stderr();
-        let tables = stderr
-            .iter()
-            .find(|l| l.contains("unwind tables:"))
-            .cloned()
-            .unwrap_or_default();
+        let tables = lt.summary()?["health"]["unwind_tables"].clone();
         let _ = writeln!(
             md,
             "CPython 3.11 (pyenv) after `{}`: {} executable files mapped. lagtrace started \
              and attached in **{:.0} ms** (from exec to its `tracing` line: BPF load and \
-             verification, unwind tables, symbol warm-up). Tables: `{}`\n",
+             verification, unwind tables, symbol warm-up). Tables: {}\n",
             IMPORTS
                 .replace(", ", ",")
                 .chars()
@@ -260,13 +262,15 @@ pub fn run_unwind_bench(quick: bool) -> Result<()> {
                 + "…",
             files.len(),
             lt.took.as_secs_f64() * 1e3,
-            tables.split("unwind tables: ").nth(1).unwrap_or("?")
+            tables_total(&tables)
         );
-        for l in &stderr {
-            for want in ["libpython3.11", "libc.so.6"] {
-                if l.contains("unwind table of") && l.contains(want) {
-                    sizes.row(size_row(l));
-                }
+        for f in tables["files"].as_array().into_iter().flatten() {
+            let path = f["path"].as_str().unwrap_or("");
+            if ["libpython3.11", "libc.so.6"]
+                .iter()
+                .any(|w| path.contains(w))
+            {
+                sizes.row(size_row(f));
             }
         }
         drop(target);
@@ -294,9 +298,13 @@ pub fn run_unwind_bench(quick: bool) -> Result<()> {
     let size = fs::metadata(&lagtrace).map(|m| m.len()).unwrap_or(0);
     let mut lt = start_lagtrace(&lagtrace, big_pid, &[])?;
     lt.proc.stop()?;
-    for l in lt.proc.stderr() {
-        if l.contains("unwind table of") && l.contains("lagtrace-unwind") {
-            let mut row = size_row(&l);
+    let tables = lt.summary()?["health"]["unwind_tables"].clone();
+    for f in tables["files"].as_array().into_iter().flatten() {
+        if f["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("lagtrace-unwind"))
+        {
+            let mut row = size_row(f);
             row[0] = format!("lagtrace (Rust, {:.0} MB)", size as f64 / 1e6);
             sizes.row(row);
         }
@@ -330,28 +338,28 @@ const SAMPLE_BYTES: usize = 32 + 8 * 128 + 8 * 32 + 16 * 64;
 const SAMPLE_SLOTS: usize = 32;
 const THREAD_SAMPLES_BYTES: usize = SAMPLE_BYTES * (SAMPLE_SLOTS + 1);
 
-/// A table row from lagtrace's `unwind table of PATH: N rows (K KiB), built
-/// in X ms, loaded in Y ms (…)` line.
-fn size_row(line: &str) -> Vec<String> {
-    let path = line
-        .split("unwind table of ")
-        .nth(1)
-        .and_then(|r| r.split(": ").next())
-        .unwrap_or("?");
-    let file = path.rsplit('/').next().unwrap_or(path).to_owned();
-    let rows = number_after(line, ": ").unwrap_or(0);
-    let between = |a: &str, b: &str| {
-        line.split(a)
-            .nth(1)
-            .and_then(|r| r.split(b).next())
-            .unwrap_or("?")
-            .to_owned()
-    };
+/// A table row from one file of the summary's `health.unwind_tables.files`.
+fn size_row(f: &serde_json::Value) -> Vec<String> {
+    let n = |k: &str| f[k].as_u64().unwrap_or(0);
+    let path = f["path"].as_str().unwrap_or("?");
     vec![
-        file,
-        rows.to_string(),
-        format!("{} KiB", between("rows (", " KiB")),
-        format!("{} ms", between("built in ", " ms")),
-        format!("{} ms", between("loaded in ", " ms")),
+        path.rsplit('/').next().unwrap_or(path).to_owned(),
+        n("rows").to_string(),
+        format!("{} KiB", n("bytes") / 1024),
+        format!("{:.1} ms", n("build_ns") as f64 / 1e6),
+        format!("{:.1} ms", n("load_ns") as f64 / 1e6),
     ]
+}
+
+/// The totals of the summary's `health.unwind_tables`.
+fn tables_total(t: &serde_json::Value) -> String {
+    let n = |k: &str| t[k].as_u64().unwrap_or(0);
+    format!(
+        "{} files, {} rows ({:.1} MiB of kernel maps), built in {:.1} ms, loaded in {:.1} ms",
+        n("files_loaded"),
+        n("rows"),
+        n("bytes") as f64 / (1u64 << 20) as f64,
+        n("build_ns") as f64 / 1e6,
+        n("load_ns") as f64 / 1e6
+    )
 }
