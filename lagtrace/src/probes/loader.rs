@@ -188,7 +188,7 @@ impl Probes {
             )
             .map_err(map_err("TARGETS"))?;
         if !forked {
-            self.sample_process(tgid)?;
+            self.cover_process(tgid)?;
         }
         Ok(())
     }
