@@ -25,7 +25,7 @@ fn try_epoll_exit(ctx: &TracePointContext) -> Option<u32> {
 ///
 /// A known loop thread costs one map lookup here, the loop's hot path; only
 /// a thread not seen yet is looked up in the targets as well. (Userspace
-/// drops a process's loop threads when it stops tracing it.)
+/// stops tracing only processes that exited, whose threads wait no more.)
 #[inline(always)]
 pub fn wait_returned<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> Option<()> {
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);

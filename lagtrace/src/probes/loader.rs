@@ -188,7 +188,7 @@ impl Probes {
             )
             .map_err(map_err("TARGETS"))?;
         if !forked {
-            self.sample_process(tgid)?;
+            self.cover_process(tgid)?;
         }
         Ok(())
     }
@@ -320,6 +320,10 @@ impl Probes {
         }
     }
 
+    /// Stop tracing a process that exited (or a thread id the kernel took
+    /// for one). Its loop threads stay in the kernel's table until their
+    /// last figures are read; the wait points find a known loop thread
+    /// without consulting the targets, but a dead one never waits again.
     pub fn remove_target(&mut self, tgid: u32) {
         if let Some(map) = self.ebpf.map_mut("TARGETS")
             && let Ok(mut t) = HashMap::<_, u32, TargetConfig>::try_from(map)
@@ -328,18 +332,6 @@ impl Probes {
         }
         self.remove_python_target(tgid);
         self.unsample_process(tgid);
-        // The kernel finds known loop threads without consulting the
-        // targets: drop them too, or they would go on being traced.
-        let threads: Vec<u32> = self
-            .threads()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, t)| t.tgid == tgid)
-            .map(|(tid, _)| tid)
-            .collect();
-        for tid in threads {
-            self.forget_thread(tid);
-        }
     }
 
     pub(super) fn program<T>(&mut self, name: &str) -> Result<&mut T>

@@ -7,8 +7,9 @@
 //! server's throughput by a third, with or without lagtrace's program on
 //! it (see bench/ATTACH.md). A per-thread clock only runs while its thread
 //! is on a CPU, so its cost follows the target's CPU time and leaves the
-//! rest of the host alone. If the kernel refuses per-thread events, the
-//! per-CPU clock is the fallback.
+//! rest of the host alone. If the kernel refuses per-thread events (at
+//! attach or for a target found later, e.g. out of fds), the per-CPU clock
+//! takes over for all targets.
 //!
 //! Coverage: every thread of a target at the time it is added gets an
 //! event; everything those threads create afterwards inherits one. Forked
@@ -47,6 +48,22 @@ fn thread_gone(e: &aya::programs::ProgramError) -> bool {
         if s.io_error.raw_os_error() == Some(libc::ESRCH))
 }
 
+/// A clock per target thread takes an fd each: lift the soft fd limit to
+/// the hard one, as the kernel lets any process do.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, owned rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn tids_of(tgid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
         return Vec::new();
@@ -59,31 +76,38 @@ impl Probes {
     /// Start sampling: a clock on every thread of every target already in
     /// the kernel's table, or, if the kernel refuses that, on every CPU.
     pub(super) fn attach_sampler(&mut self, prog: &'static str, frequency: u64) -> Result<()> {
+        raise_fd_limit();
         self.sampler = Sampler::PerThread {
             prog,
             frequency,
             links: HashMap::new(),
         };
-        let mut refused = None;
         for tgid in self.target_pids() {
-            if let Err(e) = self.sample_process(tgid) {
-                refused = Some(e);
-                break;
-            }
+            self.cover_process(tgid)?;
         }
-        match refused {
-            None => {
-                self.attached
-                    .push(format!("perf_event cpu-clock per thread @ {frequency} Hz"));
-                Ok(())
-            }
-            Some(why) => {
-                log::info!("per-thread sampling refused ({why}): one clock per CPU instead");
-                self.unsample_all();
-                self.sampler = Sampler::PerCpu;
-                self.attach_per_cpu(prog, frequency)
-            }
+        if matches!(self.sampler, Sampler::PerThread { .. }) {
+            self.attached
+                .push(format!("perf_event cpu-clock per thread @ {frequency} Hz"));
         }
+        Ok(())
+    }
+
+    /// Sample `tgid`: its own per-thread clocks or, if the kernel refuses
+    /// them (out of fds, say), from now on one clock per CPU for all.
+    pub(super) fn cover_process(&mut self, tgid: u32) -> Result<()> {
+        let Err(why) = self.sample_process(tgid) else {
+            return Ok(());
+        };
+        let Sampler::PerThread {
+            prog, frequency, ..
+        } = self.sampler
+        else {
+            return Ok(());
+        };
+        log::warn!("per-thread sampling refused ({why}): one sampling clock per CPU from now on");
+        self.unsample_all();
+        self.sampler = Sampler::PerCpu;
+        self.attach_per_cpu(prog, frequency)
     }
 
     fn attach_per_cpu(&mut self, prog: &'static str, frequency: u64) -> Result<()> {
@@ -110,7 +134,7 @@ impl Probes {
     /// Put a clock on every thread `tgid` has now (inherited by whatever
     /// they create later). A no-op before the sampler is attached, for a
     /// process already covered, and with the per-CPU clock.
-    pub(super) fn sample_process(&mut self, tgid: u32) -> Result<()> {
+    fn sample_process(&mut self, tgid: u32) -> Result<()> {
         let Sampler::PerThread {
             prog, frequency, ..
         } = &self.sampler

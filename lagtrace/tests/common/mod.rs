@@ -346,8 +346,21 @@ impl Lagtrace {
     /// As [`Lagtrace::attach`]; `spans`: add `--spans` into the temp folder
     /// (a test that names its own outputs passes false).
     pub fn attach_with(args: &[&str], spans: bool) -> Lagtrace {
+        Self::attach_wrapped(&[], args, spans)
+    }
+
+    /// As [`Lagtrace::attach_with`], started through `wrapper` (a command
+    /// that execs the rest of its arguments, such as `prlimit …`).
+    pub fn attach_wrapped(wrapper: &[&str], args: &[&str], spans: bool) -> Lagtrace {
         let dir = tempdir::Dir::new("lagtrace");
-        let mut cmd = Command::new(LAGTRACE);
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(LAGTRACE),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(LAGTRACE);
+                c
+            }
+        };
         cmd.args(args);
         if spans {
             cmd.arg("--spans").arg(dir.path("spans.jsonl"));

@@ -6,7 +6,7 @@
 # stalls prove that sampling reaches threads and processes created after
 # attach. Writes each stall's wall-clock window to --truth as JSON lines
 # (the asyncio_stalls.py format), prints DONE after the last one, and exits
-# on SIGTERM/SIGINT.
+# on SIGTERM/SIGINT. --idle-threads N adds N sleeping threads at start.
 import argparse
 import asyncio
 import json
@@ -33,6 +33,7 @@ def write(path, obj):
 
 
 async def stalls(args):
+    await asyncio.sleep(args.first_delay_ms / 1000.0)
     for i, ms in enumerate(args.stalls_ms):
         await asyncio.sleep(0.2)
         start = time.time_ns()
@@ -68,7 +69,14 @@ def main():
     p.add_argument("--stalls-ms", default="120,200,300",
                    type=lambda s: [int(x) for x in s.split(",") if x])
     p.add_argument("--fork", action="store_true")
+    p.add_argument("--first-delay-ms", type=int, default=0,
+                   help="how long the late loop idles before its first stall")
+    p.add_argument("--idle-threads", type=int, default=0,
+                   help="threads that only sleep, started before READY")
     args = p.parse_args()
+    for i in range(args.idle_threads):
+        threading.Thread(target=time.sleep, args=(3600,), name="idle-%d" % i,
+                         daemon=True).start()
     started = threading.Event()
 
     def on_usr1(signum, frame):
