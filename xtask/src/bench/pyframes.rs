@@ -13,7 +13,7 @@ use super::{
     bpfstats::{self, StatsEnabled},
     lagtrace::Lagtrace,
     overhead,
-    proc::{self, Proc, Stream},
+    proc::{self, Stream},
     report::Table,
     stats::{mib, pct},
     targets,
@@ -114,21 +114,11 @@ fn measure_depth(ctx: &Ctx, depth: u32) -> Result<Depth> {
         .args(["--stalls-ms", &STALL_MS.to_string()])
         .arg("--truth")
         .arg(&truth);
-    let mut target = Proc::spawn(
-        "python_frames",
-        &mut cmd,
-        libc::SIGTERM,
-        Duration::from_secs(5),
-        false,
-    )?;
-    let ready = target.wait_line("`READY <pid>`", Duration::from_secs(30), |s, l| {
-        s == Stream::Stdout && l.starts_with("READY ")
-    })?;
-    let pid: u32 = ready
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .context("READY <pid>")?;
+    let targets::Target {
+        proc: mut target,
+        pid,
+        ..
+    } = targets::start("python_frames", &mut cmd, false)?;
     overhead::settle(ctx)?;
     let args = vec!["--spans".to_owned(), spans_file.display().to_string()];
     let lt = Lagtrace::start(&ctx.lagtrace, pid, &args)?;

@@ -34,7 +34,7 @@ fn script(name: &str) -> Result<PathBuf> {
 }
 
 /// Starts `cmd` and waits for `READY <pid> [<port>]` on its stdout.
-fn start(name: &str, cmd: &mut Command, piped_stdin: bool) -> Result<Target> {
+pub(super) fn start(name: &str, cmd: &mut Command, piped_stdin: bool) -> Result<Target> {
     let mut proc = Proc::spawn(name, cmd, libc::SIGTERM, STOP_GRACE, piped_stdin)?;
     let line = proc.wait_line("`READY <pid>`", READY_TIMEOUT, |s, l| {
         s == Stream::Stdout && l.starts_with("READY ")

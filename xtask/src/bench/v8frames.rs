@@ -15,8 +15,9 @@ use super::{
     bpfstats::{self, StatsEnabled},
     lagtrace::Lagtrace,
     overhead,
-    proc::{self, Proc, Stream},
+    proc::{self, Stream},
     report::Table,
+    targets,
 };
 use crate::util;
 
@@ -80,21 +81,11 @@ fn measure(ctx: &Ctx, lagtrace: &Path, tag: &str) -> Result<Run> {
         .args(["--stalls-ms", &STALL_MS.to_string()])
         .arg("--truth")
         .arg(&truth);
-    let mut target = Proc::spawn(
-        "node_stalls",
-        &mut cmd,
-        libc::SIGTERM,
-        Duration::from_secs(5),
-        false,
-    )?;
-    let ready = target.wait_line("`READY <pid>`", Duration::from_secs(30), |s, l| {
-        s == Stream::Stdout && l.starts_with("READY ")
-    })?;
-    let pid: u32 = ready
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .context("READY <pid>")?;
+    let targets::Target {
+        proc: mut target,
+        pid,
+        ..
+    } = targets::start("node_stalls", &mut cmd, false)?;
     overhead::settle(ctx)?;
     let args = vec!["--spans".to_owned(), spans_file.display().to_string()];
     let lt = Lagtrace::start(lagtrace, pid, &args)?;
