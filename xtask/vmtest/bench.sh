@@ -79,7 +79,13 @@ for ((r = 1; r <= rounds; r++)); do
     measure none
     for m in $modes; do
         case "$refused" in *" $m "*) continue ;; esac
-        "$lagtrace" --pid "$srv" --attach "$m" </dev/null >"/tmp/lt-$m.out" 2>"/tmp/lt-$m.err" &
+        # `NAME-F0`: the same mode without the on-CPU sampling clock, to
+        # tell the hooks' cost from the sampling's.
+        case "$m" in
+        *-F0) args=(--attach "${m%-F0}" -F 0) ;;
+        *) args=(--attach "$m") ;;
+        esac
+        "$lagtrace" --pid "$srv" "${args[@]}" </dev/null >"/tmp/lt-$m.out" 2>"/tmp/lt-$m.err" &
         lt=$!
         # Its start line on stderr says it is attached; loading and verifying
         # the programs on an emulated CPU takes a while.
