@@ -45,15 +45,16 @@ port=$(awk '/^READY/ {print $3; exit}' /tmp/server.out)
 # utime + stime of pid $1, in clock ticks (0 if it is gone).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# Waits (at most 60 s) until pid $1 uses under 3 % of a CPU: lagtrace reads
-# the target's unwind tables after it says it is tracing.
+# Waits (at most 30 s) until pid $1 uses under 15 % of a CPU: lagtrace reads
+# the target's unwind tables after it says it is tracing, and then settles
+# at a few % of an emulated CPU (its drain ticks).
 settle() {
     local i a b
-    for ((i = 0; i < 60; i++)); do
+    for ((i = 0; i < 30; i++)); do
         a=$(ticks "$1")
         sleep 1
         b=$(ticks "$1")
-        [ $((b - a)) -le 3 ] && return
+        [ $((b - a)) -le 15 ] && return
     done
 }
 

@@ -61,7 +61,7 @@ const PLAN: &[(&str, &[&str])] = &[
     ),
 ];
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct VmtestArgs {
     /// Which kernel: 5.10, 6.1, 6.12 or all.
     #[arg(long, default_value = "6.1")]
