@@ -1,8 +1,8 @@
 //! `cargo xtask test`: the one command CI and developers run to check
 //! everything — setup, a release build of the workspace, then all tests,
-//! and, with `LAGTRACE_VMTEST=1`, the integration tests again on Debian's
-//! 6.1 kernel in a VM (`cargo xtask vmtest`; skipped loudly where qemu
-//! cannot boot it).
+//! then the integration tests again on Debian's 6.1 kernel in a VM (`cargo
+//! xtask vmtest`; skipped loudly where qemu cannot boot it, or with
+//! `LAGTRACE_VMTEST=0`).
 //! Tests run serially: integration tests attach BPF programs and time real
 //! processes, so running them in parallel would skew each other.
 use anyhow::{Context as _, Result};
@@ -39,14 +39,12 @@ pub fn run_tests(test_args: &[String]) -> Result<()> {
         util::warn("SKIP vmtest: it needs root (apt-get, virtiofsd)");
         return Ok(());
     }
-    // One kernel of the matrix, on request: on this workplace guests run
-    // under TCG only (nested KVM hangs), where the timing tests carry a
-    // wide emulation margin and a race in the tokio test was seen once in
-    // eight runs; CI must not hinge on that.
-    if std::env::var_os("LAGTRACE_VMTEST").is_none() {
+    // One kernel of the matrix: under TCG (nested KVM hangs here) it adds
+    // about VMTEST_CI_MINUTES minutes on a 2-core host, within CI's budget;
+    // its time limit is a hard kill, so it can never stall CI.
+    if std::env::var_os("LAGTRACE_VMTEST").is_some_and(|v| v == "0") {
         util::warn(
-            "SKIP vmtest: the VM matrix runs with `cargo xtask vmtest --kernel all`, \
-             or here with LAGTRACE_VMTEST=1 (Debian 6.1)",
+            "SKIP vmtest: LAGTRACE_VMTEST=0 (the VM matrix: `cargo xtask vmtest --kernel all`)",
         );
         return Ok(());
     }

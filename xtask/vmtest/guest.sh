@@ -16,14 +16,30 @@ if grep -q 'vmtest.accel=tcg' /proc/cmdline; then
 fi
 # The host built the test apps before boot.
 export LAGTRACE_TEST_PREBUILT=1
+# Per test binary, well under the host's limit per kernel.
+limit=$(sed -n 's/.*vmtest.limit=\([0-9]*\).*/\1/p' /proc/cmdline)
+limit=${limit:-420}
 echo "vmtest: guest-start kernel=$(uname -r) cpus=$(nproc)"
 while read -r name bin filters; do
     [ -z "$name" ] && continue
     start=$(date +%s)
+    echo "vmtest: start $name"
     # shellcheck disable=SC2086 # filters are separate words
     # --nocapture: a test that skips says so (SKIP …) even when it passes.
-    "$bin" --test-threads=1 --nocapture --exact $filters >"/tmp/$name.log" 2>&1
+    # `timeout` runs the binary in its own process group and kills the whole
+    # group (targets, lagtrace) at the limit: a test waiting on a target that
+    # never answers ends as a failure (rc 124/137), not a stuck guest.
+    timeout -k 10 "$limit" "$bin" --test-threads=1 --nocapture --exact $filters \
+        </dev/null >"/tmp/$name.log" 2>&1 &
+    pid=$!
+    # The test's output goes to the console as it comes (the host shows it
+    # with --verbose, and its tail when a guest times out); a file and
+    # `tail --pid` rather than a pipe, so a leftover child holding the
+    # output open cannot keep the loop waiting.
+    tail -n +1 -s 0.5 --pid=$pid -f "/tmp/$name.log" | sed -u -e 's/^\(.\{0,300\}\).*/\1/' -e "s/^/vmtest: out $name: /"
+    wait $pid
     rc=$?
+    [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "vmtest: log $name: killed after the ${limit} s limit per test binary"
     secs=$(($(date +%s) - start))
     if [ $rc -ne 0 ]; then
         grep -E -A2 'panicked|NOTE|SKIP|error|stall|assert|left|right|^test ' "/tmp/$name.log" |

@@ -7,6 +7,7 @@
 //! it with KVM when KVM boots, else TCG (`qemu.rs`), and run a plan of the
 //! release test binaries inside (`xtask/vmtest/guest.sh`). The table at the
 //! end is the result; any kernel that fails, hangs or panics fails the run.
+mod bench;
 mod initramfs;
 mod kernels;
 mod qemu;
@@ -25,6 +26,9 @@ use self::{
     qemu::{Accel, Boot},
 };
 use crate::util::{self, cargo, run};
+
+/// Console lines shown when a guest panics, hangs or stops early.
+const CONSOLE_TAIL: usize = 60;
 
 /// The tests every kernel runs: test binary and exact test names.
 const PLAN: &[(&str, &[&str])] = &[
@@ -57,7 +61,7 @@ const PLAN: &[(&str, &[&str])] = &[
     ),
 ];
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct VmtestArgs {
     /// Which kernel: 5.10, 6.1, 6.12 or all.
     #[arg(long, default_value = "6.1")]
@@ -74,18 +78,28 @@ pub struct VmtestArgs {
     /// Skip (loudly, exit 0) instead of failing when qemu cannot boot a guest.
     #[arg(long)]
     pub skip_if_unbootable: bool,
+    /// Measure each attach mode's cost in the guest instead of testing
+    /// (`xtask/vmtest/bench.sh`; tables in target/vmtest/bench.md).
+    #[arg(long)]
+    pub bench: bool,
+    /// Rounds of the --bench measurements (no lagtrace, then each mode).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 impl VmtestArgs {
     /// What `cargo xtask test` runs: one kernel, skipped loudly where no
-    /// guest boots.
+    /// guest boots, killed at 14 minutes (with the 20 s KVM probe, within
+    /// the 15 CI grants it).
     pub fn ci(kernel: &str) -> Self {
         Self {
             kernel: kernel.into(),
-            timeout: 1200,
+            timeout: 840,
             accel: None,
             verbose: false,
             skip_if_unbootable: true,
+            bench: false,
+            rounds: 3,
         }
     }
 }
@@ -202,22 +216,31 @@ fn pick_accel(boot: &Boot, forced: Option<&str>) -> Result<Accel> {
     })
 }
 
-fn run_kernel(
+/// A finished guest run: which kernel, how it ran, what it printed.
+struct Booted {
+    release: String,
+    accel: Accel,
+    console: qemu::Console,
+}
+
+/// Fetch `spec`'s kernel, build its initramfs and boot it with `script`
+/// (run in the guest, chrooted into the shared host root) given `input`.
+fn boot_kernel(
     spec: KernelSpec,
     args: &VmtestArgs,
-    plan: &Path,
+    script: &str,
+    input: &Path,
     accel: &mut Option<Accel>,
-) -> Result<Row> {
+) -> Result<Booted> {
     let work = work_dir();
-    let started = Instant::now();
     let kernel = kernels::fetch(spec, &work)?;
     let initramfs = work.join(format!("initramfs-{}.cpio", kernel.release));
     initramfs::build(&kernel, &initramfs)?;
-    let guest = util::in_repo("xtask/vmtest/guest.sh");
+    let guest = util::in_repo(script);
     let append = format!(
         "console=ttyS0 panic=-1 loglevel=4 vmtest.cmd={} vmtest.plan={}",
         no_spaces(&guest)?,
-        no_spaces(plan)?
+        no_spaces(input)?
     );
     let mut boot = Boot {
         vmlinuz: &kernel.vmlinuz,
@@ -234,6 +257,10 @@ fn run_kernel(
     };
     boot.append
         .push_str(&format!(" vmtest.accel={}", boot.accel.name()));
+    // Each test binary gets half the kernel's limit, so one that hangs is
+    // killed in the guest and says where it sat.
+    boot.append
+        .push_str(&format!(" vmtest.limit={}", (args.timeout / 2).max(60)));
     println!(
         "vmtest: {} ({}) under {}",
         spec.label,
@@ -241,11 +268,38 @@ fn run_kernel(
         boot.accel.name()
     );
     let console = qemu::boot(&boot)?;
+    if console.panicked || console.timed_out || !console.done {
+        // What the guest said last: the panic, or the test it sat in.
+        println!("  console tail ({}):", spec.label);
+        let from = console.lines.len().saturating_sub(CONSOLE_TAIL);
+        for line in &console.lines[from..] {
+            println!("  | {line}");
+        }
+    }
+    Ok(Booted {
+        release: kernel.release,
+        accel: boot.accel,
+        console,
+    })
+}
+
+fn run_kernel(
+    spec: KernelSpec,
+    args: &VmtestArgs,
+    plan: &Path,
+    accel: &mut Option<Accel>,
+) -> Result<Row> {
+    let started = Instant::now();
+    let Booted {
+        release,
+        accel: used,
+        console,
+    } = boot_kernel(spec, args, "xtask/vmtest/guest.sh", plan, accel)?;
     let mut row = Row {
         label: spec.label.into(),
-        release: kernel.release.clone(),
+        release,
         loads: "no".into(),
-        accel: boot.accel.name(),
+        accel: used.name(),
         passed: 0,
         failed: 0,
         skipped: 0,
@@ -258,7 +312,6 @@ fn run_kernel(
     for line in &console.lines {
         if let Some(mode) = line.strip_prefix("vmtest: attach ") {
             row.attach = mode.trim().to_string();
-            println!("  {line}");
         } else if let Some(rest) = line.strip_prefix("vmtest: result ") {
             ran += 1;
             let field = |k: &str| {
@@ -278,12 +331,6 @@ fn run_kernel(
                 let name = rest.split_whitespace().next().unwrap_or("?");
                 let _ = write!(row.note, "{name} failed; ");
             }
-            println!("  {line}");
-        } else if line.starts_with("vmtest: log ")
-            || line.starts_with("vmtest: skip ")
-            || line.starts_with("vmtest: guest-error")
-        {
-            println!("  {line}");
         }
     }
     // A test that attached and saw spans means the programs loaded.
@@ -355,6 +402,9 @@ pub fn run_vmtest(args: &VmtestArgs) -> Result<()> {
         "--exclude",
         "lagtrace-ebpf",
     ]))?;
+    if args.bench {
+        return bench::run_bench(&specs, args);
+    }
     let work = work_dir();
     fs::create_dir_all(&work)?;
     let plan = work.join("plan.txt");

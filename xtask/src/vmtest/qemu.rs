@@ -69,7 +69,9 @@ pub struct Boot<'a> {
     pub accel: Accel,
     pub timeout: Duration,
     pub socket: PathBuf,
-    /// Echo console lines as they come.
+    /// Echo every console line as it comes; otherwise only the guest's
+    /// progress lines (`vmtest: ` but not the tests' own output), so a
+    /// non-verbose run still shows which test binary it is in.
     pub echo: bool,
 }
 
@@ -174,11 +176,13 @@ pub fn boot(b: &Boot) -> Result<Console> {
             Ok(line) => {
                 if b.echo {
                     println!("  | {line}");
+                } else if line.starts_with("vmtest: ") && !line.starts_with("vmtest: out ") {
+                    println!("  {line}");
                 }
                 if line.starts_with("vmtest: booted") {
                     out.booted = true;
                 }
-                if line.contains("Kernel panic") {
+                if line.contains("Kernel panic") || line.contains("BUG: ") {
                     out.panicked = true;
                 }
                 let done = line.starts_with("vmtest: guest-done");
