@@ -70,6 +70,9 @@ fn unavailable(mode: AttachMode, f: &Features) -> Option<String> {
         AttachMode::Fentry if !f.fentry_programs => {
             Some("the kernel refuses fentry programs (no BPF trampoline)".into())
         }
+        AttachMode::Fentry if !f.fexit_on_sleepers => Some(
+            "fexit on functions that sleep (do_epoll_wait, do_futex) is unsafe before Linux 5.13: a task asleep in one when lagtrace detaches returns into a freed trampoline".into(),
+        ),
         AttachMode::Fentry if !f.fentry_epoll => Some(format!(
             "ftrace cannot patch {EPOLL_WAIT_FN} (not in available_filter_functions)"
         )),

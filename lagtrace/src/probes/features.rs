@@ -63,6 +63,14 @@ pub struct Features {
     pub fentry_epoll: bool,
     /// The same for the futex function (the worker model's wait).
     pub fentry_futex: bool,
+    /// fexit may hook functions that sleep (5.13, "bpf: Fix fexit
+    /// trampoline"). Before it, detaching a trampoline while a task sleeps
+    /// in the hooked function lets that task return into freed memory:
+    /// lagtrace's fexit programs sit on `do_epoll_wait` and `do_futex`,
+    /// where a loop sleeps most of its life, and a Debian 5.10 guest
+    /// locked up (soft lockups of the target and of lagtrace) in a run
+    /// that attached and detached them repeatedly.
+    pub fexit_on_sleepers: bool,
     /// `raw_syscalls:sys_enter`/`sys_exit` exist.
     pub raw_syscalls: bool,
     /// The classic tracepoints lagtrace attaches that this kernel lacks.
@@ -101,6 +109,12 @@ fn traceable<const N: usize>(names: [&str; N]) -> [bool; N] {
     found
 }
 
+/// `(major, minor)` of a release string such as `5.10.0-32-cloud-amd64`.
+fn version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
 fn release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -119,8 +133,11 @@ impl Features {
             .filter(|(c, e)| !tracefs::has_tracepoint(c, e))
             .map(|(c, e)| format!("{c}:{e}"))
             .collect();
+        let release = release();
+        let fexit_on_sleepers = version(&release).is_some_and(|v| v >= (5, 13));
         Self {
-            release: release(),
+            fexit_on_sleepers,
+            release,
             btf,
             ringbuf: is_map_supported(MapType::RingBuf).unwrap_or(false),
             bpf_loop: is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_loop)
@@ -193,5 +210,18 @@ impl fmt::Display for Features {
             write!(f, " missing={}", self.missing_tracepoints.join(","))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version;
+
+    #[test]
+    fn versions_of_distribution_releases() {
+        assert_eq!(version("5.10.0-32-cloud-amd64"), Some((5, 10)));
+        assert_eq!(version("6.18.44-fc-v657"), Some((6, 18)));
+        assert_eq!(version("5.13"), Some((5, 13)));
+        assert_eq!(version("unknown"), None);
     }
 }
