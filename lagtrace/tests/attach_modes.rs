@@ -184,7 +184,10 @@ fn auto_names_its_choice() {
         .lines()
         .find(|l| l.contains("fentry(do_epoll_wait)="))
         .unwrap_or_else(|| panic!("-v must list the kernel's features: {stderr}"));
-    let fentry_here = features.contains("fentry(do_epoll_wait)=yes");
+    // fentry where ftrace can patch the wait function and fexit is safe on
+    // functions that sleep (5.13+).
+    let fentry_here = features.contains("fentry(do_epoll_wait)=yes")
+        && features.contains("fexit_on_sleepers=yes");
     if fentry_here {
         assert_eq!(chosen, "fentry", "{why}");
     } else {

@@ -193,7 +193,7 @@ impl fmt::Display for Features {
         write!(
             f,
             "kernel {}: btf={} ringbuf={} bpf_loop={} raw_tp={} tp_btf={} fentry={} kprobes={} \
-             fentry({EPOLL_WAIT_FN})={} fentry({FUTEX_FN})={} raw_syscalls={}",
+             fentry({EPOLL_WAIT_FN})={} fentry({FUTEX_FN})={} fexit_on_sleepers={} raw_syscalls={}",
             self.release,
             yn(self.btf),
             yn(self.ringbuf),
@@ -204,6 +204,7 @@ impl fmt::Display for Features {
             yn(self.kprobes),
             yn(self.fentry_epoll),
             yn(self.fentry_futex),
+            yn(self.fexit_on_sleepers),
             yn(self.raw_syscalls),
         )?;
         if !self.missing_tracepoints.is_empty() {
