@@ -418,9 +418,13 @@ fn a_process_whose_main_thread_exited_is_traced() {
         assert_eq!(s["pid"].as_u64(), Some(u64::from(pid)));
         assert_eq!(s["tid"].as_u64(), Some(u64::from(loop_tid)));
         let ms = s["duration_ns"].as_u64().unwrap() as f64 / 1e6;
+        // `--duration` can end the trace inside a stall: that span is
+        // reported unfinished, as long as it had lasted by then (at least
+        // the threshold).
+        let shortest = if s["unfinished"] == true { 50.0 } else { 79.0 };
         assert!(
-            (79.0..400.0).contains(&ms),
-            "span of {ms:.1} ms for 80 ms stalls"
+            (shortest..400.0).contains(&ms),
+            "span of {ms:.1} ms for 80 ms stalls: {s}"
         );
     }
     let summaries = fin
