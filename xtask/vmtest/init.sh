@@ -27,7 +27,8 @@ mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs shm /host/dev/shm
-mount -t tmpfs tmp /host/tmp
+# No tmpfs over /tmp: the overlay is writable already, and a checkout under
+# the host's /tmp (a CI clone) must stay visible to the guest.
 mount -t tracefs tracefs /host/sys/kernel/tracing 2>/dev/null ||
     mount -t tracefs tracefs /host/sys/kernel/debug/tracing
 mount -t debugfs debugfs /host/sys/kernel/debug
