@@ -44,7 +44,7 @@ pub fn run_tests(test_args: &[String]) -> Result<()> {
     // its time limit is a hard kill, so it can never stall CI.
     // Opt-in until the guest hang seen in the tokio tests is understood
     // (a 6.1 guest sat in tests/runtimes.rs on the merged code).
-    if !std::env::var_os("LAGTRACE_VMTEST").is_some_and(|v| v == "1") {
+    if std::env::var_os("LAGTRACE_VMTEST").is_none_or(|v| v != "1") {
         util::warn(
             "SKIP vmtest: opt-in with LAGTRACE_VMTEST=1 while a guest hang in the tokio tests is open (the VM matrix: `cargo xtask vmtest --kernel all`)",
         );
