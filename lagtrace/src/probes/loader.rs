@@ -195,31 +195,41 @@ impl Probes {
 
     /// Walk this Python process's frames in the kernel at each sample.
     pub fn set_python_target(&mut self, tgid: u32, target: PyTarget) -> Result<()> {
-        let map = self.ebpf.map_mut("PY_TARGETS").expect("PY_TARGETS map");
-        let mut targets: HashMap<_, u32, PyTarget> =
-            HashMap::try_from(map).map_err(map_err("PY_TARGETS"))?;
-        targets
-            .insert(tgid, target, 0)
-            .map_err(map_err("PY_TARGETS"))
+        self.set_per_process("PY_TARGETS", tgid, target)
+    }
+
+    /// Write `value` for `tgid` into the per-process map `name`.
+    fn set_per_process<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        tgid: u32,
+        value: V,
+    ) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .expect("a map of lagtrace's BPF object");
+        let mut m: HashMap<_, u32, V> = HashMap::try_from(map).map_err(map_err(name))?;
+        m.insert(tgid, value, 0).map_err(map_err(name))
+    }
+
+    /// Drop `tgid` from the per-process map `name`, if it is there.
+    fn remove_per_process<V: aya::Pod>(&mut self, name: &str, tgid: u32) {
+        if let Some(map) = self.ebpf.map_mut(name)
+            && let Ok(mut m) = HashMap::<_, u32, V>::try_from(map)
+        {
+            let _ = m.remove(&tgid);
+        }
     }
 
     /// Read this node process's JS frames from V8's frames at each sample.
     pub fn set_v8_target(&mut self, tgid: u32, offsets: V8Offsets) -> Result<()> {
-        let map = self.ebpf.map_mut("V8_TARGETS").expect("V8_TARGETS map");
-        let mut targets: HashMap<_, u32, V8Offsets> =
-            HashMap::try_from(map).map_err(map_err("V8_TARGETS"))?;
-        targets
-            .insert(tgid, offsets, 0)
-            .map_err(map_err("V8_TARGETS"))
+        self.set_per_process("V8_TARGETS", tgid, offsets)
     }
 
     /// Stop reading a process's JS frames (it exec'd another program).
     pub fn remove_v8_target(&mut self, tgid: u32) {
-        if let Some(map) = self.ebpf.map_mut("V8_TARGETS")
-            && let Ok(mut t) = HashMap::<_, u32, V8Offsets>::try_from(map)
-        {
-            let _ = t.remove(&tgid);
-        }
+        self.remove_per_process::<V8Offsets>("V8_TARGETS", tgid);
     }
 
     /// The kernel's state of one loop thread.
@@ -313,11 +323,7 @@ impl Probes {
 
     /// Stop walking a process's Python frames (it exec'd another program).
     pub fn remove_python_target(&mut self, tgid: u32) {
-        if let Some(map) = self.ebpf.map_mut("PY_TARGETS")
-            && let Ok(mut t) = HashMap::<_, u32, PyTarget>::try_from(map)
-        {
-            let _ = t.remove(&tgid);
-        }
+        self.remove_per_process::<PyTarget>("PY_TARGETS", tgid);
     }
 
     /// Stop tracing a process that exited (or a thread id the kernel took
@@ -325,11 +331,7 @@ impl Probes {
     /// last figures are read; the wait points find a known loop thread
     /// without consulting the targets, but a dead one never waits again.
     pub fn remove_target(&mut self, tgid: u32) {
-        if let Some(map) = self.ebpf.map_mut("TARGETS")
-            && let Ok(mut t) = HashMap::<_, u32, TargetConfig>::try_from(map)
-        {
-            let _ = t.remove(&tgid);
-        }
+        self.remove_per_process::<TargetConfig>("TARGETS", tgid);
         self.remove_python_target(tgid);
         self.unsample_process(tgid);
     }
