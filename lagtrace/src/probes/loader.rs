@@ -333,6 +333,7 @@ impl Probes {
     pub fn remove_target(&mut self, tgid: u32) {
         self.remove_per_process::<TargetConfig>("TARGETS", tgid);
         self.remove_python_target(tgid);
+        self.remove_v8_target(tgid);
         self.unsample_process(tgid);
     }
 
