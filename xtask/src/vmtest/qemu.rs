@@ -21,7 +21,11 @@ const MEM: &str = "6G";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
     Kvm,
+    /// Multi-threaded TCG: a host thread per guest CPU.
     Tcg,
+    /// TCG with both guest CPUs on one host thread (`--accel tcg-single`),
+    /// to tell an emulation fault from a guest kernel's.
+    TcgSingle,
 }
 
 impl Accel {
@@ -29,6 +33,16 @@ impl Accel {
         match self {
             Self::Kvm => "kvm",
             Self::Tcg => "tcg",
+            Self::TcgSingle => "tcg-single",
+        }
+    }
+
+    /// qemu's `-accel` value.
+    fn qemu_accel(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+            Self::TcgSingle => "tcg,thread=single",
         }
     }
 }
@@ -109,12 +123,12 @@ pub fn boot(b: &Boot) -> Result<Console> {
     cmd.args(["-nodefaults", "-display", "none", "-no-reboot"])
         .args(["-serial", "stdio", "-monitor", "none"])
         .args(["-m", MEM, "-smp", "2"])
-        .args(["-accel", b.accel.name()])
+        .args(["-accel", b.accel.qemu_accel()])
         .args([
             "-cpu",
             match b.accel {
                 Accel::Kvm => "host",
-                Accel::Tcg => "max",
+                Accel::Tcg | Accel::TcgSingle => "max",
             },
         ])
         .arg("-kernel")
