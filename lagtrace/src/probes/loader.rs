@@ -268,9 +268,10 @@ impl Probes {
 
     /// Attach all programs. The targets must be set first.
     pub fn attach(&mut self, opts: &ProbeOptions) -> Result<()> {
+        // The iteration hooks go last: an iteration opened before the
+        // scheduler programs run would miss its waits and read as all
+        // on-CPU (loading the sched_switch walker takes most of a second).
         let candidates = candidates(opts.attach, &self.features)?;
-        let mode = self.attach_iterations(candidates, opts.workers)?;
-        self.mode = Some(mode);
         let mut points: Vec<(&str, &str, String)> = Vec::new();
         points.push(("thread_exit", "sched", "sched_process_exit".into()));
         if opts.children {
@@ -307,6 +308,8 @@ impl Probes {
             let name = self.load_walker::<PerfEvent>("on_cpu_sample", "on_cpu_sample_fp")?;
             self.attach_sampler(name, opts.frequency)?;
         }
+        let mode = self.attach_iterations(candidates, opts.workers)?;
+        self.mode = Some(mode);
         Ok(())
     }
 
