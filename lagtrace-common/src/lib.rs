@@ -44,6 +44,17 @@ pub const THREAD_IN_ITER: u32 = 1;
 /// The open iteration is past the threshold: its samples stream live.
 pub const THREAD_OVER: u32 = 2;
 
+/// Clean iterations a thread first seen in a futex wait must complete
+/// before it counts as a runtime worker (`ThreadState::probation`).
+///
+/// Why: in the worker model any futex wait ends an iteration, and a plain
+/// thread of the target that waits for a contended lock (a thread calling
+/// `Notify::notify_one`, whose mutex a worker holds) would look like a
+/// worker, and its sleeps between lock waits like a blocking span. A worker
+/// parks between short bursts of work that do not sleep; such a thread
+/// sleeps in every iteration. An iteration that slept restarts the count.
+pub const WORKER_PROBATION: u32 = 3;
+
 /// Scheduler phase of a thread inside an open iteration.
 pub const PHASE_ON_CPU: u32 = 0;
 pub const PHASE_OFF_CPU: u32 = 1;
@@ -183,6 +194,11 @@ pub struct ThreadState {
     pub pending_since_ns: u64,
     pub samples: u32,
     pub samples_dropped: u32,
+    /// Clean iterations still needed before this thread counts as a loop
+    /// thread ([`WORKER_PROBATION`]); 0 for a loop thread. While it is on
+    /// probation its iterations are neither counted nor reported.
+    pub probation: u32,
+    pub _pad0: u32,
     /// Completed iterations and their longest.
     pub iterations: u64,
     pub max_ns: u64,
@@ -199,6 +215,13 @@ pub struct PhaseTimes {
 }
 
 impl ThreadState {
+    /// A loop thread: one seen in an epoll wait, or a worker past its
+    /// probation. Userspace shows no other thread.
+    #[inline(always)]
+    pub fn is_loop_thread(&self) -> bool {
+        self.probation == 0
+    }
+
     /// The phase accounting of the open iteration as of `now`: the times
     /// closed so far, plus the time since the last scheduler transition
     /// charged to the phase the thread is in. The one definition: the
@@ -653,6 +676,8 @@ mod tests {
             pending_since_ns: 0,
             samples: 0,
             samples_dropped: 0,
+            probation: 0,
+            _pad0: 0,
             iterations: 0,
             max_ns: 0,
             sum_ns: 0,

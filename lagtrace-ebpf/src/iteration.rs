@@ -19,7 +19,7 @@ use lagtrace_common::{
     CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
     CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_ON_CPU,
     SAMPLE_F_BUFFERED, SAMPLE_SLOTS, SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER,
-    THREAD_OVER, TargetConfig, ThreadSamples, ThreadState, hist_bucket,
+    THREAD_OVER, TargetConfig, ThreadSamples, ThreadState, WORKER_PROBATION, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -89,12 +89,14 @@ pub fn scratch() -> Option<&'static mut StackSample> {
     p.map(|p| unsafe { &mut *p })
 }
 
-/// The state of a thread of a target, created on first sight.
+/// The state of a thread of a target, created on first sight with
+/// `probation` clean iterations to go before it counts (0: at once).
 #[inline(always)]
 pub fn thread_or_insert<C: EbpfContext>(
     ctx: &C,
     tid: u32,
     tgid: u32,
+    probation: u32,
 ) -> Option<&'static mut ThreadState> {
     if let Some(t) = thread(tid) {
         if t.tgid == tgid {
@@ -130,6 +132,7 @@ pub fn thread_or_insert<C: EbpfContext>(
     }
     let t = thread(tid)?;
     t.tgid = tgid;
+    t.probation = probation;
     debug!(ctx, "lagtrace: new loop thread tid={} tgid={}", tid, tgid);
     Some(t)
 }
@@ -159,6 +162,17 @@ pub fn end(t: &mut ThreadState, tid: u32, now: u64) {
     let dur = now.saturating_sub(t.iter_start_ns);
     close_phase(t, now);
     t.flags = 0;
+    if t.probation != 0 {
+        // Not yet a worker (see WORKER_PROBATION): an iteration that slept
+        // restarts the count, and none is counted or reported meanwhile.
+        t.probation = if t.off_cpu_ns > 0 {
+            WORKER_PROBATION
+        } else {
+            t.probation - 1
+        };
+        t.nbuf = 0;
+        return;
+    }
     t.iterations += 1;
     t.sum_ns += dur;
     if dur > t.max_ns {
@@ -180,7 +194,7 @@ pub fn end(t: &mut ThreadState, tid: u32, now: u64) {
 #[inline(always)]
 pub fn end_at_exit(t: &mut ThreadState, tid: u32, now: u64) {
     let Some(cfg) = config() else { return };
-    if t.flags & THREAD_IN_ITER == 0 {
+    if t.flags & THREAD_IN_ITER == 0 || t.probation != 0 {
         return;
     }
     close_phase(t, now);
@@ -300,6 +314,10 @@ fn send(t: &ThreadState, tid: u32, s: *const StackSample, flags: u64) {
 #[inline(always)]
 pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSample) {
     let Some(cfg) = config() else { return };
+    // A thread on probation reports nothing, so it keeps no samples.
+    if t.probation != 0 {
+        return;
+    }
     t.samples += 1;
     bump(CTR_SAMPLES);
     if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {

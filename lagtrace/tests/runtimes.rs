@@ -204,13 +204,23 @@ fn target_in_its_own_pid_namespace_is_traced_by_host_pid() {
 }
 
 fn tokio_run(test: &str, args: &[&str]) -> Option<(Finished, Vec<Truth>, Vec<Value>)> {
+    tokio_run_with(test, args, "50ms")
+}
+
+/// [`tokio_run`] with lagtrace's `--threshold`; the heartbeat and contender
+/// lines of the truth file come back together.
+fn tokio_run_with(
+    test: &str,
+    args: &[&str],
+    threshold: &str,
+) -> Option<(Finished, Vec<Truth>, Vec<Value>)> {
     if !build_testapps() {
         panic!("{test}: building lagtrace-testapps failed");
     }
     let app = testapp("tokio_stalls");
     let mut target = Target::start(&app, args);
     let pid = target.pid.to_string();
-    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms"]);
+    let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", threshold]);
     // A worker parked since before attach is seen from its next wait on:
     // give the runtime's 5 ms ticker time to cycle every worker once.
     std::thread::sleep(Duration::from_millis(100));
@@ -224,7 +234,7 @@ fn tokio_run(test: &str, args: &[&str]) -> Option<(Finished, Vec<Truth>, Vec<Val
     );
     let heartbeats = read_jsonl(&target.truth)
         .into_iter()
-        .filter(|v| v["kind"] == "heartbeat")
+        .filter(|v| v["kind"] == "heartbeat" || v["kind"] == "contender")
         .collect();
     assert!(target.alive());
     Some((fin, target.stalls(), heartbeats))
@@ -356,6 +366,56 @@ fn tokio_multi_thread_span_is_on_the_worker_that_blocked() {
         }
         report(&format!("tokio multi_thread {block}"), &errors);
     }
+}
+
+#[test]
+fn a_plain_thread_waiting_for_a_lock_is_no_worker() {
+    if !root_or_skip("a_plain_thread_waiting_for_a_lock_is_no_worker") {
+        return;
+    }
+    // In the worker model a futex wait ends an iteration. The app's
+    // "contender" thread sleeps 7 ms, then waits on a futex for a lock a
+    // worker holds about half the time: taken for a worker, its sleeps
+    // between two waits would be spans (over 20 ms when two takes in a
+    // row find the lock free).
+    let Some((fin, stalls, lines)) = tokio_run_with(
+        "tokio contender",
+        &[
+            "--flavor",
+            "multi",
+            "--block",
+            "cpu",
+            "--stalls-ms",
+            "80,150",
+            "--contender",
+        ],
+        "20ms",
+    ) else {
+        return;
+    };
+    let contender = lines
+        .iter()
+        .find(|v| v["kind"] == "contender")
+        .expect("the app names its contender thread");
+    let tid = contender["tid"].as_u64().unwrap();
+    let contended = contender["contended"].as_u64().unwrap();
+    eprintln!("CONTENDER tid {tid}: {contended} lock takes waited");
+    assert!(
+        contended >= 10,
+        "the scenario needs the contender to wait for the lock: {contender}"
+    );
+    let errors = assert_stalls_reported(&fin.spans, &stalls, 20);
+    assert_eq!(errors.len(), 2);
+    let on_contender: Vec<&Value> = fin
+        .spans
+        .iter()
+        .filter(|s| s["tid"].as_u64() == Some(tid))
+        .collect();
+    assert!(
+        on_contender.is_empty(),
+        "spans on the contender thread, which is no worker: {on_contender:?}"
+    );
+    report("tokio with a lock contender", &errors);
 }
 
 #[test]

@@ -33,9 +33,12 @@ pub fn wait_returned<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> Option<()> {
         Some(t) if t.tgid == tgid => t,
         _ => {
             target(tgid)?;
-            thread_or_insert(ctx, tid, tgid)?
+            thread_or_insert(ctx, tid, tgid, 0)?
         }
     };
+    // An epoll wait makes a loop thread of one on probation (a worker that
+    // drives the runtime's I/O).
+    t.probation = 0;
     begin(t, now_ns());
     Some(())
 }

@@ -8,7 +8,7 @@
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use lagtrace_common::{MODEL_WORKER, THREAD_IN_ITER, TargetConfig};
+use lagtrace_common::{MODEL_WORKER, THREAD_IN_ITER, TargetConfig, WORKER_PROBATION};
 
 use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
 
@@ -50,7 +50,9 @@ pub fn futex_entered<C: EbpfContext>(
         return None;
     }
     let tid = pid_tgid as u32;
-    let t = thread_or_insert(ctx, tid, (pid_tgid >> 32) as u32)?;
+    // A thread first seen here may be a plain thread waiting for a lock:
+    // it counts once it has shown a worker's rhythm (WORKER_PROBATION).
+    let t = thread_or_insert(ctx, tid, (pid_tgid >> 32) as u32, WORKER_PROBATION)?;
     t.in_futex_wait = 1;
     if t.flags & THREAD_IN_ITER != 0 {
         end(t, tid, now_ns());

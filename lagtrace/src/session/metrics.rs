@@ -18,7 +18,7 @@ pub(super) fn update(
 ) {
     let Some(m) = p.metrics.clone() else { return };
     let mut rows = Vec::new();
-    for (tid, t) in threads {
+    for (tid, t) in threads.iter().filter(|(_, t)| t.is_loop_thread()) {
         let Some(comm) = p.target(t.tgid).map(|x| x.comm.clone()) else {
             continue;
         };

@@ -336,7 +336,7 @@ impl Pipeline {
             .python
             .retain_tasks(|tid| threads.iter().any(|(t, _)| *t == tid));
         for (tid, t) in threads {
-            if t.flags & THREAD_IN_ITER == 0 {
+            if t.flags & THREAD_IN_ITER == 0 || !t.is_loop_thread() {
                 continue;
             }
             let open = now.saturating_sub(t.iter_start_ns);
@@ -401,6 +401,7 @@ impl Pipeline {
         let now = WallClock::now_mono_ns();
         for (tid, t) in threads {
             if t.flags & THREAD_IN_ITER == 0
+                || !t.is_loop_thread()
                 || now.saturating_sub(t.iter_start_ns) < self.threshold_ns
             {
                 continue;
@@ -425,10 +426,17 @@ pub(super) fn snapshot(p: &mut Pipeline, probes: &mut Probes, threads: &[(u32, T
         if !p.targets.iter().any(|x| x.pid == t.tgid) {
             continue;
         }
+        let gone = !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.tgid)).exists();
+        if !t.is_loop_thread() {
+            // Not shown (a worker on probation); forgotten once it exits.
+            if gone {
+                probes.forget_thread(*tid);
+            }
+            continue;
+        }
         let name = p.names.get(t.tgid, *tid, &[]);
         p.summary.name(*tid, name);
         p.summary.snapshot(*tid, t);
-        let gone = !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.tgid)).exists();
         if gone && t.flags & THREAD_IN_ITER == 0 {
             probes.forget_thread(*tid);
             // Its row joins its process's exited threads (bounded churn).

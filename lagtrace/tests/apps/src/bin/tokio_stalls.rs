@@ -33,6 +33,11 @@
 //!       every 5 ms through tokio::sync::Notify, as work arriving from outside
 //!       the runtime does; that wake-up unparks the free worker, so count is
 //!       ~stall/5 ms and tids is the other worker: it kept serving.
+//!   --contender  a plain thread ("contender") sleeps 7 ms, then takes a
+//!       std Mutex that a task holds for 3 ms of every 5 (spinning): it
+//!       waits for the lock on a futex about half the time, and is no
+//!       worker. Its ids go to the truth file as `{"kind":"contender",
+//!       "tid":N,"contended":K}` when the run is done.
 
 use std::{
     fs::File,
@@ -81,6 +86,7 @@ struct Args {
     saturate_s: Option<f64>,
     label_prefix: String,
     heartbeat: Heartbeat,
+    contender: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -93,7 +99,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "tokio_stalls: {msg}\nusage: tokio_stalls --truth FILE [--flavor current|multi] \
          [--block cpu|sleep] [--stalls-ms 80,150,300] [--gap-ms 250] \
-         [--saturate SECONDS] [--label-prefix STR] [--heartbeat timer|remote]"
+         [--saturate SECONDS] [--label-prefix STR] [--heartbeat timer|remote] [--contender]"
     );
     std::process::exit(2);
 }
@@ -108,6 +114,7 @@ fn parse_args() -> Args {
         saturate_s: None,
         label_prefix: String::new(),
         heartbeat: Heartbeat::Timer,
+        contender: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -171,6 +178,7 @@ fn parse_args() -> Args {
                     v => usage(&format!("bad --heartbeat {v:?}")),
                 }
             }
+            "--contender" => args.contender = true,
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -334,9 +342,54 @@ fn stall_now(block: Block, ms: u64, beats: &Beats) -> Stall {
     }
 }
 
+/// The `--contender` thread's tid and how many of its lock takes waited.
+static CONTENDER: (AtomicU64, AtomicU64) = (AtomicU64::new(0), AtomicU64::new(0));
+
 fn finish(truth: &Truth) {
+    let tid = CONTENDER.0.load(Ordering::Relaxed);
+    if tid != 0 {
+        truth.write(format!(
+            r#"{{"kind":"contender","tid":{tid},"contended":{}}}"#,
+            CONTENDER.1.load(Ordering::Relaxed)
+        ));
+    }
     truth.write(r#"{"kind":"done"}"#.to_string());
     say("DONE");
+}
+
+/// `--contender`: a task holds `lock` for 3 ms of every 5 (spinning, so a
+/// worker holds it), and a plain thread takes it every 7 ms; when it is
+/// held, the thread waits for it on a futex, as a thread waking a runtime
+/// through a contended channel does.
+fn start_contender() -> std::io::Result<()> {
+    let lock = Arc::new(Mutex::new(0u64));
+    let held = lock.clone();
+    tokio::spawn(async move {
+        loop {
+            {
+                let mut g = held.lock().expect("contender lock");
+                *g = g.wrapping_add(spin_briefly(Duration::from_millis(3)));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    std::thread::Builder::new()
+        .name("contender".into())
+        .spawn(move || {
+            CONTENDER.0.store(u64::from(gettid()), Ordering::Relaxed);
+            loop {
+                std::thread::sleep(Duration::from_millis(7));
+                let mut g = match lock.try_lock() {
+                    Ok(g) => g,
+                    Err(_) => {
+                        CONTENDER.1.fetch_add(1, Ordering::Relaxed);
+                        lock.lock().expect("contender lock")
+                    }
+                };
+                *g = g.wrapping_add(1);
+            }
+        })?;
+    Ok(())
 }
 
 async fn inject_stalls(args: Arc<Args>, truth: Truth, beats: Arc<Beats>) {
@@ -467,6 +520,9 @@ async fn run(args: Arc<Args>, truth: Truth) -> std::io::Result<()> {
                 });
             }
         }
+    }
+    if args.contender {
+        start_contender()?;
     }
     let _ = ticking.await;
     say(&format!("READY {}", std::process::id()));
