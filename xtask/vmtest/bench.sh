@@ -97,6 +97,10 @@ for ((r = 1; r <= rounds; r++)); do
             refused="$refused$m "
             continue
         fi
+        # What lagtrace said at start (its mode, any fallback such as a
+        # per-CPU sampling clock), for the reader of the console.
+        grep -E '^lagtrace: tracing|WARN|warning' "/tmp/lt-$m.err" | cut -c1-240 |
+            sed "s/^/vmtest: bench-note round=$r mode=$m: /"
         settle $lt
         measure "$m" $lt
         kill -INT $lt
