@@ -70,28 +70,41 @@ fn spin_and_syscall(
 /// The spin loop's rate with `sys_enter/sys_exit_epoll_wait` enabled by
 /// `perf stat` (counting, no program): what the tracepoint path costs
 /// before any of lagtrace's work. Why not, if perf is missing.
-fn tracepoints_alone(
-    spin: &mut targets::Target,
-    secs: u64,
-) -> Result<std::result::Result<f64, String>> {
-    let mut perf = match Command::new("perf")
+/// The epoll syscall tracepoints of every wait kind the targets use,
+/// entry and exit.
+const EPOLL_TRACEPOINTS: &str = "syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait,\
+syscalls:sys_enter_epoll_pwait,syscalls:sys_exit_epoll_pwait";
+
+/// `perf stat` counting the epoll syscall tracepoints on `pid`, no BPF:
+/// the target then pays the syscall slow path and the tracepoints' records
+/// and nothing of lagtrace's. Returned once perf has had time to attach.
+pub fn count_epoll_tracepoints(pid: u32) -> std::result::Result<std::process::Child, String> {
+    let perf = Command::new("perf")
         .args([
             "stat",
             "-x,",
             "-e",
-            "syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait",
+            EPOLL_TRACEPOINTS,
             "-p",
-            &spin.pid.to_string(),
+            &pid.to_string(),
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-    {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(format!("perf: {e} (install linux-perf)"))),
-    };
+        .map_err(|e| format!("perf: {e} (install linux-perf)"))?;
     // perf stat says nothing when it has attached; give it time to.
     std::thread::sleep(std::time::Duration::from_millis(500));
+    Ok(perf)
+}
+
+fn tracepoints_alone(
+    spin: &mut targets::Target,
+    secs: u64,
+) -> Result<std::result::Result<f64, String>> {
+    let mut perf = match count_epoll_tracepoints(spin.pid) {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(why)),
+    };
     let spun = spin_once(spin, secs);
     // SAFETY: plain kill(2) on perf's pid, which has not been reaped yet.
     unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
@@ -108,7 +121,9 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
          `bench/targets/getppid_loop.c` in a separate, untraced process (median of 5 runs of \
          2,000,000 calls) while lagtrace traces the idle spin loop: what every other process \
          on the host pays per syscall. *CPU/request*: the servers' CPU time per request, \
-         interleaved rounds as in section 1.\n\n",
+         interleaved rounds as in section 1; their last row is the floor of the tracepoint \
+         modes there: the epoll syscall tracepoints enabled by `perf stat` (counting only, \
+         no BPF program, no lagtrace).\n\n",
     );
     let mut headline = Vec::new();
     let spin_bin = targets::build_spin_loop(&ctx.out)?;
@@ -208,6 +223,13 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
                 tool: Tool::Lagtrace(vec!["--attach".into(), (*m).into()]),
             });
         }
+        // The tracepoint modes' floor on this server: what a request pays
+        // for the syscall tracepoints being on, before any program runs.
+        modes.push(Mode {
+            label: "epoll tracepoints alone (perf stat, no lagtrace)".into(),
+            target,
+            tool: Tool::EpollTracepoints,
+        });
         let results = interleave(ctx, &modes, ctx.plan.rounds)
             .with_context(|| format!("attach rounds on {name}"))?;
         let _ = write!(
@@ -220,7 +242,11 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             .enumerate()
             .map(|(i, m)| format!("{m} {}", ratio_cell(compare(&results, i + 1, 0).cpu)))
             .collect();
-        headline.push(format!("{name} CPU/request ratio: {}", per.join("; ")));
+        headline.push(format!(
+            "{name} CPU/request ratio: {}; epoll tracepoints alone {}",
+            per.join("; "),
+            ratio_cell(compare(&results, modes.len() - 1, 0).cpu)
+        ));
     }
     Ok(Section {
         title: "8. Attach modes".into(),

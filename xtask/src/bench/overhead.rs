@@ -36,7 +36,13 @@ const SETTLE_MAX: Duration = Duration::from_secs(20);
 pub enum Tool {
     Untraced,
     Lagtrace(Vec<String>),
-    PySpy { bin: PathBuf, nonblocking: bool },
+    PySpy {
+        bin: PathBuf,
+        nonblocking: bool,
+    },
+    /// No lagtrace: only the epoll syscall tracepoints enabled, by `perf
+    /// stat` counting them on the target (the tracepoint modes' floor).
+    EpollTracepoints,
 }
 
 pub struct Mode<'a> {
@@ -151,6 +157,20 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
                 notes,
                 cpu_us_per_req,
                 foreign_tracer: false,
+            })
+        }
+        Tool::EpollTracepoints => {
+            let mut perf =
+                super::attach::count_epoll_tracepoints(target.pid).map_err(anyhow::Error::msg)?;
+            let load = loaded(target, secs);
+            // SAFETY: plain kill(2) on perf's pid, which has not been reaped yet.
+            unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+            let _ = perf.wait();
+            let (load, cpu_us_per_req) = load?;
+            Ok(Round {
+                load,
+                cpu_us_per_req,
+                ..Round::default()
             })
         }
         Tool::PySpy { bin, nonblocking } => {
