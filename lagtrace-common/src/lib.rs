@@ -222,6 +222,12 @@ impl ThreadState {
         self.probation == 0
     }
 
+    /// Inside an iteration that userspace may show: a loop thread's.
+    #[inline(always)]
+    pub fn in_shown_iteration(&self) -> bool {
+        self.flags & THREAD_IN_ITER != 0 && self.is_loop_thread()
+    }
+
     /// The phase accounting of the open iteration as of `now`: the times
     /// closed so far, plus the time since the last scheduler transition
     /// charged to the phase the thread is in. The one definition: the

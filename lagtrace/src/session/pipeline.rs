@@ -336,7 +336,7 @@ impl Pipeline {
             .python
             .retain_tasks(|tid| threads.iter().any(|(t, _)| *t == tid));
         for (tid, t) in threads {
-            if t.flags & THREAD_IN_ITER == 0 || !t.is_loop_thread() {
+            if !t.in_shown_iteration() {
                 continue;
             }
             let open = now.saturating_sub(t.iter_start_ns);
@@ -400,10 +400,7 @@ impl Pipeline {
         self.retry_parked(true)?;
         let now = WallClock::now_mono_ns();
         for (tid, t) in threads {
-            if t.flags & THREAD_IN_ITER == 0
-                || !t.is_loop_thread()
-                || now.saturating_sub(t.iter_start_ns) < self.threshold_ns
-            {
+            if !t.in_shown_iteration() || now.saturating_sub(t.iter_start_ns) < self.threshold_ns {
                 continue;
             }
             let raw = self.open_span(*tid, t, now, None, probes);
