@@ -67,48 +67,59 @@ fn spin_and_syscall(
     Ok(Ok((n as f64 / s, ns)))
 }
 
-/// The spin loop's rate with `sys_enter/sys_exit_epoll_wait` enabled by
-/// `perf stat` (counting, no program): what the tracepoint path costs
-/// before any of lagtrace's work. Why not, if perf is missing.
 /// The epoll syscall tracepoints of every wait kind the targets use,
 /// entry and exit.
 const EPOLL_TRACEPOINTS: &str = "syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait,\
 syscalls:sys_enter_epoll_pwait,syscalls:sys_exit_epoll_pwait";
 
-/// `perf stat` counting the epoll syscall tracepoints on `pid`, no BPF:
+/// `perf stat` counting the epoll syscall tracepoints on a target, no BPF:
 /// the target then pays the syscall slow path and the tracepoints' records
-/// and nothing of lagtrace's. Returned once perf has had time to attach.
-pub fn count_epoll_tracepoints(pid: u32) -> std::result::Result<std::process::Child, String> {
-    let perf = Command::new("perf")
-        .args([
-            "stat",
-            "-x,",
-            "-e",
-            EPOLL_TRACEPOINTS,
-            "-p",
-            &pid.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("perf: {e} (install linux-perf)"))?;
-    // perf stat says nothing when it has attached; give it time to.
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    Ok(perf)
+/// and nothing of lagtrace's.
+pub struct EpollTracepoints(std::process::Child);
+
+impl EpollTracepoints {
+    /// Start counting on `pid`; returned once perf has had time to attach.
+    /// Why not, if perf is missing.
+    pub fn count(pid: u32) -> std::result::Result<Self, String> {
+        let perf = Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                EPOLL_TRACEPOINTS,
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("perf: {e} (install linux-perf)"))?;
+        // perf stat says nothing when it has attached; give it time to.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        Ok(Self(perf))
+    }
+
+    /// Stop perf (SIGINT, as at a terminal) and reap it.
+    pub fn stop(mut self) {
+        // SAFETY: plain kill(2) on perf's pid, which has not been reaped yet.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
 }
 
+/// The spin loop's rate with the epoll tracepoints enabled by `perf stat`
+/// (counting, no program): what the tracepoint path costs before any of
+/// lagtrace's work. Why not, if perf is missing.
 fn tracepoints_alone(
     spin: &mut targets::Target,
     secs: u64,
 ) -> Result<std::result::Result<f64, String>> {
-    let mut perf = match count_epoll_tracepoints(spin.pid) {
+    let perf = match EpollTracepoints::count(spin.pid) {
         Ok(p) => p,
         Err(why) => return Ok(Err(why)),
     };
     let spun = spin_once(spin, secs);
-    // SAFETY: plain kill(2) on perf's pid, which has not been reaped yet.
-    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-    let _ = perf.wait();
+    perf.stop();
     let (n, s) = spun?;
     Ok(Ok(n as f64 / s))
 }

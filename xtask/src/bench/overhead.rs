@@ -160,12 +160,10 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
             })
         }
         Tool::EpollTracepoints => {
-            let mut perf =
-                super::attach::count_epoll_tracepoints(target.pid).map_err(anyhow::Error::msg)?;
+            let perf =
+                super::attach::EpollTracepoints::count(target.pid).map_err(anyhow::Error::msg)?;
             let load = loaded(target, secs);
-            // SAFETY: plain kill(2) on perf's pid, which has not been reaped yet.
-            unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
-            let _ = perf.wait();
+            perf.stop();
             let (load, cpu_us_per_req) = load?;
             Ok(Round {
                 load,
