@@ -84,6 +84,11 @@ pub const CFG_CHILDREN: u32 = 4;
 /// Targets are selected by name or cgroup: every exec on the host is sent
 /// to userspace as an [`ExecEvent`], which checks it against the selection.
 pub const CFG_SELECT: u32 = 8;
+/// The epoll waits are hooked only where they return (`--attach exit-tp`):
+/// a loop thread that goes to sleep in an epoll wait ends its iteration in
+/// `sched_switch`, and a wait that returns without sleeping ends it there.
+/// One syscall tracepoint per wait instead of two.
+pub const CFG_WAIT_BY_SWITCH: u32 = 16;
 
 /// `TargetConfig::model`: where a loop iteration starts and ends.
 /// Epoll loops (asyncio, libuv, tokio's driver): at epoll waits only.

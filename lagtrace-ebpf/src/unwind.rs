@@ -33,6 +33,9 @@ use crate::{
 const REGS_BP: usize = 4 * 8;
 const REGS_IP: usize = 16 * 8;
 const REGS_SP: usize = 19 * 8;
+/// The syscall number on syscall entry; an exception's error code or an
+/// interrupt's negated vector otherwise (it is overwritten on every entry).
+const REGS_ORIG_AX: usize = 15 * 8;
 /// Offsets in the `ucontext_t` a signal handler returns through
 /// (`uc_mcontext` at 40; gregs REG_RBP 10, REG_RSP 15, REG_RIP 16).
 const UC_RBP: u64 = 40 + 10 * 8;
@@ -139,6 +142,20 @@ pub fn unwind_user(slot: u32, v8: bool) -> Option<Unwound> {
         flags: w.flags,
         fp_steps: w.js.min(v8::MAX_JS_FRAMES) as u16,
     })
+}
+
+/// The number of the syscall the current task last entered, read from its
+/// saved user registers (x86-64 `orig_ax`). Only meaningful while the task
+/// is asleep in the kernel: a task running user code keeps its last one.
+#[inline(always)]
+pub fn current_syscall() -> Option<u64> {
+    // SAFETY: helpers on the current task; the returned pt_regs pointer is
+    // only read through bpf_probe_read_kernel.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
+    if regs == 0 {
+        return None;
+    }
+    read_kernel(regs + REGS_ORIG_AX)
 }
 
 #[inline(always)]

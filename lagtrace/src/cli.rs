@@ -20,6 +20,7 @@ pub enum Attach {
     Auto,
     Fentry,
     Tracepoints,
+    ExitTp,
     RawTp,
     TpBtf,
 }
@@ -131,10 +132,13 @@ pub struct Args {
     pub model: Model,
 
     /// How to hook loop iterations: `fentry` (trampolines on do_epoll_wait
-    /// and do_futex: only the target pays), `tracepoints` (the
-    /// syscalls:*_epoll_* tracepoints), `raw-tp` or `tp-btf` (the generic
-    /// sys_enter/sys_exit hooks, x86-64), or `auto` (fentry where the kernel
-    /// has it, else the cheapest other). The spans are the same in all.
+    /// and do_futex: only the target pays), `exit-tp` (only the
+    /// syscalls:sys_exit_epoll_* tracepoints; sched_switch sees a loop fall
+    /// asleep in its wait; x86-64, 5.17+), `tracepoints` (the
+    /// syscalls:sys_{enter,exit}_epoll_* tracepoints), `raw-tp` or `tp-btf`
+    /// (the generic sys_enter/sys_exit hooks, x86-64), or `auto` (fentry
+    /// where the kernel has it, else the cheapest other). The spans are the
+    /// same in all.
     #[arg(long, value_enum, default_value_t = Attach::Auto)]
     pub attach: Attach,
     /// On SIGUSR1, write a flamegraph and a summary of the spans of this

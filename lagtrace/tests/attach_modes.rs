@@ -1,6 +1,7 @@
 //! Every attach mode gives the same spans: for each mode the running kernel
-//! has (`--attach fentry|tp-btf|raw-tp|tracepoints`), an asyncio loop
-//! (epoll waits) and a tokio multi-thread runtime (futex waits, the worker
+//! has (`--attach fentry|exit-tp|tp-btf|raw-tp|tracepoints`), an asyncio
+//! loop, a C loop that polls (epoll waits that never sleep) and one idle
+//! longer than the threshold in each wait, and a tokio multi-thread runtime (futex waits, the worker
 //! model) are traced through their stall scenarios, and every stall is
 //! checked against the target's own truth with the accuracy bar of
 //! `assert_stalls_reported`. A mode the kernel lacks must be refused with
@@ -16,8 +17,9 @@ use std::{
 use common::*;
 
 /// `--attach` value and the name the start line prints for it.
-const MODES: [(&str, &str); 4] = [
+const MODES: [(&str, &str); 5] = [
     ("fentry", "fentry"),
+    ("exit-tp", "exit_tracepoints"),
     ("tp-btf", "tp_btf"),
     ("raw-tp", "raw_tracepoint"),
     ("tracepoints", "tracepoints"),
@@ -72,6 +74,26 @@ fn mode_works(flag: &str, pid: u32) -> bool {
     false
 }
 
+/// No span outside the stalls, save one that waited for a CPU (a busy
+/// host): a loop's idle wait read as an iteration would be one, mostly
+/// off-CPU.
+fn assert_no_idle_spans(flag: &str, spans: &[serde_json::Value], stalls: &[Truth]) {
+    for s in spans {
+        if stalls
+            .iter()
+            .any(|t| matching_span(std::slice::from_ref(s), t).len() == 1)
+        {
+            continue;
+        }
+        let share =
+            |k: &str| s[k].as_u64().unwrap_or(0) as f64 / s["duration_ns"].as_f64().unwrap_or(1.0);
+        assert!(
+            share("off_cpu_ns") < 0.5,
+            "--attach {flag}: a span outside the stalls, mostly off-CPU (an idle wait?): {s}"
+        );
+    }
+}
+
 fn attach_line(fin: &Finished) -> &str {
     fin.stderr
         .iter()
@@ -90,6 +112,10 @@ fn every_attach_mode_gives_the_truth() {
         panic!("building lagtrace-testapps failed");
     }
     let script = targets_dir().join("asyncio_stalls.py");
+    let dir = tempdir::Dir::new("attach-modes");
+    // Without a C compiler the C loops are skipped (loudly, by
+    // build_c_target); the other targets still run in every mode.
+    let c_loop = build_c_target("every_attach_mode_gives_the_truth", "c_epoll_loop.c", &dir);
     let mut ran = Vec::new();
     for (flag, name) in MODES {
         // asyncio: epoll waits.
@@ -114,7 +140,28 @@ fn every_attach_mode_gives_the_truth() {
         );
         let errors = assert_stalls_reported(&fin.spans, &target.stalls(), 50);
         assert_eq!(errors.len(), 3, "{flag}: {:?}", fin.spans);
+        assert_no_idle_spans(flag, &fin.spans, &target.stalls());
         report(&format!("asyncio cpu, attach {name}"), &errors);
+
+        // A C loop that polls: its waits return at once and never sleep,
+        // so `exit-tp` ends each iteration where its next wait returns.
+        // Then the same loop idle for 100 ms in each wait (longer than the
+        // threshold): an idle wait must end its iteration when it sleeps.
+        let c_loops = [
+            (["--poll", "1"], "C polling loop"),
+            (["--tick-ms", "100"], "C loop idle 100 ms per wait"),
+        ];
+        for (args, what) in c_loops.iter() {
+            let Some(c_loop) = &c_loop else { break };
+            let mut cmd = args.to_vec();
+            cmd.extend(["--stalls-ms", "80,150,300", "--gap-ms", "150"]);
+            let mut target = Target::start(c_loop, &cmd);
+            let fin = trace_scenario(&mut target, &["--attach", flag]);
+            let errors = assert_stalls_reported(&fin.spans, &target.stalls(), 50);
+            assert_eq!(errors.len(), 3, "{flag}: {:?}", fin.spans);
+            assert_no_idle_spans(flag, &fin.spans, &target.stalls());
+            report(&format!("{what}, attach {name}"), &errors);
+        }
 
         // tokio multi-thread: futex waits end its workers' iterations.
         let app = testapp("tokio_stalls");

@@ -402,10 +402,21 @@ fn unwind_tables_are_in_the_summary_record() {
     };
     let script = targets_dir().join("asyncio_stalls.py");
     let target = Target::start(&py, &[script.to_str().unwrap()]);
-    let lt = Lagtrace::attach(&["--pid", &target.pid.to_string()]);
-    let fin = lt.stop();
-    assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
-    let summary = read_record(&fin.dir.path("spans.jsonl"), "summary").expect("summary record");
+    // Long enough for the loop's 5 ms heartbeat to be seen: a trace that
+    // saw no loop activity exits 3.
+    let dir = tempdir::Dir::new("unwind-summary");
+    let spans = dir.path("spans.jsonl");
+    let pid = target.pid.to_string();
+    let (code, _, stderr) = run_lagtrace(&[
+        "--pid",
+        &pid,
+        "-d",
+        "300ms",
+        "--spans",
+        spans.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let summary = read_record(&spans, "summary").expect("summary record");
     let t = &summary["health"]["unwind_tables"];
     let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
     let files = t["files"].as_array().expect("files");

@@ -6,9 +6,9 @@
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use lagtrace_common::THREAD_IN_ITER;
+use lagtrace_common::{CFG_WAIT_BY_SWITCH, THREAD_IN_ITER};
 
-use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
+use crate::iteration::{begin, config, end, now_ns, target, thread, thread_or_insert};
 
 #[tracepoint]
 pub fn epoll_exit(ctx: TracePointContext) -> u32 {
@@ -21,7 +21,9 @@ fn try_epoll_exit(ctx: &TracePointContext) -> Option<u32> {
 }
 
 /// An epoll wait returned: if the thread is a known loop thread, or a
-/// thread of a target, an iteration starts.
+/// thread of a target, an iteration starts. With [`CFG_WAIT_BY_SWITCH`]
+/// (no hook on the wait's entry) a thread still inside an iteration did not
+/// sleep in the wait, and its iteration ends here.
 ///
 /// A known loop thread costs one map lookup here, the loop's hot path; only
 /// a thread not seen yet is looked up in the targets as well. (Userspace
@@ -39,7 +41,11 @@ pub fn wait_returned<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> Option<()> {
     // An epoll wait makes a loop thread of one on probation (a worker that
     // drives the runtime's I/O).
     t.probation = 0;
-    begin(t, now_ns());
+    let now = now_ns();
+    if t.flags & THREAD_IN_ITER != 0 && config()?.flags & CFG_WAIT_BY_SWITCH != 0 {
+        end(t, tid, now);
+    }
+    begin(t, now);
     Some(())
 }
 

@@ -9,15 +9,16 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use lagtrace_common::{
-    CFG_SCHED, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU,
-    SAMPLE_RUNQUEUE, SAMPLE_STOPPED, StackSample, THREAD_IN_ITER,
+    CFG_SCHED, CFG_WAIT_BY_SWITCH, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
+    SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SAMPLE_STOPPED, StackSample, THREAD_IN_ITER,
 };
 
 use crate::{
     iteration::{
-        close_phase, config, copy_sample, now_ns, push_sample, scratch, thread, thread_samples,
+        close_phase, config, copy_sample, end, now_ns, push_sample, scratch, thread, thread_samples,
     },
     probes::stacks::capture,
+    unwind::current_syscall,
 };
 
 /// Bits of `prev_state` that mean the task went to sleep; preemption (R+)
@@ -27,6 +28,23 @@ const SLEEP_STATE_MASK: i64 = 0xff;
 /// (`1 << (task_state_index - 1)`, see `__trace_sched_switch_state` in
 /// include/trace/events/sched.h): a SIGSTOP or a debugger, not the code.
 const STOPPED_STATE_MASK: i64 = 0x04 | 0x08;
+/// A plain sleep (`TASK_INTERRUPTIBLE`, `TASK_UNINTERRUPTIBLE`): how a
+/// thread waits in a syscall.
+const PLAIN_SLEEP_MASK: i64 = 0x01 | 0x02;
+/// The x86-64 numbers of epoll_wait, epoll_pwait and epoll_pwait2.
+const EPOLL_WAIT_SYSCALLS: [u64; 3] = [232, 281, 441];
+
+/// Whether the current task, going to sleep in state `state`, sleeps in an
+/// epoll wait. A task asleep in the kernel is inside a syscall or a page
+/// fault; a fault overwrites the syscall number with its error code, and a
+/// stopped task (whose number may be stale) is excluded by its state.
+#[inline(always)]
+fn sleeps_in_epoll_wait(state: i64) -> bool {
+    if state & PLAIN_SLEEP_MASK == 0 || state & STOPPED_STATE_MASK != 0 {
+        return false;
+    }
+    matches!(current_syscall(), Some(nr) if EPOLL_WAIT_SYSCALLS.contains(&nr))
+}
 
 #[tracepoint]
 pub fn sched_switch(ctx: TracePointContext) -> u32 {
@@ -48,7 +66,7 @@ fn try_sched_switch<const WALK: bool>(ctx: &TracePointContext) -> Option<u32> {
     let next: i32 = unsafe { ctx.read_at(cfg.switch_next_pid_off as usize) }.ok()?;
     if thread(prev as u32).is_some() {
         let state: i64 = unsafe { ctx.read_at(cfg.switch_prev_state_off as usize) }.ok()?;
-        switch_out::<_, WALK>(ctx, cfg, prev as u32, state);
+        switch_out::<_, WALK, false>(ctx, cfg, prev as u32, state);
     }
     switch_in(next as u32);
     Some(0)
@@ -57,8 +75,12 @@ fn try_sched_switch<const WALK: bool>(ctx: &TracePointContext) -> Option<u32> {
 /// A loop thread inside an iteration leaves the CPU: asleep, or preempted.
 /// `state` is `prev_state` as the classic tracepoint reports it (see
 /// `sched_btf.rs` for the tp_btf variant's equivalent).
+///
+/// With `WAIT` (the program of `--attach exit-tp`, see
+/// [`CFG_WAIT_BY_SWITCH`]), a thread falling asleep in an epoll wait ends
+/// its iteration here, as the wait's entry would in the other modes.
 #[inline(always)]
-pub fn switch_out<C: EbpfContext, const WALK: bool>(
+pub fn switch_out<C: EbpfContext, const WALK: bool, const WAIT: bool>(
     ctx: &C,
     cfg: &Config,
     prev: u32,
@@ -69,6 +91,10 @@ pub fn switch_out<C: EbpfContext, const WALK: bool>(
         return None;
     }
     let now = now_ns();
+    if WAIT && cfg.flags & CFG_WAIT_BY_SWITCH != 0 && sleeps_in_epoll_wait(state) {
+        end(t, prev, now);
+        return Some(());
+    }
     close_phase(t, now);
     let sleeping = state & SLEEP_STATE_MASK != 0;
     t.phase = if sleeping {

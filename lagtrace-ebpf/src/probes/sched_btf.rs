@@ -33,13 +33,21 @@ const REPORTED_STATE_MASK: i64 = 0xff;
 
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> u32 {
-    try_switch::<true>(&ctx).unwrap_or(0)
+    try_switch::<true, false>(&ctx).unwrap_or(0)
 }
 
 /// The same for kernels without `bpf_loop` (see `stacks::capture`).
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_btf_fp(ctx: BtfTracePointContext) -> u32 {
-    try_switch::<false>(&ctx).unwrap_or(0)
+    try_switch::<false, false>(&ctx).unwrap_or(0)
+}
+
+/// The same, also ending an iteration where its thread falls asleep in an
+/// epoll wait: the sched program of `--attach exit-tp`, which hooks only
+/// the waits' returns (5.17+: it needs `bpf_loop` and `bpf_task_pt_regs`).
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf_wait(ctx: BtfTracePointContext) -> u32 {
+    try_switch::<true, true>(&ctx).unwrap_or(0)
 }
 
 /// A `task_struct` field at `off`, read as `T`.
@@ -50,7 +58,7 @@ fn task_field<T>(task: u64, off: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((task as usize + off as usize) as *const T) }.ok()
 }
 
-fn try_switch<const WALK: bool>(ctx: &BtfTracePointContext) -> Option<u32> {
+fn try_switch<const WALK: bool, const WAIT: bool>(ctx: &BtfTracePointContext) -> Option<u32> {
     let cfg = config()?;
     if cfg.flags & CFG_SCHED == 0 {
         return None;
@@ -66,7 +74,7 @@ fn try_switch<const WALK: bool>(ctx: &BtfTracePointContext) -> Option<u32> {
             let raw: u32 = task_field(ctx.arg::<u64>(1), cfg.task_state_off)?;
             i64::from(raw) & REPORTED_STATE_MASK
         };
-        switch_out::<_, WALK>(ctx, cfg, prev_tid, state);
+        switch_out::<_, WALK, WAIT>(ctx, cfg, prev_tid, state);
     }
     let next: i32 = task_field(ctx.arg::<u64>(2), cfg.task_pid_off)?;
     switch_in(next as u32);

@@ -13,6 +13,13 @@
 //! - `tracepoints`: the classic `syscalls:sys_{enter,exit}_epoll_*` and
 //!   `_futex` tracepoints. Only those syscalls run the program, after the
 //!   kernel formats a trace record for them.
+//! - `exit_tracepoints`: the same, but only where an epoll wait returns.
+//!   A wait's entry matters only if the thread falls asleep in it, and
+//!   then `sched_switch` (run anyway for the off-CPU split) sees it: the
+//!   wait-aware tp_btf program reads the sleeping task's syscall number.
+//!   A wait that returns without sleeping ends its iteration on return, so
+//!   the iteration takes in that wait's few microseconds. One tracepoint
+//!   and one program per wait instead of two.
 //!
 //! Any syscall tracepoint puts every task of the host on the syscall slow
 //! path; only `fentry` avoids that.
@@ -40,6 +47,7 @@ pub enum AttachMode {
     TpBtf,
     RawTracepoint,
     Tracepoints,
+    ExitTracepoints,
 }
 
 impl fmt::Display for AttachMode {
@@ -49,24 +57,45 @@ impl fmt::Display for AttachMode {
             Self::TpBtf => "tp_btf",
             Self::RawTracepoint => "raw_tracepoint",
             Self::Tracepoints => "tracepoints",
+            Self::ExitTracepoints => "exit_tracepoints",
         })
     }
 }
 
-/// The generic syscall hooks read x86-64 syscall numbers and `pt_regs`.
+/// The generic syscall hooks and the wait-aware sched_switch read x86-64
+/// syscall numbers and `pt_regs`.
 const SYSCALL_HOOKS_ARCH: bool = cfg!(target_arch = "x86_64");
 
-/// Among the modes that hook every syscall, the order `auto` tries them in:
-/// the cheapest first, as measured by `cargo xtask bench` (bench/ATTACH.md).
-const AUTO_SYSCALL_ORDER: [AttachMode; 3] = [
+/// Among the modes that hook syscalls, the order `auto` tries them in: the
+/// cheapest first, as measured by `cargo xtask bench` (bench/ATTACH.md).
+const AUTO_SYSCALL_ORDER: [AttachMode; 4] = [
+    AttachMode::ExitTracepoints,
     AttachMode::Tracepoints,
     AttachMode::TpBtf,
     AttachMode::RawTracepoint,
 ];
 
-/// Why `mode` cannot work on this kernel, if it cannot.
-fn unavailable(mode: AttachMode, f: &Features) -> Option<String> {
+/// Why `mode` cannot work on this kernel, if it cannot. `sched_btf`: the
+/// tp_btf sched programs can run (scheduler accounting on, `task_struct`
+/// offsets known).
+fn unavailable(mode: AttachMode, f: &Features, sched_btf: bool) -> Option<String> {
     match mode {
+        AttachMode::ExitTracepoints if !SYSCALL_HOOKS_ARCH => {
+            Some("the wait-aware sched_switch reads x86-64 syscall numbers only".into())
+        }
+        AttachMode::ExitTracepoints if !f.bpf_loop || !f.tp_btf => Some(
+            "its wait-aware tp_btf sched_switch needs BTF, bpf_loop and bpf_task_pt_regs (Linux 5.17)".into(),
+        ),
+        AttachMode::ExitTracepoints if !sched_btf => Some(
+            "it needs the tp_btf sched programs (not with --no-sched, nor without task_struct offsets in BTF)".into(),
+        ),
+        AttachMode::ExitTracepoints
+            if f.missing_tracepoints
+                .iter()
+                .any(|t| t.ends_with("exit_epoll_wait")) =>
+        {
+            Some("the kernel has no syscalls:sys_exit_epoll_wait tracepoint".into())
+        }
         AttachMode::Fentry if !f.fentry_programs => {
             Some("the kernel refuses fentry programs (no BPF trampoline)".into())
         }
@@ -101,16 +130,17 @@ fn unavailable(mode: AttachMode, f: &Features) -> Option<String> {
 
 /// The modes to try, in order, each with why it is tried; an error if a
 /// forced mode cannot work here.
-pub fn candidates(req: Attach, f: &Features) -> Result<Vec<(AttachMode, String)>> {
+pub fn candidates(req: Attach, f: &Features, sched_btf: bool) -> Result<Vec<(AttachMode, String)>> {
     let forced = match req {
         Attach::Auto => None,
         Attach::Fentry => Some(AttachMode::Fentry),
         Attach::TpBtf => Some(AttachMode::TpBtf),
         Attach::RawTp => Some(AttachMode::RawTracepoint),
         Attach::Tracepoints => Some(AttachMode::Tracepoints),
+        Attach::ExitTp => Some(AttachMode::ExitTracepoints),
     };
     if let Some(mode) = forced {
-        if let Some(why) = unavailable(mode, f) {
+        if let Some(why) = unavailable(mode, f, sched_btf) {
             return Err(Error::Unsupported {
                 what: format!(
                     "--attach {mode} cannot work on this kernel ({}): {why}; use --attach auto",
@@ -123,7 +153,7 @@ pub fn candidates(req: Attach, f: &Features) -> Result<Vec<(AttachMode, String)>
     let mut out = Vec::new();
     let mut passed = Vec::new();
     for mode in std::iter::once(AttachMode::Fentry).chain(AUTO_SYSCALL_ORDER) {
-        match unavailable(mode, f) {
+        match unavailable(mode, f, sched_btf) {
             Some(why) => passed.push(format!("not {mode}: {why}")),
             None => {
                 let mut why = if mode == AttachMode::Fentry {
@@ -196,7 +226,43 @@ impl Probes {
                 Ok(())
             }
             AttachMode::Tracepoints => self.attach_syscall_tracepoints(workers, true),
+            AttachMode::ExitTracepoints => {
+                if let Some(why) = &self.sched_waits_refused {
+                    return Err(Error::Unsupported {
+                        what: format!("the wait-aware sched_switch did not load: {why}"),
+                    });
+                }
+                self.set_wait_by_switch(true)?;
+                let attached = self.attach_exit_tracepoints(workers);
+                if attached.is_err() {
+                    self.set_wait_by_switch(false)?;
+                }
+                attached
+            }
         }
+    }
+
+    /// Only the epoll waits' returns (see `exit_tracepoints` in the module
+    /// header), and both ends of futex waits for the worker model.
+    fn attach_exit_tracepoints(&mut self, workers: bool) -> Result<()> {
+        for sc in WAIT_SYSCALLS {
+            let name = format!("sys_exit_{sc}");
+            if !tracefs::has_tracepoint("syscalls", &name) {
+                log::warn!("tracepoint syscalls:{name} does not exist on this kernel; skipped");
+                continue;
+            }
+            let tp: &mut TracePoint = self.program("epoll_exit")?;
+            if tp.fd().is_err() {
+                tp.load().map_err(attach_err("program epoll_exit".into()))?;
+            }
+            tp.attach("syscalls", &name)
+                .map_err(attach_err(format!("tracepoint syscalls:{name}")))?;
+            self.attached.push(format!("syscalls:{name}"));
+        }
+        if workers {
+            self.attach_syscall_tracepoints(true, false)?;
+        }
+        Ok(())
     }
 
     /// fentry/fexit on the epoll wait function, and on the futex function

@@ -8,10 +8,10 @@ use aya::{
     programs::{PerfEvent, TracePoint},
 };
 use lagtrace_common::{
-    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS,
-    CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_TARGETS_FULL,
-    CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples,
-    ThreadState, V8Offsets,
+    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT, CFG_WAIT_BY_SWITCH, CTR_ITERATIONS,
+    CTR_KERNEL_STACK_ERRORS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES,
+    CTR_SAMPLES_DROPPED, CTR_TARGETS_FULL, CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget,
+    STACK_END_KINDS, TargetConfig, ThreadSamples, ThreadState, V8Offsets,
 };
 
 use super::{
@@ -78,6 +78,9 @@ pub struct Probes {
     /// `task_struct` offsets were found in BTF (the tp_btf sched programs
     /// need them).
     pub(super) task_offsets_known: bool,
+    /// Why the wait-aware sched_switch (`--attach exit-tp`) is not the one
+    /// attached; None once it is.
+    pub(super) sched_waits_refused: Option<String>,
     /// Where the on-CPU sampling clock runs.
     pub(super) sampler: super::sampling::Sampler,
 }
@@ -159,6 +162,7 @@ impl Probes {
             features,
             mode: None,
             task_offsets_known: task_pid_off != 0,
+            sched_waits_refused: Some("the tp_btf sched programs are not attached".into()),
             sampler: Default::default(),
         })
     }
@@ -271,7 +275,12 @@ impl Probes {
         // The iteration hooks go last: an iteration opened before the
         // scheduler programs run would miss its waits and read as all
         // on-CPU (loading the sched_switch walker takes most of a second).
-        let candidates = candidates(opts.attach, &self.features)?;
+        let sched_btf = opts.sched && self.task_offsets_known && self.features.tp_btf;
+        let candidates = candidates(opts.attach, &self.features, sched_btf)?;
+        // The exit-only mode needs the wait-aware sched_switch in place first.
+        let waits = candidates
+            .first()
+            .is_some_and(|(m, _)| *m == AttachMode::ExitTracepoints);
         let mut points: Vec<(&str, &str, String)> = Vec::new();
         points.push(("thread_exit", "sched", "sched_process_exit".into()));
         if opts.children {
@@ -283,7 +292,7 @@ impl Probes {
         let sched_btf = opts.sched
             && opts.attach != Attach::Tracepoints
             && self
-                .attach_sched_btf()
+                .attach_sched_btf(waits)
                 .inspect_err(|why| log::info!("off-CPU by classic tracepoints: {why}"))
                 .is_ok();
         if opts.sched && !sched_btf {
@@ -311,6 +320,19 @@ impl Probes {
         let mode = self.attach_iterations(candidates, opts.workers)?;
         self.mode = Some(mode);
         Ok(())
+    }
+
+    /// Set or clear [`CFG_WAIT_BY_SWITCH`] in the kernel's config.
+    pub(super) fn set_wait_by_switch(&mut self, on: bool) -> Result<()> {
+        let map = self.ebpf.map_mut("CONFIG").expect("CONFIG map");
+        let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err("CONFIG"))?;
+        let mut c = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
+        if on {
+            c.flags |= CFG_WAIT_BY_SWITCH;
+        } else {
+            c.flags &= !CFG_WAIT_BY_SWITCH;
+        }
+        cfg.set(0, c, 0).map_err(map_err("CONFIG"))
     }
 
     /// Every tgid in the targets map (with `--children`, forks add to it).

@@ -2,30 +2,48 @@
 //! and `sched_wakeup` fire for every context switch and wakeup on the host,
 //! and tp_btf skips the trace record the classic tracepoints format first
 //! (see `lagtrace-ebpf/src/probes/sched_btf.rs`). `--attach tracepoints`
-//! keeps the classic ones, as does any failure here.
+//! keeps the classic ones, as does any failure here. `--attach exit-tp`
+//! takes the wait-aware `sched_switch_btf_wait`, which also ends the
+//! iteration of a loop thread falling asleep in an epoll wait.
 use aya::{Btf, programs::BtfTracePoint};
 
 use super::Probes;
 
 impl Probes {
-    /// Attach the tp_btf sched programs, or say why not; a failure leaves
-    /// nothing attached.
-    pub(super) fn attach_sched_btf(&mut self) -> Result<(), String> {
+    /// Attach the tp_btf sched programs, the wait-aware sched_switch if
+    /// `waits` (and it loads), or say why not; a failure leaves nothing
+    /// attached.
+    pub(super) fn attach_sched_btf(&mut self, waits: bool) -> Result<(), String> {
         if !self.features.tp_btf || !self.task_offsets_known {
             return Err("no tp_btf or no task_struct offsets in BTF".into());
         }
         let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
+        let mut switch = None;
+        if waits {
+            match self.load_btf_tracepoint("sched_switch_btf_wait", &btf) {
+                Ok(()) => switch = Some("sched_switch_btf_wait"),
+                Err(why) => {
+                    log::info!("{why}: the iterations will be hooked another way");
+                    self.sched_waits_refused = Some(why);
+                }
+            }
+        }
         // The walker variant needs bpf_loop; without it the frame-pointer
         // one (the perf sampler makes the same choice on its own).
-        let switch = if self.features.bpf_loop {
-            "sched_switch_btf"
-        } else {
-            "sched_switch_btf_fp"
+        let switch = match switch {
+            Some(s) => s,
+            None => {
+                let s = if self.features.bpf_loop {
+                    "sched_switch_btf"
+                } else {
+                    "sched_switch_btf_fp"
+                };
+                self.load_btf_tracepoint(s, &btf)?;
+                s
+            }
         };
         let link = {
             let p: &mut BtfTracePoint = self.program(switch).map_err(|e| e.to_string())?;
-            p.load("sched_switch", &btf)
-                .map_err(|e| format!("loading {switch}: {e}"))?;
             p.attach().map_err(|e| format!("attaching {switch}: {e}"))?
         };
         let wakeup = (|| {
@@ -47,6 +65,15 @@ impl Probes {
         self.attached
             .push("tp_btf:sched_switch, tp_btf:sched_wakeup".into());
         log::info!("off-CPU: tp_btf sched_switch and sched_wakeup ({switch})");
+        if switch == "sched_switch_btf_wait" {
+            self.sched_waits_refused = None;
+        }
         Ok(())
+    }
+
+    fn load_btf_tracepoint(&mut self, name: &str, btf: &Btf) -> Result<(), String> {
+        let p: &mut BtfTracePoint = self.program(name).map_err(|e| e.to_string())?;
+        p.load("sched_switch", btf)
+            .map_err(|e| format!("loading {name}: {e}"))
     }
 }

@@ -4,6 +4,10 @@
  * named frames a stack walker should show, once per --stalls-ms entry,
  * --gap-ms apart, and writes each stall's CLOCK_REALTIME window to --truth.
  *
+ * With --poll 1 it polls (epoll_wait with timeout 0) instead of sleeping
+ * in its wait: a busy loop whose waits never leave the CPU. --tick-ms sets
+ * the timer's period (default 5): with 100, each idle wait sleeps 100 ms.
+ *
  * Protocol: prints "READY <pid>", injects nothing until SIGUSR1, then writes
  * {"kind":"stall",...} lines and {"kind":"done"}, prints "DONE", and idles
  * until SIGTERM/SIGINT (exit 0). Labels are "spin-<index>-<ms>ms".
@@ -61,12 +65,16 @@ static void die(const char *what)
 int main(int argc, char **argv)
 {
     int stalls[MAX_STALLS] = {40, 60, 120, 300};
-    int nstalls = 4, gap_ms = 250;
+    int nstalls = 4, gap_ms = 250, poll = 0, tick_ms = 5;
     const char *truth_path = NULL;
 
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--truth") == 0) {
             truth_path = argv[i + 1];
+        } else if (strcmp(argv[i], "--tick-ms") == 0) {
+            tick_ms = atoi(argv[i + 1]);
+        } else if (strcmp(argv[i], "--poll") == 0) {
+            poll = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--gap-ms") == 0) {
             gap_ms = atoi(argv[i + 1]);
         } else if (strcmp(argv[i], "--stalls-ms") == 0) {
@@ -80,7 +88,10 @@ int main(int argc, char **argv)
         }
     }
     if (!truth_path || argc % 2 == 0) {
-        fprintf(stderr, "usage: %s --truth FILE [--stalls-ms 40,60] [--gap-ms 250]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s --truth FILE [--stalls-ms 40,60] [--gap-ms 250] [--poll 1] "
+                "[--tick-ms 5]\n",
+                argv[0]);
         return 2;
     }
     FILE *truth = fopen(truth_path, "w");
@@ -99,8 +110,13 @@ int main(int argc, char **argv)
     int epfd = epoll_create1(EPOLL_CLOEXEC);
     if (sfd < 0 || tfd < 0 || epfd < 0)
         die("signalfd/timerfd/epoll");
-    struct itimerspec every_5ms = {{0, 5000000}, {0, 5000000}};
-    if (timerfd_settime(tfd, 0, &every_5ms, NULL) < 0)
+    if (tick_ms < 1 || tick_ms > 999) {
+        fprintf(stderr, "--tick-ms must be 1..999\n");
+        return 2;
+    }
+    long tick_ns = (long)tick_ms * 1000000;
+    struct itimerspec every_tick = {{0, tick_ns}, {0, tick_ns}};
+    if (timerfd_settime(tfd, 0, &every_tick, NULL) < 0)
         die("timerfd_settime");
     struct epoll_event ev = {.events = EPOLLIN};
     ev.data.fd = sfd;
@@ -117,7 +133,7 @@ int main(int argc, char **argv)
 
     for (;;) {
         struct epoll_event events[4];
-        int n = epoll_wait(epfd, events, 4, -1);
+        int n = epoll_wait(epfd, events, 4, poll ? 0 : -1);
         if (n < 0)
             die("epoll_wait");
         for (int i = 0; i < n; i++) {

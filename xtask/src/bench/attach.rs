@@ -20,7 +20,14 @@ use super::{
 use crate::util;
 
 /// `--attach` values, most host-friendly first.
-const MODES: [&str; 5] = ["fentry", "tp-btf", "raw-tp", "tracepoints", "auto"];
+const MODES: [&str; 6] = [
+    "fentry",
+    "exit-tp",
+    "tp-btf",
+    "raw-tp",
+    "tracepoints",
+    "auto",
+];
 /// getppid calls per measurement, and measurements per mode.
 const GETPPID_CALLS: &str = "2000000";
 const GETPPID_REPEATS: usize = 5;
@@ -71,6 +78,26 @@ fn spin_and_syscall(
 /// entry and exit.
 const EPOLL_TRACEPOINTS: &str = "syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait,\
 syscalls:sys_enter_epoll_pwait,syscalls:sys_exit_epoll_pwait";
+/// Their exits only, what `--attach exit-tp` enables.
+const EPOLL_EXIT_TRACEPOINTS: &str = "syscalls:sys_exit_epoll_wait,syscalls:sys_exit_epoll_pwait";
+
+/// Which epoll tracepoints a floor row enables: a tracepoint mode's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Floor {
+    /// Entry and exit: `--attach tracepoints`.
+    Both,
+    /// Exit only: `--attach exit-tp`.
+    Exits,
+}
+
+impl Floor {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Both => "the epoll tracepoints alone (`perf stat`, no lagtrace)",
+            Self::Exits => "the epoll exit tracepoints alone (`perf stat`, no lagtrace)",
+        }
+    }
+}
 
 /// `perf stat` counting the epoll syscall tracepoints on a target, no BPF:
 /// the target then pays the syscall slow path and the tracepoints' records
@@ -80,13 +107,16 @@ pub struct EpollTracepoints(std::process::Child);
 impl EpollTracepoints {
     /// Start counting on `pid`; returned once perf has had time to attach.
     /// Why not, if perf is missing.
-    pub fn count(pid: u32) -> std::result::Result<Self, String> {
+    pub fn count(pid: u32, floor: Floor) -> std::result::Result<Self, String> {
         let perf = Command::new("perf")
             .args([
                 "stat",
                 "-x,",
                 "-e",
-                EPOLL_TRACEPOINTS,
+                match floor {
+                    Floor::Both => EPOLL_TRACEPOINTS,
+                    Floor::Exits => EPOLL_EXIT_TRACEPOINTS,
+                },
                 "-p",
                 &pid.to_string(),
             ])
@@ -113,8 +143,9 @@ impl EpollTracepoints {
 fn tracepoints_alone(
     spin: &mut targets::Target,
     secs: u64,
+    floor: Floor,
 ) -> Result<std::result::Result<f64, String>> {
-    let perf = match EpollTracepoints::count(spin.pid) {
+    let perf = match EpollTracepoints::count(spin.pid, floor) {
         Ok(p) => p,
         Err(why) => return Ok(Err(why)),
     };
@@ -185,35 +216,39 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             ]),
         }
     }
-    match tracepoints_alone(&mut spin, ctx.plan.spin_secs)? {
-        Ok(rate) => {
-            t.row(vec![
-                "the epoll tracepoints alone (`perf stat`, no lagtrace)".into(),
-                thousands(rate),
-                format!("{:.2}×", rate / base_rate),
+    for floor in [Floor::Both, Floor::Exits] {
+        match tracepoints_alone(&mut spin, ctx.plan.spin_secs, floor)? {
+            Ok(rate) => {
+                t.row(vec![
+                    floor.label().into(),
+                    thousands(rate),
+                    format!("{:.2}×", rate / base_rate),
+                    String::new(),
+                    String::new(),
+                ]);
+                headline.push(format!(
+                    "spin loop with {} (perf stat counting, no BPF): {:.2}×",
+                    floor.label(),
+                    rate / base_rate
+                ));
+            }
+            Err(why) => t.row(vec![
+                floor.label().into(),
+                format!("not measured: {why}"),
                 String::new(),
                 String::new(),
-            ]);
-            headline.push(format!(
-                "spin loop with only the epoll syscall tracepoints enabled (perf stat counting, no BPF): {:.2}×",
-                rate / base_rate
-            ));
+                String::new(),
+            ]),
         }
-        Err(why) => t.row(vec![
-            "the epoll tracepoints alone".into(),
-            format!("not measured: {why}"),
-            String::new(),
-            String::new(),
-            String::new(),
-        ]),
     }
     spin.proc.close_stdin();
     spin.proc.stop()?;
     let _ = writeln!(body, "{}", t.render());
     body.push_str(
-        "The last row is the floor of the tracepoint modes: the same two syscall tracepoints \
-         enabled for the spin loop by `perf stat` (counting only, no BPF program), so the loop \
-         pays the syscall slow path and the tracepoint dispatch and nothing of lagtrace's.\n\n",
+        "The last two rows are the floors of the tracepoint modes: the same syscall tracepoints \
+         (entry and exit for `tracepoints`, exit only for `exit-tp`) enabled for the spin loop \
+         by `perf stat` (counting only, no BPF program), so the loop pays the syscall slow path \
+         and the tracepoint dispatch and nothing of lagtrace's.\n\n",
     );
 
     let asyncio = targets::asyncio_http(&ctx.python, "asyncio_http", &[])?;
@@ -234,13 +269,15 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
                 tool: Tool::Lagtrace(vec!["--attach".into(), (*m).into()]),
             });
         }
-        // The tracepoint modes' floor on this server: what a request pays
+        // The tracepoint modes' floors on this server: what a request pays
         // for the syscall tracepoints being on, before any program runs.
-        modes.push(Mode {
-            label: "epoll tracepoints alone (perf stat, no lagtrace)".into(),
-            target,
-            tool: Tool::EpollTracepoints,
-        });
+        for floor in [Floor::Both, Floor::Exits] {
+            modes.push(Mode {
+                label: floor.label().replace('`', ""),
+                target,
+                tool: Tool::EpollTracepoints(floor),
+            });
+        }
         let results = interleave(ctx, &modes, ctx.plan.rounds)
             .with_context(|| format!("attach rounds on {name}"))?;
         let _ = write!(
@@ -254,8 +291,9 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             .map(|(i, m)| format!("{m} {}", ratio_cell(compare(&results, i + 1, 0).cpu)))
             .collect();
         headline.push(format!(
-            "{name} CPU/request ratio: {}; epoll tracepoints alone {}",
+            "{name} CPU/request ratio: {}; epoll tracepoints alone {}; their exits alone {}",
             per.join("; "),
+            ratio_cell(compare(&results, modes.len() - 2, 0).cpu),
             ratio_cell(compare(&results, modes.len() - 1, 0).cpu)
         ));
     }

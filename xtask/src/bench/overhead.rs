@@ -41,8 +41,9 @@ pub enum Tool {
         nonblocking: bool,
     },
     /// No lagtrace: only the epoll syscall tracepoints enabled, by `perf
-    /// stat` counting them on the target (the tracepoint modes' floor).
-    EpollTracepoints,
+    /// stat` counting them on the target (the tracepoint modes' floor);
+    /// only their exits with `Floor::Exits` (`--attach exit-tp`'s floor).
+    EpollTracepoints(super::attach::Floor),
 }
 
 pub struct Mode<'a> {
@@ -159,9 +160,9 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
                 foreign_tracer: false,
             })
         }
-        Tool::EpollTracepoints => {
-            let perf =
-                super::attach::EpollTracepoints::count(target.pid).map_err(anyhow::Error::msg)?;
+        Tool::EpollTracepoints(floor) => {
+            let perf = super::attach::EpollTracepoints::count(target.pid, *floor)
+                .map_err(anyhow::Error::msg)?;
             let load = loaded(target, secs);
             perf.stop();
             let (load, cpu_us_per_req) = load?;

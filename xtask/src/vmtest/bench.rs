@@ -16,7 +16,7 @@ use crate::util::{self, run};
 /// The modes measured, most host-friendly first (`auto` is one of them);
 /// `-F0` is the mode with no on-CPU sampling (`-F 0`), to tell the hooks'
 /// cost from the sampling clock's.
-const MODES: &str = "fentry fentry-F0 tp-btf raw-tp tracepoints tracepoints-F0";
+const MODES: &str = "fentry fentry-F0 exit-tp tp-btf raw-tp tracepoints tracepoints-F0";
 /// getppid calls per run (5 runs per state, median), and wrk seconds.
 const CALLS: u32 = 300_000;
 const WRK_SECS: u32 = 5;
