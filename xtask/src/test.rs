@@ -40,7 +40,7 @@ pub fn run_tests(test_args: &[String]) -> Result<()> {
         return Ok(());
     }
     // One kernel of the matrix: under single-threaded TCG (nested KVM hangs
-    // here) it adds about 4 minutes on a 2-core host, within CI's budget;
+    // here) it adds about 5 minutes on a 2-core host, within CI's budget;
     // its time limit is a hard kill, so it can never stall CI.
     if std::env::var_os("LAGTRACE_VMTEST").is_some_and(|v| v == "0") {
         util::warn(

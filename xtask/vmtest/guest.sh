@@ -51,6 +51,9 @@ while read -r name bin filters; do
     skipped=$(grep -o 'SKIP [a-z0-9_]*' "/tmp/$name.log" | sort -u | wc -l)
     # What `--attach auto` chose (tests/attach_modes.rs), for the table.
     grep -o 'auto chose [a-z_]*' "/tmp/$name.log" | sed 's/^auto chose /vmtest: attach /'
+    # And every mode it traced the stall scenarios in.
+    grep -o 'attach modes checked on this kernel: .*' "/tmp/$name.log" |
+        sed 's/^attach modes checked on this kernel: /vmtest: modes /'
     grep -o 'SKIP [a-z0-9_]*:.*' "/tmp/$name.log" | cut -c1-300 | sed "s/^/vmtest: skip $name: /"
     echo "vmtest: result $name rc=$rc passed=$passed failed=$failed skipped=$skipped secs=$secs"
 done <"$plan"
