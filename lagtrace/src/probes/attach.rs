@@ -225,7 +225,7 @@ impl Probes {
                 }
                 Ok(())
             }
-            AttachMode::Tracepoints => self.attach_syscall_tracepoints(workers, true),
+            AttachMode::Tracepoints => self.attach_syscall_tracepoints(workers, EpollPoints::Both),
             AttachMode::ExitTracepoints => {
                 if let Some(why) = &self.sched_waits_refused {
                     return Err(Error::Unsupported {
@@ -233,36 +233,13 @@ impl Probes {
                     });
                 }
                 self.set_wait_by_switch(true)?;
-                let attached = self.attach_exit_tracepoints(workers);
+                let attached = self.attach_syscall_tracepoints(workers, EpollPoints::Exits);
                 if attached.is_err() {
                     self.set_wait_by_switch(false)?;
                 }
                 attached
             }
         }
-    }
-
-    /// Only the epoll waits' returns (see `exit_tracepoints` in the module
-    /// header), and both ends of futex waits for the worker model.
-    fn attach_exit_tracepoints(&mut self, workers: bool) -> Result<()> {
-        for sc in WAIT_SYSCALLS {
-            let name = format!("sys_exit_{sc}");
-            if !tracefs::has_tracepoint("syscalls", &name) {
-                log::warn!("tracepoint syscalls:{name} does not exist on this kernel; skipped");
-                continue;
-            }
-            let tp: &mut TracePoint = self.program("epoll_exit")?;
-            if tp.fd().is_err() {
-                tp.load().map_err(attach_err("program epoll_exit".into()))?;
-            }
-            tp.attach("syscalls", &name)
-                .map_err(attach_err(format!("tracepoint syscalls:{name}")))?;
-            self.attached.push(format!("syscalls:{name}"));
-        }
-        if workers {
-            self.attach_syscall_tracepoints(true, false)?;
-        }
-        Ok(())
     }
 
     /// fentry/fexit on the epoll wait function, and on the futex function
@@ -275,7 +252,7 @@ impl Probes {
             && let Err(e) = self.attach_trampolines(&btf, FUTEX_FN, "fentry_futex", "fexit_futex")
         {
             log::info!("fentry on {FUTEX_FN} refused, futex waits by tracepoint: {e}");
-            self.attach_syscall_tracepoints(true, false)?;
+            self.attach_syscall_tracepoints(true, EpollPoints::None)?;
         }
         Ok(())
     }
@@ -323,13 +300,15 @@ impl Probes {
         Ok(())
     }
 
-    /// The classic per-syscall tracepoints: the epoll waits (if `epoll`)
-    /// and, for the worker model, futex.
-    fn attach_syscall_tracepoints(&mut self, workers: bool, epoll: bool) -> Result<()> {
+    /// The classic per-syscall tracepoints: the epoll waits' (`epoll`)
+    /// and, for the worker model, both of futex.
+    fn attach_syscall_tracepoints(&mut self, workers: bool, epoll: EpollPoints) -> Result<()> {
         let mut points: Vec<(&str, String)> = Vec::new();
-        if epoll {
-            for sc in WAIT_SYSCALLS {
+        for sc in WAIT_SYSCALLS {
+            if epoll != EpollPoints::None {
                 points.push(("epoll_exit", format!("sys_exit_{sc}")));
+            }
+            if epoll == EpollPoints::Both {
                 points.push(("epoll_enter", format!("sys_enter_{sc}")));
             }
         }
@@ -356,6 +335,17 @@ impl Probes {
 }
 
 const WAIT_SYSCALLS: [&str; 3] = ["epoll_wait", "epoll_pwait", "epoll_pwait2"];
+
+/// Which of the epoll waits' syscall tracepoints to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EpollPoints {
+    /// None (fentry hooks the waits; futex by tracepoint).
+    None,
+    /// Their exits only (`exit_tracepoints`).
+    Exits,
+    /// Entry and exit (`tracepoints`).
+    Both,
+}
 
 /// Program types loaded against a BTF name and attached without arguments.
 pub(super) trait BtfTracing {
