@@ -280,7 +280,7 @@ fn sleep_in_a_coroutine_has_its_python_frames_read_at_the_switch() {
                 total > 0 && weight as f64 >= 0.9 * total as f64,
                 "python {v} {}: {}",
                 t.label,
-                span["stacks"]
+                span
             );
         }
     }
