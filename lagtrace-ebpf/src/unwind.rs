@@ -97,12 +97,7 @@ pub struct Unwound {
 /// user registers (a kernel thread): the caller then uses `bpf_get_stack`.
 #[inline(always)]
 pub fn unwind_user(slot: u32, v8: bool) -> Option<Unwound> {
-    // SAFETY: helpers on the current task; the returned pt_regs pointer is
-    // only read through bpf_probe_read_kernel.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
-    if regs == 0 {
-        return None;
-    }
+    let regs = current_regs()?;
     let ip = read_kernel(regs + REGS_IP)?;
     if ip == 0 || ip >= USER_TOP {
         return None;
@@ -149,13 +144,17 @@ pub fn unwind_user(slot: u32, v8: bool) -> Option<Unwound> {
 /// is asleep in the kernel: a task running user code keeps its last one.
 #[inline(always)]
 pub fn current_syscall() -> Option<u64> {
+    read_kernel(current_regs()? + REGS_ORIG_AX)
+}
+
+/// The address of the current task's saved user registers (`pt_regs`),
+/// to be read only through `read_kernel`; None for a kernel thread.
+#[inline(always)]
+fn current_regs() -> Option<usize> {
     // SAFETY: helpers on the current task; the returned pt_regs pointer is
-    // only read through bpf_probe_read_kernel.
+    // only read through bpf_probe_read_kernel by the callers.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize;
-    if regs == 0 {
-        return None;
-    }
-    read_kernel(regs + REGS_ORIG_AX)
+    (regs != 0).then_some(regs)
 }
 
 #[inline(always)]
