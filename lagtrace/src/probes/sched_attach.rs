@@ -9,6 +9,9 @@ use aya::{Btf, programs::BtfTracePoint};
 
 use super::Probes;
 
+/// The wait-aware sched_switch of `--attach exit-tp`.
+const WAIT_SWITCH: &str = "sched_switch_btf_wait";
+
 impl Probes {
     /// Attach the tp_btf sched programs, the wait-aware sched_switch if
     /// `waits` (and it loads), or say why not; a failure leaves nothing
@@ -18,28 +21,22 @@ impl Probes {
             return Err("no tp_btf or no task_struct offsets in BTF".into());
         }
         let btf = Btf::from_sys_fs().map_err(|e| format!("reading kernel BTF: {e}"))?;
-        let mut switch = None;
-        if waits {
-            match self.load_btf_tracepoint("sched_switch_btf_wait", &btf) {
-                Ok(()) => switch = Some("sched_switch_btf_wait"),
-                Err(why) => {
+        // The walker variant needs bpf_loop; without it the frame-pointer
+        // one (the perf sampler makes the same choice on its own).
+        let plain = if self.features.bpf_loop {
+            "sched_switch_btf"
+        } else {
+            "sched_switch_btf_fp"
+        };
+        let switch = match waits.then(|| self.load_switch(WAIT_SWITCH, &btf)) {
+            Some(Ok(())) => WAIT_SWITCH,
+            refused => {
+                if let Some(Err(why)) = refused {
                     log::info!("{why}: the iterations will be hooked another way");
                     self.sched_waits_refused = Some(why);
                 }
-            }
-        }
-        // The walker variant needs bpf_loop; without it the frame-pointer
-        // one (the perf sampler makes the same choice on its own).
-        let switch = match switch {
-            Some(s) => s,
-            None => {
-                let s = if self.features.bpf_loop {
-                    "sched_switch_btf"
-                } else {
-                    "sched_switch_btf_fp"
-                };
-                self.load_btf_tracepoint(s, &btf)?;
-                s
+                self.load_switch(plain, &btf)?;
+                plain
             }
         };
         let link = {
@@ -65,13 +62,14 @@ impl Probes {
         self.attached
             .push("tp_btf:sched_switch, tp_btf:sched_wakeup".into());
         log::info!("off-CPU: tp_btf sched_switch and sched_wakeup ({switch})");
-        if switch == "sched_switch_btf_wait" {
+        if switch == WAIT_SWITCH {
             self.sched_waits_refused = None;
         }
         Ok(())
     }
 
-    fn load_btf_tracepoint(&mut self, name: &str, btf: &Btf) -> Result<(), String> {
+    /// Load the sched_switch program `name` against the kernel's BTF.
+    fn load_switch(&mut self, name: &str, btf: &Btf) -> Result<(), String> {
         let p: &mut BtfTracePoint = self.program(name).map_err(|e| e.to_string())?;
         p.load("sched_switch", btf)
             .map_err(|e| format!("loading {name}: {e}"))
