@@ -74,7 +74,13 @@ pub const CTR_NO_SAMPLE_ROOM: u32 = 6;
 pub const CTR_TARGETS_FULL: u32 = 7;
 /// `CTR_USER_END + k`: user walks that ended with `STACK_END_*` kind `k`.
 pub const CTR_USER_END: u32 = 8;
-pub const NUM_COUNTERS: u32 = CTR_USER_END + STACK_END_KINDS as u32 + 2;
+/// Scheduler events of a loop thread inside an iteration that its own
+/// later events show were never seen: a switch back onto a CPU (found when
+/// the thread runs again while its phase says it is away) or a switch off
+/// one (found at a switch-in while its phase says it runs). The accounting
+/// heals at that point.
+pub const CTR_SCHED_MISSED: u32 = CTR_USER_END + STACK_END_KINDS as u32;
+pub const NUM_COUNTERS: u32 = CTR_SCHED_MISSED + 2;
 
 /// `Config::flags` bits.
 pub const CFG_SAMPLING: u32 = 1;
@@ -89,6 +95,11 @@ pub const CFG_SELECT: u32 = 8;
 /// `sched_switch`, and a wait that returns without sleeping ends it there.
 /// One syscall tracepoint per wait instead of two.
 pub const CFG_WAIT_BY_SWITCH: u32 = 16;
+/// Fault injection for tests (`LAGTRACE_FAULT_SKIP_SWITCH_IN`): every
+/// switch-in of a loop thread inside an iteration is ignored, as when the
+/// kernel skips the program, so that the healing of `CTR_SCHED_MISSED` is
+/// exercised on every wait instead of now and then.
+pub const CFG_FAULT_SKIP_SWITCH_IN: u32 = 32;
 
 /// `TargetConfig::model`: where a loop iteration starts and ends.
 /// Epoll loops (asyncio, libuv, tokio's driver): at epoll waits only.

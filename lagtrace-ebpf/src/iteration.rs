@@ -17,9 +17,10 @@ use aya_ebpf::{
 };
 use lagtrace_common::{
     CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
-    CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT, EventHeader, PHASE_ON_CPU,
-    SAMPLE_F_BUFFERED, SAMPLE_SLOTS, SampleEvent, SpanEvent, StackSample, THREAD_IN_ITER,
-    THREAD_OVER, TargetConfig, ThreadSamples, ThreadState, WORKER_PROBATION, hist_bucket,
+    CTR_SCHED_MISSED, CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT,
+    EventHeader, PHASE_ON_CPU, SAMPLE_F_BUFFERED, SAMPLE_SLOTS, SampleEvent, SpanEvent,
+    StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState,
+    WORKER_PROBATION, hist_bucket,
 };
 
 use aya_log_ebpf::debug;
@@ -154,11 +155,48 @@ pub fn begin(t: &mut ThreadState, now: u64) {
     t.nbuf = 0;
 }
 
+/// The thread runs again: its time away (off-CPU, or on the runqueue) ends,
+/// and the stack it waited in becomes a sample weighted by that time.
+#[inline(always)]
+pub fn resume(t: &mut ThreadState, tid: u32, now: u64) {
+    close_phase(t, now);
+    t.phase = PHASE_ON_CPU;
+    if t.pending_kind == 0 {
+        return;
+    }
+    t.pending_kind = 0;
+    let Some(slots) = thread_samples(tid) else {
+        return;
+    };
+    slots.pending.weight_ns = now.saturating_sub(slots.pending.ts_ns);
+    let p: *const StackSample = &slots.pending;
+    push_sample(t, tid, now, p);
+}
+
+/// Called from the loop thread's own context (a syscall of it, a perf
+/// sample on it, its own switch-out), which proves it is on a CPU. If its
+/// phase says it is away, the switch that brought it back was never seen.
+/// The kernel does not promise a program run per event (its recursion
+/// guards skip runs), and on a 6.18 VM about one loop-thread switch-in per
+/// few seconds of tracing reached no program. Without this, the next
+/// switch-out overwrote the stack the thread had waited in, and the span
+/// reported its wait without one. The time since the unseen switch-in
+/// counts as part of the wait; `CTR_SCHED_MISSED` counts these.
+#[inline(always)]
+pub fn running(t: &mut ThreadState, tid: u32, now: u64) {
+    if t.phase != PHASE_ON_CPU {
+        bump(CTR_SCHED_MISSED);
+        resume(t, tid, now);
+    }
+}
+
 /// The thread enters the next wait: account the iteration, and report it if
-/// it was a blocking span.
+/// it was a blocking span. The thread is running (every caller is one of
+/// its own events), so a wait whose end was not seen is closed first.
 #[inline(always)]
 pub fn end(t: &mut ThreadState, tid: u32, now: u64) {
     let Some(cfg) = config() else { return };
+    running(t, tid, now);
     let dur = now.saturating_sub(t.iter_start_ns);
     close_phase(t, now);
     t.flags = 0;

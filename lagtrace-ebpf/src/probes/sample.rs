@@ -4,7 +4,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::perf_event, programs::
 use lagtrace_common::{CFG_SAMPLING, SAMPLE_ON_CPU, THREAD_IN_ITER};
 
 use crate::{
-    iteration::{config, now_ns, push_sample, scratch, thread},
+    iteration::{config, now_ns, push_sample, running, scratch, thread},
     probes::stacks::capture,
 };
 
@@ -35,6 +35,7 @@ fn try_on_cpu_sample<const WALK: bool>(ctx: &PerfEventContext) -> Option<u32> {
         return None;
     }
     let now = now_ns();
+    running(t, tid, now);
     let s = scratch()?;
     s.ts_ns = now;
     s.weight_ns = 0;

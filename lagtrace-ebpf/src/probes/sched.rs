@@ -9,13 +9,15 @@ use aya_ebpf::{
     EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use lagtrace_common::{
-    CFG_SCHED, CFG_WAIT_BY_SWITCH, Config, PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE,
-    SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SAMPLE_STOPPED, StackSample, THREAD_IN_ITER,
+    CFG_FAULT_SKIP_SWITCH_IN, CFG_SCHED, CFG_WAIT_BY_SWITCH, CTR_SCHED_MISSED, Config,
+    PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SAMPLE_STOPPED,
+    THREAD_IN_ITER,
 };
 
 use crate::{
     iteration::{
-        close_phase, config, copy_sample, end, now_ns, push_sample, scratch, thread, thread_samples,
+        bump, close_phase, config, copy_sample, end, now_ns, resume, running, scratch, thread,
+        thread_samples,
     },
     probes::stacks::capture,
     unwind::current_syscall,
@@ -91,6 +93,9 @@ pub fn switch_out<C: EbpfContext, const WALK: bool, const WAIT: bool>(
         return None;
     }
     let now = now_ns();
+    // It is leaving the CPU, so it was on one: close a wait whose end was
+    // not seen before its stack is replaced by this one.
+    running(t, prev, now);
     if WAIT && cfg.flags & CFG_WAIT_BY_SWITCH != 0 && sleeps_in_epoll_wait(state) {
         end(t, prev, now);
         return Some(());
@@ -141,16 +146,15 @@ pub fn switch_in(next: u32) -> Option<()> {
     if t.flags & THREAD_IN_ITER == 0 {
         return None;
     }
-    let now = now_ns();
-    close_phase(t, now);
-    t.phase = PHASE_ON_CPU;
-    if t.pending_kind != 0 {
-        t.pending_kind = 0;
-        let slots = thread_samples(next)?;
-        slots.pending.weight_ns = now.saturating_sub(slots.pending.ts_ns);
-        let p: *const StackSample = &slots.pending;
-        push_sample(t, next, now, p);
+    if config()?.flags & CFG_FAULT_SKIP_SWITCH_IN != 0 {
+        return None;
     }
+    if t.phase == PHASE_ON_CPU {
+        // Its switch off the CPU was never seen (see `running`): the time
+        // it was away stays counted as on-CPU.
+        bump(CTR_SCHED_MISSED);
+    }
+    resume(t, next, now_ns());
     Some(())
 }
 

@@ -102,6 +102,12 @@ pub struct Health {
     pub kernel_stack_errors: u64,
     /// Samples lost for want of kernel sample room.
     pub no_sample_room: u64,
+    /// Scheduler events of loop threads the kernel skipped (a program run
+    /// refused while another ran on that CPU), found and healed when the
+    /// thread's next event showed them. Each moves a wait's end to that
+    /// event, so its on-CPU/off-CPU split is less exact.
+    #[serde(default)]
+    pub sched_events_missed: u64,
     /// User stack walks by how they ended (`root`, `depth`, `no-table`…).
     pub user_stack_ends: std::collections::BTreeMap<String, u64>,
     /// Python code objects read from the targets, and entries found stale.

@@ -8,10 +8,11 @@ use aya::{
     programs::{PerfEvent, TracePoint},
 };
 use lagtrace_common::{
-    CFG_CHILDREN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT, CFG_WAIT_BY_SWITCH, CTR_ITERATIONS,
-    CTR_KERNEL_STACK_ERRORS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES,
-    CTR_SAMPLES_DROPPED, CTR_TARGETS_FULL, CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget,
-    STACK_END_KINDS, TargetConfig, ThreadSamples, ThreadState, V8Offsets,
+    CFG_CHILDREN, CFG_FAULT_SKIP_SWITCH_IN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT,
+    CFG_WAIT_BY_SWITCH, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS, CTR_NO_SAMPLE_ROOM,
+    CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_SCHED_MISSED, CTR_TARGETS_FULL,
+    CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples,
+    ThreadState, V8Offsets,
 };
 
 use super::{
@@ -41,6 +42,9 @@ pub struct ProbeOptions {
     pub attach: Attach,
     /// Targets are selected by name or cgroup: send every exec.
     pub select: bool,
+    /// Fault injection for tests: ignore every switch-in of a loop thread
+    /// (see [`CFG_FAULT_SKIP_SWITCH_IN`]).
+    pub fault_skip_switch_in: bool,
 }
 
 /// The kernel's health counters, summed over CPUs.
@@ -59,6 +63,9 @@ pub struct Counters {
     pub targets_full: u64,
     pub samples: u64,
     pub iterations: u64,
+    /// Scheduler events of loop threads never seen, found and healed later
+    /// (`CTR_SCHED_MISSED`).
+    pub sched_missed: u64,
 }
 
 pub struct Probes {
@@ -132,7 +139,12 @@ impl Probes {
             flags: if opts.frequency > 0 { CFG_SAMPLING } else { 0 }
                 | if opts.sched { CFG_SCHED } else { 0 }
                 | if opts.children { CFG_CHILDREN } else { 0 }
-                | if opts.select { CFG_SELECT } else { 0 },
+                | if opts.select { CFG_SELECT } else { 0 }
+                | if opts.fault_skip_switch_in {
+                    CFG_FAULT_SKIP_SWITCH_IN
+                } else {
+                    0
+                },
             switch_prev_pid_off: tracefs::field_offset("sched", "sched_switch", "prev_pid")?,
             switch_prev_state_off: tracefs::field_offset("sched", "sched_switch", "prev_state")?,
             switch_next_pid_off: tracefs::field_offset("sched", "sched_switch", "next_pid")?,
@@ -438,6 +450,7 @@ impl Probes {
             targets_full: sum(CTR_TARGETS_FULL),
             samples: sum(CTR_SAMPLES),
             iterations: sum(CTR_ITERATIONS),
+            sched_missed: sum(CTR_SCHED_MISSED),
         })
     }
 

@@ -89,6 +89,20 @@ fn log_tables(tables: &UnwindTables, took: Duration) {
 }
 
 /// The weight of one on-CPU sample; off-CPU time is counted in these units.
+/// The environment variable that turns on [`ProbeOptions::fault_skip_switch_in`].
+const FAULT_SKIP_SWITCH_IN: &str = "LAGTRACE_FAULT_SKIP_SWITCH_IN";
+
+/// Whether the fault-injection variable `name` is set (tests use it to
+/// reproduce on demand what the kernel does now and then); said on stderr,
+/// so a trace taken with it is never mistaken for a normal one.
+fn fault_injection(name: &str) -> bool {
+    let on = std::env::var_os(name).is_some();
+    if on {
+        eprintln!("lagtrace: fault injection on: {name} is set");
+    }
+    on
+}
+
 pub fn period_ns(frequency: u64) -> u64 {
     1_000_000_000u64.checked_div(frequency).unwrap_or(1_000_000)
 }
@@ -120,6 +134,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
             || models.contains(&lagtrace_common::MODEL_WORKER),
         attach: args.attach,
         select: selection.active(),
+        fault_skip_switch_in: fault_injection(FAULT_SKIP_SWITCH_IN),
     };
     let outputs = Outputs::open(
         args,
@@ -519,6 +534,12 @@ fn report_health(c: &Counters) {
             "lagtrace: warning: {} forked children were not followed: the table of {} traced processes was full",
             c.targets_full,
             lagtrace_common::MAX_TARGETS
+        );
+    }
+    if c.sched_missed > 0 {
+        log::info!(
+            "{} scheduler events of loop threads were skipped by the kernel and healed at the thread's next event",
+            c.sched_missed
         );
     }
     if c.kernel_stack_errors > 0 || c.no_sample_room > 0 {

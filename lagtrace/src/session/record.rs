@@ -69,6 +69,7 @@ pub(super) fn summary(
         stacks_overflow: p.outputs.overflow(),
         kernel_stack_errors: c.kernel_stack_errors,
         no_sample_room: c.no_sample_room,
+        sched_events_missed: c.sched_missed,
         user_stack_ends: StackEnd::ALL
             .iter()
             .zip(c.user_ends)

@@ -445,10 +445,16 @@ impl Lagtrace {
 /// `extra`) attached to `target`, SIGUSR1, wait for DONE, stop lagtrace
 /// with SIGINT. Asserts lagtrace exited cleanly.
 pub fn trace_scenario(target: &mut Target, extra: &[&str]) -> Finished {
+    trace_scenario_wrapped(target, &[], extra)
+}
+
+/// As [`trace_scenario`], with lagtrace started through `wrapper` (see
+/// [`Lagtrace::attach_wrapped`]).
+pub fn trace_scenario_wrapped(target: &mut Target, wrapper: &[&str], extra: &[&str]) -> Finished {
     let pid = target.pid.to_string();
     let mut args = vec!["--pid", pid.as_str(), "--threshold", "50ms"];
     args.extend_from_slice(extra);
-    let lt = Lagtrace::attach(&args);
+    let lt = Lagtrace::attach_wrapped(wrapper, &args, true);
     target.run_scenario(patience(Duration::from_secs(60)));
     // DONE is printed inside the last stall's iteration: let the loop get
     // back to its wait, so that span ends before lagtrace does.
