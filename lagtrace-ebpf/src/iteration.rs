@@ -157,8 +157,10 @@ pub fn begin(t: &mut ThreadState, now: u64) {
 
 /// The thread runs again: its time away (off-CPU, or on the runqueue) ends,
 /// and the stack it waited in becomes a sample weighted by that time.
+/// `FULL`: through [`push_sample`]; else through [`keep_sample`], whose
+/// verifier cost is small enough to add to every program.
 #[inline(always)]
-pub fn resume(t: &mut ThreadState, tid: u32, now: u64) {
+pub fn resume<const FULL: bool>(t: &mut ThreadState, tid: u32, now: u64) {
     close_phase(t, now);
     t.phase = PHASE_ON_CPU;
     if t.pending_kind == 0 {
@@ -169,8 +171,12 @@ pub fn resume(t: &mut ThreadState, tid: u32, now: u64) {
         return;
     };
     slots.pending.weight_ns = now.saturating_sub(slots.pending.ts_ns);
-    let p: *const StackSample = &slots.pending;
-    push_sample(t, tid, now, p);
+    let p: *mut StackSample = &mut slots.pending;
+    if FULL {
+        push_sample(t, tid, now, p);
+    } else {
+        keep_sample(t, tid, now, p);
+    }
 }
 
 /// Called from the loop thread's own context (a syscall of it, a perf
@@ -186,7 +192,7 @@ pub fn resume(t: &mut ThreadState, tid: u32, now: u64) {
 pub fn running(t: &mut ThreadState, tid: u32, now: u64) {
     if t.phase != PHASE_ON_CPU {
         bump(CTR_SCHED_MISSED);
-        resume(t, tid, now);
+        resume::<false>(t, tid, now);
     }
 }
 
@@ -390,5 +396,28 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSampl
     // of a sample needs userspace while the code still runs. Span events
     // wake it. (A wakeup per on-CPU sample cost lagtrace a context switch
     // per sample during a stall storm.)
+    send(t, tid, s, NO_WAKEUP);
+}
+
+/// [`push_sample`] without its slots, for the rare heal of [`running`],
+/// which every program inlines: the slot index and the flush loop are what
+/// the verifier's work grows with (5.10 refused the classic sched program
+/// with a second copy, "R1 unbounded memory access"). The sample goes
+/// straight to userspace, marked buffered while the iteration is still
+/// under the threshold, as a flush of full slots would send it: userspace
+/// keeps it with its iteration and drops it if no span follows.
+#[inline(always)]
+fn keep_sample(t: &mut ThreadState, tid: u32, now: u64, s: *mut StackSample) {
+    let Some(cfg) = config() else { return };
+    if t.probation != 0 {
+        return;
+    }
+    t.samples += 1;
+    bump(CTR_SAMPLES);
+    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {
+        // SAFETY: `s` is the thread's pending sample, a map value that only
+        // this thread's own probes write, and they do not nest.
+        unsafe { (*s).flags |= SAMPLE_F_BUFFERED };
+    }
     send(t, tid, s, NO_WAKEUP);
 }

@@ -44,6 +44,17 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// The last lines of a verifier log, on one line: where it says why (the
+/// statistics it prints last included).
+fn verifier_tail(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(4)..].join(" | ")
+}
+
 fn remedy(e: &Error) -> String {
     let denied = matches!(errno(e), Some(libc::EPERM | libc::EACCES));
     match e {
@@ -61,6 +72,18 @@ fn remedy(e: &Error) -> String {
             )
         }
         Error::Privileges { what } => format!("{what}; {PRIVS}"),
+        // EACCES too, but the verifier's, not a privilege: say what it said.
+        Error::Attach {
+            probe,
+            source:
+                aya::programs::ProgramError::LoadError {
+                    io_error,
+                    verifier_log,
+                },
+        } => format!(
+            "the kernel's BPF verifier refused {probe} ({io_error}); it ended with: {}",
+            verifier_tail(&verifier_log.to_string())
+        ),
         _ if denied => format!("permission denied ({}); {PRIVS}", chain(e)),
         Error::Tracefs { .. } => format!(
             "{}; mount it by hand with `mount -t tracefs nodev /sys/kernel/tracing`",
