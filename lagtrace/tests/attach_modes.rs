@@ -203,6 +203,7 @@ fn every_attach_mode_gives_the_truth() {
 }
 
 /// `auto` picks fentry where the kernel can patch the epoll wait function,
+/// else the exit tracepoints where it can, else the classic tracepoints,
 /// and says so in the start line; `-v` says why.
 #[test]
 fn auto_names_its_choice() {
@@ -236,11 +237,21 @@ fn auto_names_its_choice() {
     // functions that sleep (5.13+).
     let fentry_here = features.contains("fentry(do_epoll_wait)=yes")
         && features.contains("fexit_on_sleepers=yes");
+    // Else exit tracepoints where the wait-aware tp_btf sched_switch loads
+    // (tp_btf and bpf_loop; x86-64 here): the cheapest for the target.
+    let exit_tp_here = cfg!(target_arch = "x86_64")
+        && features.contains("tp_btf=yes")
+        && features.contains("bpf_loop=yes");
     if fentry_here {
         assert_eq!(chosen, "fentry", "{why}");
     } else {
-        assert_ne!(chosen, "fentry", "{why}");
         assert!(why.contains("not fentry"), "{why}");
+        let expected = if exit_tp_here {
+            "exit_tracepoints"
+        } else {
+            "tracepoints"
+        };
+        assert_eq!(chosen, expected, "{why}");
     }
     eprintln!("auto chose {chosen}: {why}");
 }

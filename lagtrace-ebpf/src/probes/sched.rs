@@ -154,7 +154,7 @@ pub fn switch_in(next: u32) -> Option<()> {
         // it was away stays counted as on-CPU.
         bump(CTR_SCHED_MISSED);
     }
-    resume(t, next, now_ns());
+    resume::<true>(t, next, now_ns());
     Some(())
 }
 

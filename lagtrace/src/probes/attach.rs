@@ -67,12 +67,12 @@ impl fmt::Display for AttachMode {
 const SYSCALL_HOOKS_ARCH: bool = cfg!(target_arch = "x86_64");
 
 /// Among the modes that hook syscalls, the order `auto` tries them in: the
-/// cheapest for the rest of the host first, as measured by `cargo xtask
-/// bench` (bench/ATTACH.md). `exit_tracepoints` is cheaper still for the
-/// target but is not taken by `auto`: in `tests/python_kernel.rs` it lost
-/// the off-CPU sample of a sleep stall right after attach in about one run
-/// in three (cause not found), so it stays behind `--attach exit-tp`.
-const AUTO_SYSCALL_ORDER: [AttachMode; 3] = [
+/// cheapest first, as measured by `cargo xtask bench` (bench/ATTACH.md).
+/// `exit_tracepoints` costs the target least; it needs the wait-aware
+/// tp_btf sched_switch (5.17+, x86-64, scheduler accounting on), and where
+/// that is missing `tracepoints` is the cheapest for the rest of the host.
+const AUTO_SYSCALL_ORDER: [AttachMode; 4] = [
+    AttachMode::ExitTracepoints,
     AttachMode::Tracepoints,
     AttachMode::TpBtf,
     AttachMode::RawTracepoint,
