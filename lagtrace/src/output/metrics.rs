@@ -78,6 +78,7 @@ pub struct Health {
     pub lost_events: u64,
     pub dropped_samples: u64,
     pub stack_errors: u64,
+    pub sched_missed: u64,
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
     pub targets: u64,
@@ -323,6 +324,12 @@ impl Collector for Metrics {
                 "Kernel stack captures that failed",
                 MetricType::Counter,
                 h.stack_errors as f64,
+            ),
+            (
+                "lagtrace_sched_events_missed",
+                "Scheduler events of loop threads that reached no program, healed at the thread's next event",
+                MetricType::Counter,
+                h.sched_missed as f64,
             ),
             (
                 "lagtrace_cpu_seconds",

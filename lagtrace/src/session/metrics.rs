@@ -40,6 +40,7 @@ pub(super) fn update(
         lost_events: c.ringbuf_lost,
         dropped_samples: c.samples_dropped + c.no_sample_room,
         stack_errors: c.kernel_stack_errors,
+        sched_missed: c.sched_missed,
         cpu_seconds,
         rss_bytes,
         targets: (p.targets.len() - exited.len()) as u64,
