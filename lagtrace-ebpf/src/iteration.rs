@@ -351,20 +351,30 @@ fn send(t: &ThreadState, tid: u32, s: *const StackSample, flags: u64) {
     entry.submit(flags);
 }
 
+/// Count a sample of the open iteration. `None`: the thread is on
+/// probation, reports nothing, and so keeps no samples. Else whether the
+/// iteration is still under the threshold (not yet known to be a span).
+#[inline(always)]
+fn count_sample(t: &mut ThreadState, now: u64) -> Option<bool> {
+    let cfg = config()?;
+    if t.probation != 0 {
+        return None;
+    }
+    t.samples += 1;
+    bump(CTR_SAMPLES);
+    Some(t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns)
+}
+
 /// Keep one sample of the open iteration: in the thread's slots while the
 /// iteration may still turn out short, straight to userspace once it is a
 /// span. `s` is a scratch or pending sample with its frames filled (a raw
 /// pointer: the pending sample lives in the same map value as the slots).
 #[inline(always)]
 pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSample) {
-    let Some(cfg) = config() else { return };
-    // A thread on probation reports nothing, so it keeps no samples.
-    if t.probation != 0 {
+    let Some(under) = count_sample(t, now) else {
         return;
-    }
-    t.samples += 1;
-    bump(CTR_SAMPLES);
-    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {
+    };
+    if under {
         // Full slots (a high frequency, or a long threshold) go to
         // userspace ahead of time rather than being dropped: it keeps them
         // with their iteration and discards them if no span follows.
@@ -408,13 +418,10 @@ pub fn push_sample(t: &mut ThreadState, tid: u32, now: u64, s: *const StackSampl
 /// keeps it with its iteration and drops it if no span follows.
 #[inline(always)]
 fn keep_sample(t: &mut ThreadState, tid: u32, now: u64, s: *mut StackSample) {
-    let Some(cfg) = config() else { return };
-    if t.probation != 0 {
+    let Some(under) = count_sample(t, now) else {
         return;
-    }
-    t.samples += 1;
-    bump(CTR_SAMPLES);
-    if t.flags & THREAD_OVER == 0 && now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns {
+    };
+    if under {
         // SAFETY: `s` is the thread's pending sample, a map value that only
         // this thread's own probes write, and they do not nest.
         unsafe { (*s).flags |= SAMPLE_F_BUFFERED };
