@@ -102,9 +102,10 @@ pub struct Health {
     pub kernel_stack_errors: u64,
     /// Samples lost for want of kernel sample room.
     pub no_sample_room: u64,
-    /// Scheduler events of loop threads the kernel skipped (a program run
-    /// refused while another ran on that CPU), found and healed when the
-    /// thread's next event showed them. Each moves a wait's end to that
+    /// Scheduler events of loop threads that reached no program (the
+    /// kernel does not promise a run per event; why it skipped them on a
+    /// 6.18 VM is not known), found and healed when the thread's next event
+    /// showed them. Each moves a wait's end to that
     /// event, so its on-CPU/off-CPU split is less exact.
     #[serde(default)]
     pub sched_events_missed: u64,
