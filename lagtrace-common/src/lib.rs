@@ -55,6 +55,14 @@ pub const THREAD_OVER: u32 = 2;
 /// sleeps in every iteration. An iteration that slept restarts the count.
 pub const WORKER_PROBATION: u32 = 3;
 
+/// The thread names tokio gives its workers (`tokio-rt-worker`; older
+/// tokio's `tokio-runtime-worker`, cut to 15 bytes by the kernel). Such a
+/// thread parked in a futex wait with no timeout is a worker from its first
+/// wait, with no probation; tokio's blocking-pool threads share the name
+/// but park with a keep-alive timeout. The kernel applies this to waits it
+/// sees, and userspace to workers already parked when lagtrace attaches.
+pub const WORKER_COMM_PREFIX: &[u8] = b"tokio-r";
+
 /// Scheduler phase of a thread inside an open iteration.
 pub const PHASE_ON_CPU: u32 = 0;
 pub const PHASE_OFF_CPU: u32 = 1;

@@ -51,7 +51,7 @@ fn build_testapps() -> bool {
 
 /// Whether this kernel takes `--attach flag`: a short run against `pid`.
 /// A refusal must be one line naming the mode and the way out.
-fn mode_works(flag: &str, pid: u32) -> bool {
+fn mode_works(test: &str, flag: &str, pid: u32) -> bool {
     let pid = pid.to_string();
     let (code, _, stderr) = run_lagtrace(&["--pid", &pid, "--attach", flag, "-d", "1s"]);
     if code == Some(0) {
@@ -67,10 +67,7 @@ fn mode_works(flag: &str, pid: u32) -> bool {
         lines[0].contains("cannot work on this kernel") && lines[0].contains("--attach auto"),
         "--attach {flag} failed otherwise: {stderr}"
     );
-    eprintln!(
-        "SKIP every_attach_mode_gives_the_truth --attach {flag}: {}",
-        lines[0]
-    );
+    eprintln!("SKIP {test} --attach {flag}: {}", lines[0]);
     false
 }
 
@@ -129,7 +126,7 @@ fn every_attach_mode_gives_the_truth() {
                 "80,150,300",
             ],
         );
-        if !mode_works(flag, target.pid) {
+        if !mode_works("every_attach_mode_gives_the_truth", flag, target.pid) {
             continue;
         }
         let fin = trace_scenario(&mut target, &["--attach", flag]);
@@ -179,8 +176,7 @@ fn every_attach_mode_gives_the_truth() {
         );
         let pid = target.pid.to_string();
         let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--attach", flag]);
-        // A worker parked since before attach is seen from its next wait.
-        std::thread::sleep(Duration::from_millis(100));
+        // No pause after attach (see `runtimes.rs`, `tokio_run_with`).
         target.run_scenario(patience(Duration::from_secs(60)));
         std::thread::sleep(Duration::from_millis(200));
         let fin = lt.stop();
@@ -200,6 +196,61 @@ fn every_attach_mode_gives_the_truth() {
         ran.contains(&"tracepoints") || ran.contains(&"fentry"),
         "no usable attach mode ran: {ran:?}"
     );
+}
+
+/// A tokio worker parked on its condvar since before attach has shown the
+/// kernel no wait yet. lagtrace finds it parked in /proc once its programs
+/// run, and the kernel trusts a tokio worker from its first untimed wait,
+/// so a stall right after attach is a span even when that worker takes it.
+/// Which worker takes the first task is tokio's choice, so each mode runs
+/// the scenario several times, with no pause after attach. Before both, 4
+/// of 8 first stalls went unseen with `exit-tp`. With the /proc rule
+/// alone, 8 of 8 with `tp-btf` and `raw-tp` (a worker that woke and parked
+/// again during attach was put on probation); with the kernel rule alone,
+/// 1 in 16.
+#[test]
+fn a_stall_right_after_attach_is_seen_on_a_worker_parked_before() {
+    let test = "a_stall_right_after_attach_is_seen_on_a_worker_parked_before";
+    if !root_or_skip(test) {
+        return;
+    }
+    if !build_testapps() {
+        panic!("{test}: building lagtrace-testapps failed");
+    }
+    const ROUNDS: usize = 4;
+    let app = testapp("tokio_stalls");
+    let args = ["--flavor", "multi", "--block", "sleep", "--stalls-ms", "80"];
+    let mut ran = Vec::new();
+    let mut missed = Vec::new();
+    for (flag, _) in MODES {
+        let probe = Target::start(&app, &args);
+        if !mode_works(test, flag, probe.pid) {
+            continue;
+        }
+        drop(probe);
+        for round in 0..ROUNDS {
+            let mut target = Target::start(&app, &args);
+            let pid = target.pid.to_string();
+            let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--attach", flag]);
+            target.run_scenario(patience(Duration::from_secs(60)));
+            let fin = lt.stop();
+            assert_eq!(fin.code, Some(0), "{flag}: {:?}", fin.stderr);
+            let stalls = target.stalls();
+            assert_eq!(stalls.len(), 1, "{flag}: {stalls:?}");
+            if matching_span(&fin.spans, &stalls[0]).len() != 1 {
+                missed.push(format!("--attach {flag} round {round}: {:?}", stalls[0]));
+            }
+        }
+        ran.push(flag);
+    }
+    assert!(!ran.is_empty(), "no attach mode ran");
+    assert!(
+        missed.is_empty(),
+        "{} of {} first stalls missed: {missed:#?}",
+        missed.len(),
+        ran.len() * ROUNDS
+    );
+    eprintln!("{test}: {ROUNDS} of {ROUNDS} first stalls found in each of {ran:?}");
 }
 
 /// `auto` picks fentry where the kernel can patch the epoll wait function,

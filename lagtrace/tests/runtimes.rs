@@ -221,9 +221,9 @@ fn tokio_run_with(
     let mut target = Target::start(&app, args);
     let pid = target.pid.to_string();
     let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", threshold]);
-    // A worker parked since before attach is seen from its next wait on:
-    // give the runtime's 5 ms ticker time to cycle every worker once.
-    std::thread::sleep(Duration::from_millis(100));
+    // No pause after attach: a worker parked since before it is watched
+    // from its wake-up (`target::parked`), and no wait's return is hooked
+    // before every wait's entry is (`probes::attach`).
     target.run_scenario(Duration::from_secs(60));
     let fin = lt.stop();
     assert_eq!(fin.code, Some(0), "{test}: {:?}", fin.stderr);

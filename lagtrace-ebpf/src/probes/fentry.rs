@@ -32,12 +32,13 @@ pub fn fexit_epoll_wait(ctx: FExitContext) -> u32 {
     0
 }
 
-/// `do_futex(u32 *uaddr, int op, …)`: `op` is the second argument.
+/// `do_futex(u32 *uaddr, int op, u32 val, ktime_t *timeout, …)`: `op` is
+/// the second argument, the timeout (NULL for none) the fourth.
 #[fentry(function = "do_futex")]
 pub fn fentry_futex(ctx: FEntryContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(cfg) = target((pid_tgid >> 32) as u32) {
-        let _ = futex_entered(&ctx, pid_tgid, cfg, ctx.arg::<u64>(1));
+        let _ = futex_entered(&ctx, pid_tgid, cfg, ctx.arg::<u64>(1), ctx.arg::<u64>(3));
     }
     0
 }

@@ -6,14 +6,21 @@
 //! taken inside an asyncio callback is blocking, not idling. The other
 //! attach modes call the same [`futex_entered`] and [`futex_returned`].
 use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    EbpfContext,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
-use lagtrace_common::{MODEL_WORKER, THREAD_IN_ITER, TargetConfig, WORKER_PROBATION};
+use lagtrace_common::{
+    MODEL_WORKER, THREAD_IN_ITER, TargetConfig, WORKER_COMM_PREFIX, WORKER_PROBATION,
+};
 
 use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
 
 /// `op` is the second syscall argument: 8-byte slots from offset 16.
 const OP_OFFSET: usize = 24;
+/// `utime`, the fourth: the wait's timeout, NULL for none.
+const TIMEOUT_OFFSET: usize = 40;
 const FUTEX_CMD_MASK: u64 = 0x7f;
 const FUTEX_WAIT: u64 = 0;
 const FUTEX_WAIT_BITSET: u64 = 9;
@@ -29,18 +36,21 @@ fn try_futex_enter(ctx: &TracePointContext) -> Option<u32> {
     // SAFETY: OP_OFFSET is inside sys_enter_futex's record; read_at checks
     // the read through the kernel.
     let op: u64 = unsafe { ctx.read_at(OP_OFFSET) }.ok()?;
-    futex_entered(ctx, pid_tgid, cfg, op)?;
+    // SAFETY: as above, for the fourth argument.
+    let timeout: u64 = unsafe { ctx.read_at(TIMEOUT_OFFSET) }.ok()?;
+    futex_entered(ctx, pid_tgid, cfg, op, timeout)?;
     Some(0)
 }
 
-/// A thread of target `cfg` enters futex operation `op`: a wait ends the
-/// iteration of a worker-model target.
+/// A thread of target `cfg` enters futex operation `op` with `timeout` (a
+/// pointer, 0 for none): a wait ends the iteration of a worker-model target.
 #[inline(always)]
 pub fn futex_entered<C: EbpfContext>(
     ctx: &C,
     pid_tgid: u64,
     cfg: &TargetConfig,
     op: u64,
+    timeout: u64,
 ) -> Option<()> {
     if cfg.model != MODEL_WORKER {
         return None;
@@ -49,15 +59,33 @@ pub fn futex_entered<C: EbpfContext>(
     if cmd != FUTEX_WAIT && cmd != FUTEX_WAIT_BITSET {
         return None;
     }
-    let tid = pid_tgid as u32;
-    // A thread first seen here may be a plain thread waiting for a lock:
-    // it counts once it has shown a worker's rhythm (WORKER_PROBATION).
-    let t = thread_or_insert(ctx, tid, (pid_tgid >> 32) as u32, WORKER_PROBATION)?;
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    let t = match thread(tid) {
+        Some(t) if t.tgid == tgid => t,
+        _ => thread_or_insert(ctx, tid, tgid, first_probation(timeout))?,
+    };
     t.in_futex_wait = 1;
     if t.flags & THREAD_IN_ITER != 0 {
         end(t, tid, now_ns());
     }
     Some(())
+}
+
+/// The probation of a thread first seen entering a futex wait. A plain
+/// thread waiting for a lock looks the same as a parked worker, so it
+/// counts once it has shown a worker's rhythm (`WORKER_PROBATION`); a
+/// thread named like a tokio worker parking with no timeout is one at once
+/// (`WORKER_COMM_PREFIX`).
+#[inline(always)]
+fn first_probation(timeout: u64) -> u32 {
+    if timeout == 0
+        && let Ok(comm) = bpf_get_current_comm()
+        && comm.starts_with(WORKER_COMM_PREFIX)
+    {
+        0
+    } else {
+        WORKER_PROBATION
+    }
 }
 
 #[tracepoint]
@@ -71,7 +99,8 @@ pub fn futex_returned(pid_tgid: u64) -> Option<()> {
     let t = thread(pid_tgid as u32)?;
     // Only the return of a wait seen entering starts an iteration: a thread
     // that merely wakes others (a plain thread notifying the runtime) is no
-    // worker. A worker parked since before attach starts at its next wait.
+    // worker. A worker parked since before attach was marked as waiting by
+    // userspace (`target::parked`).
     if t.in_futex_wait == 0 || t.tgid != (pid_tgid >> 32) as u32 {
         return None;
     }

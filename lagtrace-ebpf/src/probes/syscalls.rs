@@ -29,8 +29,10 @@ const NR_FUTEX: u64 = 202;
 const NR_EPOLL_WAIT: u64 = 232;
 const NR_EPOLL_PWAIT: u64 = 281;
 const NR_EPOLL_PWAIT2: u64 = 441;
-/// `struct pt_regs` on x86-64: `si` (the second syscall argument) and
-/// `orig_ax` (the syscall number, kept through the return).
+/// `struct pt_regs` on x86-64: `r10` and `si` (the fourth and second
+/// syscall arguments) and `orig_ax` (the syscall number, kept through the
+/// return).
+const PT_REGS_R10: usize = 56;
 const PT_REGS_SI: usize = 104;
 const PT_REGS_ORIG_AX: usize = 120;
 
@@ -68,7 +70,13 @@ fn sys_enter<C: EbpfContext>(ctx: &C, regs: u64, nr: u64) -> Option<()> {
     let cfg = target((pid_tgid >> 32) as u32)?;
     match nr {
         NR_EPOLL_WAIT | NR_EPOLL_PWAIT | NR_EPOLL_PWAIT2 => wait_entered(pid_tgid),
-        NR_FUTEX => futex_entered(ctx, pid_tgid, cfg, reg(regs, PT_REGS_SI)?),
+        NR_FUTEX => futex_entered(
+            ctx,
+            pid_tgid,
+            cfg,
+            reg(regs, PT_REGS_SI)?,
+            reg(regs, PT_REGS_R10)?,
+        ),
         _ => None,
     }
 }

@@ -11,8 +11,8 @@ use lagtrace_common::{
     CFG_CHILDREN, CFG_FAULT_SKIP_SWITCH_IN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT,
     CFG_WAIT_BY_SWITCH, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS, CTR_NO_SAMPLE_ROOM,
     CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_SCHED_MISSED, CTR_TARGETS_FULL,
-    CTR_THREADS_FULL, CTR_USER_END, Config, PyTarget, STACK_END_KINDS, TargetConfig, ThreadSamples,
-    ThreadState, V8Offsets,
+    CTR_THREADS_FULL, CTR_USER_END, Config, MODEL_WORKER, PyTarget, STACK_END_KINDS, TargetConfig,
+    ThreadSamples, ThreadState, V8Offsets,
 };
 
 use super::{
@@ -25,6 +25,9 @@ use crate::{
     error::{Error, Result},
     events::SampleRec,
 };
+
+/// `bpf_map_update_elem`'s flag: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
 
 /// What to attach and how.
 #[derive(Debug, Clone)]
@@ -349,11 +352,24 @@ impl Probes {
 
     /// Every tgid in the targets map (with `--children`, forks add to it).
     pub fn target_pids(&self) -> Vec<u32> {
+        self.targets().into_iter().map(|(tgid, _)| tgid).collect()
+    }
+
+    /// The tgids traced in the worker model.
+    pub fn worker_targets(&self) -> Vec<u32> {
+        self.targets()
+            .into_iter()
+            .filter(|(_, c)| c.model == MODEL_WORKER)
+            .map(|(tgid, _)| tgid)
+            .collect()
+    }
+
+    fn targets(&self) -> Vec<(u32, TargetConfig)> {
         let Some(map) = self.ebpf.map("TARGETS") else {
             return Vec::new();
         };
         match HashMap::<_, u32, TargetConfig>::try_from(map) {
-            Ok(t) => t.keys().filter_map(|k| k.ok()).collect(),
+            Ok(t) => t.iter().filter_map(|r| r.ok()).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -417,6 +433,33 @@ impl Probes {
             HashMap::try_from(self.ebpf.map("THREADS").expect("THREADS map"))
                 .map_err(map_err("THREADS"))?;
         Ok(threads.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Trust `tid` of `tgid` as a loop thread parked in a futex wait since
+    /// before attach (see `target::parked`): its wake-up starts an
+    /// iteration, with no probation. A thread the kernel already knows is
+    /// left as it is.
+    pub fn seed_parked_worker(&mut self, tgid: u32, tid: u32) -> Result<()> {
+        let mut threads: HashMap<_, u32, ThreadState> =
+            HashMap::try_from(self.ebpf.map_mut("THREADS").expect("THREADS map"))
+                .map_err(map_err("THREADS"))?;
+        // SAFETY: ThreadState is Pod (plain integers): all zeroes is valid.
+        let mut t: ThreadState = unsafe { std::mem::zeroed() };
+        t.tgid = tgid;
+        t.in_futex_wait = 1;
+        if threads.insert(tid, t, BPF_NOEXIST).is_err() {
+            return Ok(());
+        }
+        let mut slots: HashMap<_, u32, ThreadSamples> = HashMap::try_from(
+            self.ebpf
+                .map_mut("THREAD_SAMPLES")
+                .expect("THREAD_SAMPLES map"),
+        )
+        .map_err(map_err("THREAD_SAMPLES"))?;
+        // SAFETY: ThreadSamples is Pod; boxed, as it is tens of KiB.
+        let zero: Box<ThreadSamples> = unsafe { Box::new_zeroed().assume_init() };
+        let _ = slots.insert(tid, zero, BPF_NOEXIST);
+        Ok(())
     }
 
     /// Forget a thread that exited (after its last snapshot was taken).

@@ -195,6 +195,9 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         None => None,
     };
     probes.attach(&opts)?;
+    for pid in probes.worker_targets() {
+        targets::watch_parked_workers(pid, &mut probes)?;
+    }
     let (mode, why) = probes.mode.clone().expect("set by attach");
     log::info!("attach: {mode}: {why}");
     if let Some(why) = &probes.walk_refused {

@@ -20,10 +20,26 @@ use crate::{
     },
     target::{
         Target, exe_id, exe_name, has_live_thread, is_python, model_for,
+        parked::parked_workers,
         runtime::{has_perf_map, is_node},
         tgid_of,
     },
 };
+
+/// Trust the workers of `pid` parked since before they could be seen (see
+/// `target::parked`). Called once the programs are attached: a worker that
+/// parks later is seen by the kernel itself, and one found parked here has
+/// shown nothing yet. An entry the kernel made meanwhile is kept.
+pub fn watch_parked_workers(pid: u32, probes: &mut Probes) -> Result<()> {
+    let parked = parked_workers(pid);
+    for &tid in &parked {
+        probes.seed_parked_worker(pid, tid)?;
+    }
+    if !parked.is_empty() {
+        log::info!("pid {pid}: parked workers {parked:?} watched from their wake-up");
+    }
+    Ok(())
+}
 
 /// How long after an exec the new interpreter gets to become readable
 /// (it is still starting when the exec is first seen).
@@ -168,6 +184,11 @@ impl Targets {
             };
         }
         probes.add_target(t.pid, model)?;
+        // A target enrolled before attach has its parked workers found once
+        // the programs run (see `watch_parked_workers`).
+        if model == MODEL_WORKER && probes.mode.is_some() {
+            watch_parked_workers(t.pid, probes)?;
+        }
         Ok(note)
     }
 

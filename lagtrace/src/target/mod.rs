@@ -2,9 +2,11 @@
 //! exists and is not a kernel thread, its command and PID namespace, and
 //! whether it still runs (here); which runtime it is, and so its loop model
 //! and whether it has a perf map (`runtime`); its threads' names and roles
-//! (`threads`). Everything is read from /proc; nothing here changes the
+//! (`threads`); which of its workers are parked when lagtrace attaches
+//! (`parked`). Everything is read from /proc; nothing here changes the
 //! target. (Its Python layout, once found, lives with the Python reader in
 //! `symbolize::cpython`.)
+pub mod parked;
 pub mod runtime;
 pub mod threads;
 
