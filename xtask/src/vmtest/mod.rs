@@ -57,7 +57,11 @@ const PLAN: &[(&str, &[&str])] = &[
     ),
     (
         "attach_modes",
-        &["auto_names_its_choice", "every_attach_mode_gives_the_truth"],
+        &[
+            "auto_names_its_choice",
+            "every_attach_mode_gives_the_truth",
+            "a_stall_right_after_attach_is_seen_on_a_worker_parked_before",
+        ],
     ),
 ];
 
