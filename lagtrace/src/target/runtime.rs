@@ -38,12 +38,18 @@ impl Runtime {
 }
 
 /// True if the process runs CPython: its executable is named python*, or
-/// it maps a libpython.
+/// it has a libpython loaded (mapped executable; a program that only reads
+/// the file through a mapping, as lagtrace's own tests do, is no Python).
 pub fn is_python(pid: u32) -> bool {
     if exe_name(pid).is_some_and(|n| n.starts_with("python")) {
         return true;
     }
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("/libpython3"))
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| {
+        m.lines().any(|l| {
+            let perms = l.split_whitespace().nth(1).unwrap_or("");
+            perms.contains('x') && l.contains("/libpython3")
+        })
+    })
 }
 
 pub fn is_node(pid: u32) -> bool {
