@@ -43,6 +43,12 @@ pub const SAMPLE_STOPPED: u32 = 4;
 pub const THREAD_IN_ITER: u32 = 1;
 /// The open iteration is past the threshold: its samples stream live.
 pub const THREAD_OVER: u32 = 2;
+/// A loop thread found asleep in its wait when lagtrace attached (set by
+/// userspace): the return of that wait may never reach a program (fexit
+/// does not run for a call that was in flight when its trampoline was
+/// attached), so the thread's next switch onto a CPU starts its first
+/// iteration.
+pub const THREAD_WAKE_BEGINS: u32 = 4;
 
 /// Clean iterations a thread first seen in a futex wait must complete
 /// before it counts as a runtime worker (`ThreadState::probation`).

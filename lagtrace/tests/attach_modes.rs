@@ -246,7 +246,7 @@ fn a_stall_right_after_attach_is_seen_on_a_worker_parked_before() {
     assert!(!ran.is_empty(), "no attach mode ran");
     assert!(
         missed.is_empty(),
-        "{} of {} first stalls missed: {missed:#?}",
+        "{} of {} first stalls missed: {missed:?}",
         missed.len(),
         ran.len() * ROUNDS
     );

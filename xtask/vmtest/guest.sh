@@ -42,6 +42,9 @@ while read -r name bin filters; do
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "vmtest: log $name: killed after the ${limit} s limit per test binary"
     secs=$(($(date +%s) - start))
     if [ $rc -ne 0 ]; then
+        # Each panic first (a test that failed early is out of the tail).
+        grep -E -A3 'panicked' "/tmp/$name.log" | head -n 24 |
+            cut -c1-400 | sed "s/^/vmtest: log $name: /"
         grep -E -A2 'panicked|NOTE|SKIP|error|stall|assert|left|right|^test ' "/tmp/$name.log" |
             cut -c1-400 | sed "s/^/vmtest: log $name: /" | tail -n 40
     fi

@@ -11,13 +11,13 @@ use aya_ebpf::{
 use lagtrace_common::{
     CFG_FAULT_SKIP_SWITCH_IN, CFG_SCHED, CFG_WAIT_BY_SWITCH, CTR_SCHED_MISSED, Config,
     PHASE_OFF_CPU, PHASE_ON_CPU, PHASE_RUNQUEUE, SAMPLE_OFF_CPU, SAMPLE_RUNQUEUE, SAMPLE_STOPPED,
-    THREAD_IN_ITER,
+    THREAD_IN_ITER, THREAD_WAKE_BEGINS,
 };
 
 use crate::{
     iteration::{
-        bump, close_phase, config, copy_sample, end, now_ns, resume, running, scratch, thread,
-        thread_samples,
+        begin, bump, close_phase, config, copy_sample, end, now_ns, resume, running, scratch,
+        thread, thread_samples,
     },
     probes::stacks::capture,
     unwind::current_syscall,
@@ -144,6 +144,12 @@ pub fn switch_out<C: EbpfContext, const WALK: bool, const WAIT: bool>(
 pub fn switch_in(next: u32) -> Option<()> {
     let t = thread(next)?;
     if t.flags & THREAD_IN_ITER == 0 {
+        if t.flags & THREAD_WAKE_BEGINS != 0 {
+            // Woken from the wait it was found parked in (see
+            // THREAD_WAKE_BEGINS): that wait's return starts nothing now.
+            t.in_futex_wait = 0;
+            begin(t, now_ns());
+        }
         return None;
     }
     if config()?.flags & CFG_FAULT_SKIP_SWITCH_IN != 0 {

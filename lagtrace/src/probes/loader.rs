@@ -11,8 +11,8 @@ use lagtrace_common::{
     CFG_CHILDREN, CFG_FAULT_SKIP_SWITCH_IN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT,
     CFG_WAIT_BY_SWITCH, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS, CTR_NO_SAMPLE_ROOM,
     CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_SCHED_MISSED, CTR_TARGETS_FULL,
-    CTR_THREADS_FULL, CTR_USER_END, Config, MODEL_WORKER, PyTarget, STACK_END_KINDS, TargetConfig,
-    ThreadSamples, ThreadState, V8Offsets,
+    CTR_THREADS_FULL, CTR_USER_END, Config, MODEL_WORKER, PyTarget, STACK_END_KINDS,
+    THREAD_WAKE_BEGINS, TargetConfig, ThreadSamples, ThreadState, V8Offsets,
 };
 
 use super::{
@@ -355,12 +355,11 @@ impl Probes {
         self.targets().into_iter().map(|(tgid, _)| tgid).collect()
     }
 
-    /// The tgids traced in the worker model.
-    pub fn worker_targets(&self) -> Vec<u32> {
+    /// Every traced tgid, and whether it is in the worker model.
+    pub fn target_models(&self) -> Vec<(u32, bool)> {
         self.targets()
             .into_iter()
-            .filter(|(_, c)| c.model == MODEL_WORKER)
-            .map(|(tgid, _)| tgid)
+            .map(|(tgid, c)| (tgid, c.model == MODEL_WORKER))
             .collect()
     }
 
@@ -435,18 +434,20 @@ impl Probes {
         Ok(threads.iter().filter_map(|r| r.ok()).collect())
     }
 
-    /// Trust `tid` of `tgid` as a loop thread parked in a futex wait since
-    /// before attach (see `target::parked`): its wake-up starts an
-    /// iteration, with no probation. A thread the kernel already knows is
-    /// left as it is.
-    pub fn seed_parked_worker(&mut self, tgid: u32, tid: u32) -> Result<()> {
+    /// Trust `tid` of `tgid` as a loop thread asleep in its wait since
+    /// before attach (see `target::parked`), a futex wait if `futex`: its
+    /// wake-up starts an iteration, with no probation, at its first switch
+    /// onto a CPU or the wait's return, whichever a program sees first. A
+    /// thread the kernel already knows is left as it is.
+    pub fn seed_parked(&mut self, tgid: u32, tid: u32, futex: bool) -> Result<()> {
         let mut threads: HashMap<_, u32, ThreadState> =
             HashMap::try_from(self.ebpf.map_mut("THREADS").expect("THREADS map"))
                 .map_err(map_err("THREADS"))?;
         // SAFETY: ThreadState is Pod (plain integers): all zeroes is valid.
         let mut t: ThreadState = unsafe { std::mem::zeroed() };
         t.tgid = tgid;
-        t.in_futex_wait = 1;
+        t.in_futex_wait = futex.into();
+        t.flags = THREAD_WAKE_BEGINS;
         if threads.insert(tid, t, BPF_NOEXIST).is_err() {
             return Ok(());
         }

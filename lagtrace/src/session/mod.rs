@@ -195,8 +195,8 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         None => None,
     };
     probes.attach(&opts)?;
-    for pid in probes.worker_targets() {
-        targets::watch_parked_workers(pid, &mut probes)?;
+    for (pid, workers) in probes.target_models() {
+        targets::watch_parked(pid, workers, &mut probes)?;
     }
     let (mode, why) = probes.mode.clone().expect("set by attach");
     log::info!("attach: {mode}: {why}");

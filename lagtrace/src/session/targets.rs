@@ -20,23 +20,25 @@ use crate::{
     },
     target::{
         Target, exe_id, exe_name, has_live_thread, is_python, model_for,
-        parked::parked_workers,
+        parked::{Wait, parked_threads},
         runtime::{has_perf_map, is_node},
         tgid_of,
     },
 };
 
-/// Trust the workers of `pid` parked since before they could be seen (see
-/// `target::parked`). Called once the programs are attached: a worker that
-/// parks later is seen by the kernel itself, and one found parked here has
-/// shown nothing yet. An entry the kernel made meanwhile is kept.
-pub fn watch_parked_workers(pid: u32, probes: &mut Probes) -> Result<()> {
-    let parked = parked_workers(pid);
-    for &tid in &parked {
-        probes.seed_parked_worker(pid, tid)?;
+/// Tell the kernel of the loop threads of `pid` asleep in their wait since
+/// before they could be seen (see `target::parked`). Called once the
+/// programs are attached: a thread that waits later is seen by the kernel
+/// itself. An entry the kernel made meanwhile is kept.
+pub fn watch_parked(pid: u32, workers: bool, probes: &mut Probes) -> Result<()> {
+    let parked = parked_threads(pid, workers);
+    for p in &parked {
+        probes.seed_parked(pid, p.tid, p.wait == Wait::UntimedFutex)?;
     }
     if !parked.is_empty() {
-        log::info!("pid {pid}: parked workers {parked:?} watched from their wake-up");
+        log::info!(
+            "pid {pid}: loop threads asleep at attach, watched from their wake-up: {parked:?}"
+        );
     }
     Ok(())
 }
@@ -184,10 +186,10 @@ impl Targets {
             };
         }
         probes.add_target(t.pid, model)?;
-        // A target enrolled before attach has its parked workers found once
-        // the programs run (see `watch_parked_workers`).
-        if model == MODEL_WORKER && probes.mode.is_some() {
-            watch_parked_workers(t.pid, probes)?;
+        // A target enrolled before attach has its parked threads found once
+        // the programs run (see `watch_parked`).
+        if probes.mode.is_some() {
+            watch_parked(t.pid, model == MODEL_WORKER, probes)?;
         }
         Ok(note)
     }
