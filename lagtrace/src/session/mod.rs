@@ -272,6 +272,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         metrics,
         window: snapshot::Window::new(args.window),
         parked: Vec::new(),
+        finished_at_exit: None,
     };
     p.outputs
         .begin(&record::header(&p.targets, threshold_ns, args.frequency));
@@ -420,6 +421,14 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         p.discard(events.get_mut(), FINAL_DISCARD);
     }
     let threads = probes.threads()?;
+    // The programs still run: an iteration that ended since that drain sent
+    // its span after it. Without a second drain, one that ended before the
+    // table was read was in neither (the last stall, when the target stops
+    // right after it; seen under emulation).
+    p.finished_at_exit = Some(Vec::new());
+    if p.drain(events.get_mut(), FINAL_DRAIN)? {
+        p.discard(events.get_mut(), FINAL_DISCARD);
+    }
     if args.children {
         let seen = p.seen_pids(&threads);
         for note in

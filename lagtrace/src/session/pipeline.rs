@@ -63,6 +63,9 @@ pub(super) struct Pipeline {
     /// Spans waiting for code objects still being read on the reader
     /// thread (whether unfinished, since when): the drain goes on meanwhile.
     pub parked: Vec<(RawSpan, bool, Instant)>,
+    /// At exit only: the (tid, iteration) of each span finished since the
+    /// thread table was read, which `flush_open` must not report again.
+    pub finished_at_exit: Option<Vec<(u32, u64)>>,
 }
 
 impl Pipeline {
@@ -262,6 +265,9 @@ impl Pipeline {
     }
 
     fn finish_span(&mut self, mut span: Span) -> Result<()> {
+        if let Some(done) = self.finished_at_exit.as_mut().filter(|_| !span.unfinished) {
+            done.push((span.tid, span.iteration));
+        }
         if self.sched {
             span.cause = Some(cause::classify(&span));
         }
@@ -387,7 +393,9 @@ impl Pipeline {
     }
 
     /// Spans still open at exit are reported as unfinished, with what they
-    /// have so far: a deadlocked loop is the case users need most.
+    /// have so far: a deadlocked loop is the case users need most. `threads`
+    /// was read before the last drain; an iteration it shows open whose
+    /// span that drain brought in has ended, and is not reported twice.
     pub fn flush_open(&mut self, threads: &[(u32, ThreadState)], probes: &Probes) -> Result<()> {
         // Parked spans get a last chance at their code objects, bounded.
         let until = Instant::now() + std::time::Duration::from_millis(500);
@@ -399,8 +407,12 @@ impl Pipeline {
         }
         self.retry_parked(true)?;
         let now = WallClock::now_mono_ns();
+        let done = self.finished_at_exit.take().unwrap_or_default();
         for (tid, t) in threads {
-            if !t.in_shown_iteration() || now.saturating_sub(t.iter_start_ns) < self.threshold_ns {
+            if !t.in_shown_iteration()
+                || now.saturating_sub(t.iter_start_ns) < self.threshold_ns
+                || done.contains(&(*tid, t.iteration))
+            {
                 continue;
             }
             let raw = self.open_span(*tid, t, now, None, probes);
