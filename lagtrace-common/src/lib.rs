@@ -69,6 +69,18 @@ pub const WORKER_PROBATION: u32 = 3;
 /// sees, and userspace to workers already parked when lagtrace attaches.
 pub const WORKER_COMM_PREFIX: &[u8] = b"tokio-r";
 
+/// Whether futex operation `op` (private and clock flags included) is a
+/// wait: `FUTEX_WAIT` or `FUTEX_WAIT_BITSET`. Other operations (wake,
+/// requeue) are not. The kernel and the /proc reader apply the same rule.
+#[inline(always)]
+pub fn is_futex_wait(op: u64) -> bool {
+    const FUTEX_CMD_MASK: u64 = 0x7f;
+    const FUTEX_WAIT: u64 = 0;
+    const FUTEX_WAIT_BITSET: u64 = 9;
+    let cmd = op & FUTEX_CMD_MASK;
+    cmd == FUTEX_WAIT || cmd == FUTEX_WAIT_BITSET
+}
+
 /// Scheduler phase of a thread inside an open iteration.
 pub const PHASE_ON_CPU: u32 = 0;
 pub const PHASE_OFF_CPU: u32 = 1;

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use lagtrace_common::{
-    MODEL_WORKER, THREAD_IN_ITER, TargetConfig, WORKER_COMM_PREFIX, WORKER_PROBATION,
+    MODEL_WORKER, THREAD_IN_ITER, TargetConfig, WORKER_COMM_PREFIX, WORKER_PROBATION, is_futex_wait,
 };
 
 use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
@@ -21,9 +21,6 @@ use crate::iteration::{begin, end, now_ns, target, thread, thread_or_insert};
 const OP_OFFSET: usize = 24;
 /// `utime`, the fourth: the wait's timeout, NULL for none.
 const TIMEOUT_OFFSET: usize = 40;
-const FUTEX_CMD_MASK: u64 = 0x7f;
-const FUTEX_WAIT: u64 = 0;
-const FUTEX_WAIT_BITSET: u64 = 9;
 
 #[tracepoint]
 pub fn futex_enter(ctx: TracePointContext) -> u32 {
@@ -55,8 +52,7 @@ pub fn futex_entered<C: EbpfContext>(
     if cfg.model != MODEL_WORKER {
         return None;
     }
-    let cmd = op & FUTEX_CMD_MASK;
-    if cmd != FUTEX_WAIT && cmd != FUTEX_WAIT_BITSET {
+    if !is_futex_wait(op) {
         return None;
     }
     let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);

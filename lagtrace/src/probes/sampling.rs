@@ -23,7 +23,10 @@ use aya::programs::{
 };
 
 use super::loader::Probes;
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    target::tids_of,
+};
 
 /// Where the sampling clock runs.
 #[derive(Debug, Default)]
@@ -62,14 +65,6 @@ fn raise_fd_limit() {
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-}
-
-fn tids_of(tgid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 impl Probes {

@@ -92,6 +92,15 @@ pub fn has_live_thread(pid: u32) -> bool {
     })
 }
 
+/// The thread ids of process `pid` (none if it is gone).
+pub fn tids_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
 /// The process a task id belongs to: `id` itself for a process, its thread
 /// group's leader for a thread id (which /proc resolves though it does not
 /// list it).

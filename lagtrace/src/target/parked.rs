@@ -14,9 +14,9 @@
 //! (`WORKER_COMM_PREFIX`); other threads earn their place by probation.
 use std::fs;
 
-use lagtrace_common::WORKER_COMM_PREFIX;
+use lagtrace_common::{WORKER_COMM_PREFIX, is_futex_wait};
 
-use super::read_comm;
+use super::{read_comm, tids_of};
 
 /// Syscall numbers on this architecture: futex, and the epoll waits.
 #[cfg(target_arch = "x86_64")]
@@ -31,10 +31,6 @@ const SYS_EPOLL_WAITS: [u64; 2] = [22, 441];
 const SYS_FUTEX: u64 = u64::MAX;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const SYS_EPOLL_WAITS: [u64; 0] = [];
-
-const FUTEX_CMD_MASK: u64 = 0x7f;
-const FUTEX_WAIT: u64 = 0;
-const FUTEX_WAIT_BITSET: u64 = 9;
 
 /// The wait a thread sleeps in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +50,9 @@ pub struct Parked {
 /// The threads of `pid` asleep in a loop's wait; futex waits count only
 /// for the worker model (`workers`) and a thread named like a worker.
 pub fn parked_threads(pid: u32, workers: bool) -> Vec<Parked> {
-    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter_map(|tid: u32| {
+    tids_of(pid)
+        .into_iter()
+        .filter_map(|tid| {
             let line = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
             let wait = waiting_in(&line)?;
             let named = || {
@@ -90,8 +84,7 @@ pub fn waiting_in(line: &str) -> Option<Wait> {
     let [_uaddr, op, _val, timeout] = args[..] else {
         return None;
     };
-    let cmd = op & FUTEX_CMD_MASK;
-    ((cmd == FUTEX_WAIT || cmd == FUTEX_WAIT_BITSET) && timeout == 0).then_some(Wait::UntimedFutex)
+    (is_futex_wait(op) && timeout == 0).then_some(Wait::UntimedFutex)
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -3,9 +3,9 @@
 //! for Node whether JS functions can be named (a perf map).
 use std::fs;
 
-use lagtrace_common::{MODEL_EPOLL, MODEL_WORKER};
+use lagtrace_common::{MODEL_EPOLL, MODEL_WORKER, WORKER_COMM_PREFIX};
 
-use super::{exe_name, read_comm};
+use super::{exe_name, read_comm, tids_of};
 use crate::cli::Model;
 
 /// The runtime of a traced process.
@@ -89,13 +89,9 @@ pub fn model_for(pid: u32, flag: Model) -> u32 {
 /// tokio: `tokio-runtime-worker`, cut to 15 bytes by the kernel) are
 /// the first hint; the binary's own symbols the second.
 pub fn looks_like_tokio(pid: u32) -> bool {
-    let named = fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse().ok()))
-                .any(|tid: u32| read_comm(pid, Some(tid)).is_some_and(|c| c.starts_with("tokio-r")))
-        })
-        .unwrap_or(false);
+    let named = tids_of(pid).into_iter().any(|tid| {
+        read_comm(pid, Some(tid)).is_some_and(|c| c.as_bytes().starts_with(WORKER_COMM_PREFIX))
+    });
     named || exe_mentions(pid, b"tokio::runtime")
 }
 
