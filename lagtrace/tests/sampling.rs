@@ -133,3 +133,89 @@ fn too_few_fds_for_per_thread_clocks_falls_back_to_per_cpu() {
         &[],
     );
 }
+
+/// The loop's CPU time so far, in ns (`/proc/PID/schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Stack walks the kernel made (every walk counts how it ended).
+fn stack_walks(summary: &Value) -> u64 {
+    summary["health"]["user_stack_ends"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+}
+
+/// A loop polling with `epoll_wait(…, 0)` is on the CPU all the time, so
+/// its clock ticks about 499 times a second, but its iterations last
+/// microseconds: no tick finds one old enough to become a span
+/// (`SAMPLE_MIN_AGE_SHIFT`), and the kernel walks no stack for them. Its two
+/// stalls still get theirs. Without the age check, every tick of the
+/// healthy second between the stalls would walk a stack.
+#[test]
+fn a_busy_healthy_loop_costs_no_stack_walks() {
+    let test = "a_busy_healthy_loop_costs_no_stack_walks";
+    if !root_or_skip(test) {
+        return;
+    }
+    let dir = tempdir::Dir::new("gate");
+    let Some(bin) = build_c_target(test, "c_epoll_loop.c", &dir) else {
+        return;
+    };
+    let mut target = Target::start(
+        &bin,
+        &["--poll", "1", "--stalls-ms", "80,80", "--gap-ms", "1500"],
+    );
+    let summary = dir.path("summary.json");
+    let pid = target.pid.to_string();
+    let lt = Lagtrace::attach(&[
+        "--pid",
+        &pid,
+        "--threshold",
+        "50ms",
+        "--summary-json",
+        summary.to_str().unwrap(),
+    ]);
+    let cpu0 = cpu_ns(target.pid);
+    target.run_scenario(patience(Duration::from_secs(60)));
+    let busy_s = cpu_ns(target.pid).saturating_sub(cpu0) as f64 / 1e9;
+    // DONE is printed inside the last stall's iteration.
+    std::thread::sleep(Duration::from_millis(300));
+    let fin = lt.stop();
+    assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
+    let stalls = target.stalls();
+    assert_eq!(stalls.len(), 2, "the target's truth: {stalls:?}");
+    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let in_spans: u64 = stalls
+        .iter()
+        .map(|t| on_cpu_samples(matching_span(&fin.spans, t)[0], "hot_spin_ms").1)
+        .sum();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).expect("summary written"))
+            .expect("summary is JSON");
+    let walks = stack_walks(&summary);
+    let healthy_s = busy_s - 0.16;
+    let ungated = healthy_s * FREQ_HZ;
+    eprintln!(
+        "GATE {test}: {walks} stack walks, {in_spans} on-CPU samples in the spans, \
+         {healthy_s:.2} s busy outside them (about {ungated:.0} walks without the age check)"
+    );
+    // The precondition that lets this fail: the loop was busy long enough
+    // outside its stalls for the clock to tick hundreds of times there.
+    assert!(
+        ungated >= 300.0,
+        "the loop was on the CPU only {busy_s:.2} s: too little to show the age check"
+    );
+    // The spans' own samples, plus a few for healthy iterations that a
+    // preemption stretched past the age check (0.78 ms), at most 5 % of the
+    // ungated walks.
+    assert!(
+        (walks as f64) <= in_spans as f64 + 0.05 * ungated,
+        "{walks} stack walks for {in_spans} span samples: the healthy iterations were walked"
+    );
+    assert!(in_spans >= 40, "the stalls lost their samples: {in_spans}");
+    report(test, &errors);
+}

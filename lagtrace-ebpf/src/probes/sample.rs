@@ -1,7 +1,8 @@
-//! On-CPU sampling: a perf_event program on a software CPU clock on every
-//! CPU. It does work only for a loop thread inside an open iteration.
+//! On-CPU sampling: a perf_event program on a software CPU clock opened per
+//! target thread. It does work only for a loop thread inside an open
+//! iteration that is old enough to become a span (`SAMPLE_MIN_AGE_SHIFT`).
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::perf_event, programs::PerfEventContext};
-use lagtrace_common::{CFG_SAMPLING, SAMPLE_ON_CPU, THREAD_IN_ITER};
+use lagtrace_common::{CFG_SAMPLING, SAMPLE_MIN_AGE_SHIFT, SAMPLE_ON_CPU, THREAD_IN_ITER};
 
 use crate::{
     iteration::{config, now_ns, push_sample, running, scratch, thread},
@@ -31,11 +32,16 @@ fn try_on_cpu_sample<const WALK: bool>(ctx: &PerfEventContext) -> Option<u32> {
     if t.flags & THREAD_IN_ITER == 0 || t.tgid != (pid_tgid >> 32) as u32 {
         return None;
     }
-    if config()?.flags & CFG_SAMPLING == 0 {
+    let cfg = config()?;
+    if cfg.flags & CFG_SAMPLING == 0 {
         return None;
     }
     let now = now_ns();
     running(t, tid, now);
+    // Too young to be part of a span yet (SAMPLE_MIN_AGE_SHIFT): no walk.
+    if now.saturating_sub(t.iter_start_ns) < cfg.threshold_ns >> SAMPLE_MIN_AGE_SHIFT {
+        return None;
+    }
     let s = scratch()?;
     s.ts_ns = now;
     s.weight_ns = 0;

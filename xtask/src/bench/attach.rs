@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 
 use super::{
     Ctx, Section,
+    floors::{Floor, PerfFloor},
     kernel::spin_once,
     lagtrace::Lagtrace,
     overhead::{self, Mode, Tool, compare, interleave, render},
@@ -28,6 +29,8 @@ const MODES: [&str; 6] = [
     "tracepoints",
     "auto",
 ];
+/// The floors each server's table ends with.
+const SERVER_FLOORS: [Floor; 3] = [Floor::Both, Floor::Exits, Floor::Clock];
 /// getppid calls per measurement, and measurements per mode.
 const GETPPID_CALLS: &str = "2000000";
 const GETPPID_REPEATS: usize = 5;
@@ -74,78 +77,16 @@ fn spin_and_syscall(
     Ok(Ok((n as f64 / s, ns)))
 }
 
-/// The epoll syscall tracepoints of every wait kind the targets use,
-/// entry and exit.
-const EPOLL_TRACEPOINTS: &str = "syscalls:sys_enter_epoll_wait,syscalls:sys_exit_epoll_wait,\
-syscalls:sys_enter_epoll_pwait,syscalls:sys_exit_epoll_pwait";
-/// Their exits only, what `--attach exit-tp` enables.
-const EPOLL_EXIT_TRACEPOINTS: &str = "syscalls:sys_exit_epoll_wait,syscalls:sys_exit_epoll_pwait";
-
-/// Which epoll tracepoints a floor row enables: a tracepoint mode's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Floor {
-    /// Entry and exit: `--attach tracepoints`.
-    Both,
-    /// Exit only: `--attach exit-tp`.
-    Exits,
-}
-
-impl Floor {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Both => "the epoll tracepoints alone (`perf stat`, no lagtrace)",
-            Self::Exits => "the epoll exit tracepoints alone (`perf stat`, no lagtrace)",
-        }
-    }
-}
-
-/// `perf stat` counting the epoll syscall tracepoints on a target, no BPF:
-/// the target then pays the syscall slow path and the tracepoints' records
-/// and nothing of lagtrace's.
-pub struct EpollTracepoints(std::process::Child);
-
-impl EpollTracepoints {
-    /// Start counting on `pid`; returned once perf has had time to attach.
-    /// Why not, if perf is missing.
-    pub fn count(pid: u32, floor: Floor) -> std::result::Result<Self, String> {
-        let perf = Command::new("perf")
-            .args([
-                "stat",
-                "-x,",
-                "-e",
-                match floor {
-                    Floor::Both => EPOLL_TRACEPOINTS,
-                    Floor::Exits => EPOLL_EXIT_TRACEPOINTS,
-                },
-                "-p",
-                &pid.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| format!("perf: {e} (install linux-perf)"))?;
-        // perf stat says nothing when it has attached; give it time to.
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        Ok(Self(perf))
-    }
-
-    /// Stop perf (SIGINT, as at a terminal) and reap it.
-    pub fn stop(mut self) {
-        // SAFETY: plain kill(2) on perf's pid, which has not been reaped yet.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
-}
-
 /// The spin loop's rate with the epoll tracepoints enabled by `perf stat`
 /// (counting, no program): what the tracepoint path costs before any of
 /// lagtrace's work. Why not, if perf is missing.
 fn tracepoints_alone(
     spin: &mut targets::Target,
+    out: &Path,
     secs: u64,
     floor: Floor,
 ) -> Result<std::result::Result<f64, String>> {
-    let perf = match EpollTracepoints::count(spin.pid, floor) {
+    let perf = match PerfFloor::start(spin.pid, floor, out) {
         Ok(p) => p,
         Err(why) => return Ok(Err(why)),
     };
@@ -163,9 +104,11 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
          `bench/targets/getppid_loop.c` in a separate, untraced process (median of 5 runs of \
          2,000,000 calls) while lagtrace traces the idle spin loop: what every other process \
          on the host pays per syscall. *CPU/request*: the servers' CPU time per request, \
-         interleaved rounds as in section 1; their last row is the floor of the tracepoint \
-         modes there: the epoll syscall tracepoints enabled by `perf stat` (counting only, \
-         no BPF program, no lagtrace).\n\n",
+         interleaved rounds as in section 1; after the modes come lagtrace at defaults \
+         without its sampling clock (`-F 0`), and the floors: the epoll syscall tracepoints \
+         enabled by `perf stat` (counting only, no BPF program, no lagtrace), and a \
+         `perf record` cpu-clock at lagtrace's default 499 Hz on the target's threads (what \
+         the sampling ticks cost before any program runs).\n\n",
     );
     let mut headline = Vec::new();
     let spin_bin = targets::build_spin_loop(&ctx.out)?;
@@ -217,7 +160,7 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
         }
     }
     for floor in [Floor::Both, Floor::Exits] {
-        match tracepoints_alone(&mut spin, ctx.plan.spin_secs, floor)? {
+        match tracepoints_alone(&mut spin, &ctx.out, ctx.plan.spin_secs, floor)? {
             Ok(rate) => {
                 t.row(vec![
                     floor.label().into(),
@@ -269,13 +212,25 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
                 tool: Tool::Lagtrace(vec!["--attach".into(), (*m).into()]),
             });
         }
-        // The tracepoint modes' floors on this server: what a request pays
-        // for the syscall tracepoints being on, before any program runs.
-        for floor in [Floor::Both, Floor::Exits] {
+        // What the default costs without its sampling clock, then the
+        // floors on this server: what a request pays for the syscall
+        // tracepoints being on, before any program runs, and for the
+        // sampling clock's ticks alone.
+        modes.push(Mode {
+            label: "lagtrace --attach auto -F 0 (no sampling)".into(),
+            target,
+            tool: Tool::Lagtrace(vec![
+                "--attach".into(),
+                "auto".into(),
+                "-F".into(),
+                "0".into(),
+            ]),
+        });
+        for floor in SERVER_FLOORS {
             modes.push(Mode {
                 label: floor.label().replace('`', ""),
                 target,
-                tool: Tool::EpollTracepoints(floor),
+                tool: Tool::PerfFloor(floor),
             });
         }
         let results = interleave(ctx, &modes, ctx.plan.rounds)
@@ -290,11 +245,15 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             .enumerate()
             .map(|(i, m)| format!("{m} {}", ratio_cell(compare(&results, i + 1, 0).cpu)))
             .collect();
+        let tail = modes.len() - SERVER_FLOORS.len() - 1;
         headline.push(format!(
-            "{name} CPU/request ratio: {}; epoll tracepoints alone {}; their exits alone {}",
+            "{name} CPU/request ratio: {}; auto -F 0 {}; epoll tracepoints alone {}; their \
+             exits alone {}; a 499 Hz cpu-clock alone {}",
             per.join("; "),
-            ratio_cell(compare(&results, modes.len() - 2, 0).cpu),
-            ratio_cell(compare(&results, modes.len() - 1, 0).cpu)
+            ratio_cell(compare(&results, tail, 0).cpu),
+            ratio_cell(compare(&results, tail + 1, 0).cpu),
+            ratio_cell(compare(&results, tail + 2, 0).cpu),
+            ratio_cell(compare(&results, tail + 3, 0).cpu)
         ));
     }
     Ok(Section {

@@ -7,6 +7,7 @@
 mod attach;
 mod bpfstats;
 mod deps;
+mod floors;
 mod kernel;
 mod lagtrace;
 mod overhead;

@@ -40,10 +40,9 @@ pub enum Tool {
         bin: PathBuf,
         nonblocking: bool,
     },
-    /// No lagtrace: only the epoll syscall tracepoints enabled, by `perf
-    /// stat` counting them on the target (the tracepoint modes' floor);
-    /// only their exits with `Floor::Exits` (`--attach exit-tp`'s floor).
-    EpollTracepoints(super::attach::Floor),
+    /// No lagtrace: one piece of its kernel set-up made by `perf` on the
+    /// target alone (`floors.rs`).
+    PerfFloor(super::floors::Floor),
 }
 
 pub struct Mode<'a> {
@@ -160,8 +159,8 @@ fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
                 foreign_tracer: false,
             })
         }
-        Tool::EpollTracepoints(floor) => {
-            let perf = super::attach::EpollTracepoints::count(target.pid, *floor)
+        Tool::PerfFloor(floor) => {
+            let perf = super::floors::PerfFloor::start(target.pid, *floor, &ctx.out)
                 .map_err(anyhow::Error::msg)?;
             let load = loaded(target, secs);
             perf.stop();
