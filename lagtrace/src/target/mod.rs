@@ -80,16 +80,9 @@ pub fn has_live_thread(pid: u32) -> bool {
     if live_state(state_of(&format!("/proc/{pid}/stat"))) {
         return true;
     }
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.filter_map(|e| e.ok()).any(|e| {
-        let tid = e.file_name();
-        live_state(state_of(&format!(
-            "/proc/{pid}/task/{}/stat",
-            tid.to_string_lossy()
-        )))
-    })
+    tids_of(pid)
+        .into_iter()
+        .any(|tid| live_state(state_of(&format!("/proc/{pid}/task/{tid}/stat"))))
 }
 
 /// The thread ids of process `pid` (none if it is gone).

@@ -245,15 +245,17 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             .enumerate()
             .map(|(i, m)| format!("{m} {}", ratio_cell(compare(&results, i + 1, 0).cpu)))
             .collect();
-        let tail = modes.len() - SERVER_FLOORS.len() - 1;
+        // The rows after the modes (`-F 0` and the floors), by their labels.
+        let rest: Vec<String> = (usable.len() + 1..modes.len())
+            .map(|i| {
+                let cpu = ratio_cell(compare(&results, i, 0).cpu);
+                format!("{} {cpu}", modes[i].label)
+            })
+            .collect();
         headline.push(format!(
-            "{name} CPU/request ratio: {}; auto -F 0 {}; epoll tracepoints alone {}; their \
-             exits alone {}; a 499 Hz cpu-clock alone {}",
+            "{name} CPU/request ratio: {}; {}",
             per.join("; "),
-            ratio_cell(compare(&results, tail, 0).cpu),
-            ratio_cell(compare(&results, tail + 1, 0).cpu),
-            ratio_cell(compare(&results, tail + 2, 0).cpu),
-            ratio_cell(compare(&results, tail + 3, 0).cpu)
+            rest.join("; ")
         ));
     }
     Ok(Section {

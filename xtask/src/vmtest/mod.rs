@@ -30,59 +30,42 @@ use crate::util::{self, cargo, run};
 /// Console lines shown when a guest panics, hangs or stops early.
 const CONSOLE_TAIL: usize = 60;
 
-/// One run of a test binary in the guest, under its own time limit.
-struct Run {
-    /// Unique in the plan: `--only` takes it, the guest logs under it.
-    name: &'static str,
-    /// The test binary (`tests/BIN.rs`).
-    bin: &'static str,
-    /// Exact test names.
-    tests: &'static [&'static str],
-}
-
-/// The tests every kernel runs. A binary may be split over several runs,
-/// each with its own time limit.
-const PLAN: &[Run] = &[
-    Run {
-        name: "loops",
-        bin: "loops",
-        tests: &[
+/// The tests every kernel runs: test binary and exact test names.
+const PLAN: &[(&str, &[&str])] = &[
+    (
+        "loops",
+        &[
             "asyncio_cpu_stalls_are_timed",
             "asyncio_sleep_stalls_are_timed",
         ],
-    },
-    Run {
-        name: "runtimes",
-        bin: "runtimes",
-        tests: &["tokio_multi_thread_span_is_on_the_worker_that_blocked"],
-    },
-    Run {
-        name: "python",
-        bin: "python",
-        tests: &["cpu_bound_python_function_is_named_with_file_and_line"],
-    },
-    Run {
-        name: "offcpu",
-        bin: "offcpu",
-        tests: &["sleep_in_a_coroutine_is_off_cpu_with_its_caller"],
-    },
-    Run {
-        name: "errors",
-        bin: "errors",
-        tests: &["nothing_stays_attached_after_sigint_sigterm_or_sigkill"],
-    },
+    ),
+    (
+        "runtimes",
+        &["tokio_multi_thread_span_is_on_the_worker_that_blocked"],
+    ),
+    (
+        "python",
+        &["cpu_bound_python_function_is_named_with_file_and_line"],
+    ),
+    (
+        "offcpu",
+        &["sleep_in_a_coroutine_is_off_cpu_with_its_caller"],
+    ),
+    (
+        "errors",
+        &["nothing_stays_attached_after_sigint_sigterm_or_sigkill"],
+    ),
     // The parked-worker test stays after the other two: run first in its
     // own process it missed a first stall in 2 of 4 runs in the 6.1 guest
     // (README, Kernels: open).
-    Run {
-        name: "attach_modes",
-        bin: "attach_modes",
-        tests: &[
+    (
+        "attach_modes",
+        &[
             "auto_names_its_choice",
             "every_attach_mode_gives_the_truth",
             "a_stall_right_after_attach_is_seen_on_a_worker_parked_before",
         ],
-    },
+    ),
 ];
 
 #[derive(clap::Args, Debug, Clone)]
@@ -202,8 +185,8 @@ fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
 /// binary runs the guest is to report.
 fn write_plan(path: &Path, bins: &[(String, PathBuf)], args: &VmtestArgs) -> Result<usize> {
     for name in &args.only {
-        if !PLAN.iter().any(|r| r.name == name) {
-            let names: Vec<&str> = PLAN.iter().map(|r| r.name).collect();
+        if !PLAN.iter().any(|(n, _)| n == name) {
+            let names: Vec<&str> = PLAN.iter().map(|(n, _)| *n).collect();
             bail!(
                 "--only takes names from the plan ({}), not {name}",
                 names.join(", ")
@@ -212,23 +195,17 @@ fn write_plan(path: &Path, bins: &[(String, PathBuf)], args: &VmtestArgs) -> Res
     }
     let mut plan = String::new();
     let mut runs = 0;
-    for run in PLAN {
-        if !args.only.is_empty() && !args.only.iter().any(|o| o == run.name) {
+    for (name, tests) in PLAN {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
             continue;
         }
         let exe = bins
             .iter()
-            .find(|(n, _)| n == run.bin)
+            .find(|(n, _)| n == name)
             .map(|(_, p)| p)
-            .with_context(|| format!("no test binary named {}", run.bin))?;
+            .with_context(|| format!("no test binary named {name}"))?;
         for _ in 0..args.repeat.max(1) {
-            writeln!(
-                plan,
-                "{} {} {}",
-                run.name,
-                exe.display(),
-                run.tests.join(" ")
-            )?;
+            writeln!(plan, "{name} {} {}", exe.display(), tests.join(" "))?;
             runs += 1;
         }
     }
