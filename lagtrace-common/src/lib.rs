@@ -126,6 +126,16 @@ pub const CFG_WAIT_BY_SWITCH: u32 = 16;
 /// kernel skips the program, so that the healing of `CTR_SCHED_MISSED` is
 /// exercised on every wait instead of now and then.
 pub const CFG_FAULT_SKIP_SWITCH_IN: u32 = 32;
+/// Set by userspace once every hook is attached; until then no program
+/// takes a thread into `THREADS`, so no iteration opens while some of its
+/// hooks are missing. Attaching is not atomic. A call in flight keeps the
+/// trampoline it entered through, so a worker that parked between the
+/// `fentry` and the `fexit` of `do_futex` was known as waiting and its
+/// return went unseen: its first stall after attach was lost (1 of 10 in
+/// a 6.1 guest). Once armed, a thread the kernel knows entered its wait
+/// fully hooked, and one asleep since before is found in /proc
+/// (`target::parked`).
+pub const CFG_ARMED: u32 = 64;
 
 /// `TargetConfig::model`: where a loop iteration starts and ends.
 /// Epoll loops (asyncio, libuv, tokio's driver): at epoll waits only.

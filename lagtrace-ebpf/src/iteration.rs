@@ -16,10 +16,10 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns, generated::bpf_probe_read_kernel},
 };
 use lagtrace_common::{
-    CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED,
-    CTR_SCHED_MISSED, CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN, EVENT_SPAN_EXIT,
-    EventHeader, PHASE_ON_CPU, SAMPLE_F_BUFFERED, SAMPLE_SLOTS, SampleEvent, SpanEvent,
-    StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState,
+    CFG_ARMED, CTR_ITERATIONS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES,
+    CTR_SAMPLES_DROPPED, CTR_SCHED_MISSED, CTR_THREADS_FULL, Config, EVENT_SAMPLE, EVENT_SPAN,
+    EVENT_SPAN_EXIT, EventHeader, PHASE_ON_CPU, SAMPLE_F_BUFFERED, SAMPLE_SLOTS, SampleEvent,
+    SpanEvent, StackSample, THREAD_IN_ITER, THREAD_OVER, TargetConfig, ThreadSamples, ThreadState,
     WORKER_PROBATION, hist_bucket,
 };
 
@@ -106,6 +106,10 @@ pub fn thread_or_insert<C: EbpfContext>(
         // A stale entry of a dead thread whose tid was reused: start afresh.
         let _ = THREADS.remove(tid);
         let _ = THREAD_SAMPLES.remove(tid);
+    }
+    // Not before every hook is attached (see CFG_ARMED).
+    if config()?.flags & CFG_ARMED == 0 {
+        return None;
     }
     let zero = ZERO.get_ptr(0)?;
     // By reference: the value is far larger than the 512-byte BPF stack.

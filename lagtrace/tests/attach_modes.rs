@@ -233,14 +233,25 @@ fn a_stall_right_after_attach_is_seen_on_a_worker_parked_before() {
         for round in 0..rounds {
             let mut target = Target::start(&app, &args);
             let pid = target.pid.to_string();
-            let lt = Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--attach", flag]);
+            // -v: a miss shows which threads were found parked.
+            let lt =
+                Lagtrace::attach(&["--pid", &pid, "--threshold", "50ms", "--attach", flag, "-v"]);
             target.run_scenario(patience(Duration::from_secs(60)));
             let fin = lt.stop();
             assert_eq!(fin.code, Some(0), "{flag}: {:?}", fin.stderr);
             let stalls = target.stalls();
             assert_eq!(stalls.len(), 1, "{flag}: {stalls:?}");
             if matching_span(&fin.spans, &stalls[0]).len() != 1 {
-                missed.push(format!("--attach {flag} round {round}: {:?}", stalls[0]));
+                let parked: Vec<&String> = fin
+                    .stderr
+                    .iter()
+                    .filter(|l| l.contains("asleep at attach"))
+                    .collect();
+                missed.push(format!(
+                    "--attach {flag} round {round}: {:?}; spans: {:?}; {parked:?}",
+                    stalls[0],
+                    span_windows(&fin.spans)
+                ));
             }
         }
         ran.push(flag);
@@ -307,4 +318,18 @@ fn auto_names_its_choice() {
         assert_eq!(chosen, expected, "{why}");
     }
     eprintln!("auto chose {chosen}: {why}");
+}
+
+/// Each span as (tid, start, duration in ms), for a failure message.
+fn span_windows(spans: &[serde_json::Value]) -> Vec<(u64, u64, f64)> {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                s["tid"].as_u64().unwrap_or(0),
+                s["start_unix_ns"].as_u64().unwrap_or(0),
+                s["duration_ns"].as_u64().unwrap_or(0) as f64 / 1e6,
+            )
+        })
+        .collect()
 }

@@ -35,6 +35,8 @@ use super::{
     features::{EPOLL_WAIT_FN, FUTEX_FN, Features},
     tracefs,
 };
+use lagtrace_common::CFG_WAIT_BY_SWITCH;
+
 use crate::{
     cli::Attach,
     error::{Error, Result},
@@ -235,10 +237,10 @@ impl Probes {
                         what: format!("the wait-aware sched_switch did not load: {why}"),
                     });
                 }
-                self.set_wait_by_switch(true)?;
+                self.set_flag(CFG_WAIT_BY_SWITCH, true)?;
                 let attached = self.attach_syscall_tracepoints(workers, EpollPoints::Exits);
                 if attached.is_err() {
-                    self.set_wait_by_switch(false)?;
+                    self.set_flag(CFG_WAIT_BY_SWITCH, false)?;
                 }
                 attached
             }
@@ -247,12 +249,8 @@ impl Probes {
 
     /// fentry/fexit on the epoll wait function, and on the futex function
     /// for the worker model (or its classic tracepoints where ftrace cannot
-    /// patch it).
-    ///
-    /// Futex first: an iteration that began while a futex wait's entry had
-    /// no hook yet would run on through that wait (its return starts
-    /// nothing, see `futex_returned`), while an epoll wait's return always
-    /// starts afresh.
+    /// patch it). No iteration opens before all are attached (`CFG_ARMED`),
+    /// so the order does not matter.
     fn attach_fentry(&mut self, workers: bool) -> Result<()> {
         let btf = kernel_btf()?;
         if workers
@@ -310,12 +308,12 @@ impl Probes {
     /// The classic per-syscall tracepoints: the epoll waits' (`epoll`)
     /// and, for the worker model, both of futex.
     ///
-    /// Every wait's entry is hooked before any wait's return. Otherwise a
-    /// worker whose wait returned on a hooked exit, and which parked on a
-    /// futex before that entry had its hook, stayed inside an iteration
-    /// through the park: its first stall after attach came out 3–8 ms long
-    /// in about 1 run in 7 (`futex_returned` starts nothing after a wait
-    /// whose entry it did not see).
+    /// Before the kernel was armed only once all were attached
+    /// (`CFG_ARMED`), the entries had to go first: a worker whose wait
+    /// returned on a hooked exit and which parked on a futex before that
+    /// entry had its hook stayed inside an iteration through the park, and
+    /// its first stall after attach came out 3–8 ms long in about 1 run
+    /// in 7. They still go first.
     fn attach_syscall_tracepoints(&mut self, workers: bool, epoll: EpollPoints) -> Result<()> {
         let mut points: Vec<(&str, String)> = Vec::new();
         if workers {

@@ -8,11 +8,11 @@ use aya::{
     programs::{PerfEvent, TracePoint},
 };
 use lagtrace_common::{
-    CFG_CHILDREN, CFG_FAULT_SKIP_SWITCH_IN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT,
-    CFG_WAIT_BY_SWITCH, CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS, CTR_NO_SAMPLE_ROOM,
-    CTR_RINGBUF_LOST, CTR_SAMPLES, CTR_SAMPLES_DROPPED, CTR_SCHED_MISSED, CTR_TARGETS_FULL,
-    CTR_THREADS_FULL, CTR_USER_END, Config, MODEL_WORKER, PyTarget, STACK_END_KINDS,
-    THREAD_WAKE_BEGINS, TargetConfig, ThreadSamples, ThreadState, V8Offsets,
+    CFG_ARMED, CFG_CHILDREN, CFG_FAULT_SKIP_SWITCH_IN, CFG_SAMPLING, CFG_SCHED, CFG_SELECT,
+    CTR_ITERATIONS, CTR_KERNEL_STACK_ERRORS, CTR_NO_SAMPLE_ROOM, CTR_RINGBUF_LOST, CTR_SAMPLES,
+    CTR_SAMPLES_DROPPED, CTR_SCHED_MISSED, CTR_TARGETS_FULL, CTR_THREADS_FULL, CTR_USER_END,
+    Config, MODEL_WORKER, PyTarget, STACK_END_KINDS, THREAD_WAKE_BEGINS, TargetConfig,
+    ThreadSamples, ThreadState, V8Offsets,
 };
 
 use super::{
@@ -287,9 +287,9 @@ impl Probes {
 
     /// Attach all programs. The targets must be set first.
     pub fn attach(&mut self, opts: &ProbeOptions) -> Result<()> {
-        // The iteration hooks go last: an iteration opened before the
-        // scheduler programs run would miss its waits and read as all
-        // on-CPU (loading the sched_switch walker takes most of a second).
+        // No iteration opens before the arm at the end (see CFG_ARMED), so
+        // none misses the scheduler programs (loading the sched_switch
+        // walker takes most of a second) or half of its wait hooks.
         let sched_btf = opts.sched && self.task_offsets_known && self.features.tp_btf;
         let candidates = candidates(opts.attach, &self.features, sched_btf)?;
         // The exit-only mode needs the wait-aware sched_switch in place first.
@@ -334,18 +334,20 @@ impl Probes {
         }
         let mode = self.attach_iterations(candidates, opts.workers)?;
         self.mode = Some(mode);
-        Ok(())
+        // All at once from here (see CFG_ARMED); the caller then looks for
+        // threads already asleep in their wait.
+        self.set_flag(CFG_ARMED, true)
     }
 
-    /// Set or clear [`CFG_WAIT_BY_SWITCH`] in the kernel's config.
-    pub(super) fn set_wait_by_switch(&mut self, on: bool) -> Result<()> {
+    /// Set or clear one of the `CFG_*` bits in the kernel's config.
+    pub(super) fn set_flag(&mut self, flag: u32, on: bool) -> Result<()> {
         let map = self.ebpf.map_mut("CONFIG").expect("CONFIG map");
         let mut cfg: Array<_, Config> = Array::try_from(map).map_err(map_err("CONFIG"))?;
         let mut c = cfg.get(&0, 0).map_err(map_err("CONFIG"))?;
         if on {
-            c.flags |= CFG_WAIT_BY_SWITCH;
+            c.flags |= flag;
         } else {
-            c.flags &= !CFG_WAIT_BY_SWITCH;
+            c.flags &= !flag;
         }
         cfg.set(0, c, 0).map_err(map_err("CONFIG"))
     }

@@ -28,7 +28,7 @@ use crate::{
 
 /// Tell the kernel of the loop threads of `pid` asleep in their wait since
 /// before they could be seen (see `target::parked`). Called once the
-/// programs are attached: a thread that waits later is seen by the kernel
+/// programs are armed: a thread that waits later is seen by the kernel
 /// itself. An entry the kernel made meanwhile is kept.
 pub fn watch_parked(pid: u32, workers: bool, probes: &mut Probes) -> Result<()> {
     let parked = parked_threads(pid, workers);

@@ -4,8 +4,10 @@
 //! even then: a trampoline's fexit does not run for a call that was in
 //! flight when it was attached. So the first iteration after attach (often
 //! the stall itself) went unseen. This finds such threads in /proc, and
-//! the kernel is told of them once its programs run; their next switch
-//! onto a CPU starts an iteration (`THREAD_WAKE_BEGINS`).
+//! the kernel is told of them once its programs are armed (`CFG_ARMED`):
+//! their next switch onto a CPU starts an iteration (`THREAD_WAKE_BEGINS`).
+//! A thread the kernel knew before the scan entered its wait with every
+//! hook in place, so its return will be seen, and it is left alone.
 //!
 //! Asleep in an epoll wait: any thread, as the kernel makes any thread of a
 //! target a loop thread at its first epoll wait. Asleep in a futex wait
