@@ -158,11 +158,16 @@ pub struct Config {
     pub switch_next_pid_off: u16,
     pub wakeup_pid_off: u16,
     pub fork_child_off: u16,
-    pub _pad: u16,
+    /// Offset of `function` in the `timer:hrtimer_expire_entry` record.
+    pub tick_fn_off: u16,
     /// Offsets of `pid` and `__state` (`state` before 5.14) in the kernel's
     /// `task_struct`, from its BTF, for the tp_btf sched programs.
     pub task_pid_off: u32,
     pub task_state_off: u32,
+    /// The address of the scheduler tick's hrtimer function
+    /// (`tick_nohz_handler`, `tick_sched_timer` before 6.10): the tick
+    /// sampler samples on its expiries and ignores every other hrtimer.
+    pub tick_fn: u64,
 }
 
 /// The first bytes of every ring-buffer record.
@@ -421,6 +426,10 @@ pub const SAMPLE_F_KERNEL_FP_WALK: u32 = 2;
 /// Sent from the thread's pre-threshold slots when its iteration became
 /// long, not live: userspace must not read language frames for it now.
 pub const SAMPLE_F_BUFFERED: u32 = 4;
+/// Taken in the timer interrupt (the tick sampler): the kernel stack begins
+/// with the interrupt's own frames, which userspace cuts off at the
+/// interrupt's entry to leave the interrupted code.
+pub const SAMPLE_F_IN_IRQ: u32 = 8;
 
 /// One language frame as the kernel sees it: a Python frame or a JS
 /// frame of V8, told apart by [`LANG_FRAME_JS`] in `flags`. Each is

@@ -28,8 +28,9 @@ pub enum Attach {
 /// Default threshold: half of asyncio's `slow_callback_duration` (100 ms),
 /// since a 50 ms stall already dominates a typical p99 budget.
 pub const DEFAULT_THRESHOLD: &str = "50ms";
-/// Default sampling frequency: a 50 ms span gets about 25 samples. A prime
-/// rate avoids lockstep with timers that fire every 1, 5 or 10 ms.
+/// Sampling frequency of the clock where the kernel's tick cannot drive the
+/// sampler: a 50 ms span gets about 25 samples. A prime rate avoids
+/// lockstep with timers that fire every 1, 5 or 10 ms.
 pub const DEFAULT_FREQUENCY: u64 = 499;
 /// The highest sampling frequency accepted.
 pub const MAX_FREQUENCY: u64 = 4999;
@@ -106,9 +107,12 @@ pub struct Args {
     #[command(flatten)]
     pub files: OutputFiles,
 
-    /// On-CPU stack samples per second while a loop iteration is open (0: no sampling).
-    #[arg(short = 'F', long, default_value_t = DEFAULT_FREQUENCY, value_parser = parse_frequency)]
-    pub frequency: u64,
+    /// On-CPU stack samples per second while a loop iteration is open, by a
+    /// CPU clock on each target thread (0: no sampling). Default: one at each
+    /// tick of the kernel's scheduler (its HZ, 250 on most distributions),
+    /// which adds no interrupt; 499 Hz by the clock where the tick cannot.
+    #[arg(short = 'F', long, value_parser = parse_frequency)]
+    pub frequency: Option<u64>,
 
     /// Do not attach the scheduler tracepoints (no on/off-CPU split, no off-CPU stacks).
     #[arg(long)]
@@ -314,7 +318,7 @@ mod tests {
         let a = Args::try_parse_from(["lagtrace", "--pid", "42", "--threshold", "20ms"]).unwrap();
         assert_eq!(a.pids, vec![42]);
         assert_eq!(a.threshold, Duration::from_millis(20));
-        assert_eq!(a.frequency, DEFAULT_FREQUENCY);
+        assert_eq!(a.frequency, None);
         assert!(Args::try_parse_from(["lagtrace"]).is_err());
         assert!(Args::try_parse_from(["lagtrace", "--pid", "x"]).is_err());
         assert!(Args::try_parse_from(["lagtrace", "--pid", "1", "--threshold", "50"]).is_err());

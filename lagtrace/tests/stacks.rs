@@ -78,7 +78,7 @@ fn c_loop_spans_are_attributed_to_the_hot_function() {
     assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
     let stalls = target.stalls();
     assert_stalls_reported(&fin.spans, &stalls, 50);
-    let freq = 499.0;
+    let (freq, _) = sampling_of(&fin);
     for t in &stalls {
         let span = matching_span(&fin.spans, t)[0];
         let (hot, total) = on_cpu_samples(span);

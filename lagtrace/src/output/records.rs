@@ -43,19 +43,41 @@ pub struct Header {
     pub threshold_ns: u64,
     /// Sampling frequency in Hz (0: no sampling).
     pub frequency_hz: u64,
+    /// What clocked the on-CPU samples (files from before it: the clock).
+    #[serde(default)]
+    pub sampler: SamplerKind,
     pub kernel_release: String,
     pub start_unix_ns: u64,
 }
 
+/// The clock of the on-CPU samples (see `probes::sampling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerKind {
+    /// A CPU clock per thread (`-F N`), or per CPU as its fallback.
+    #[default]
+    Clock,
+    /// The kernel's scheduler tick.
+    Tick,
+    /// No on-CPU samples (`-F 0`).
+    Off,
+}
+
 impl Header {
     /// The header of a trace starting now on this host.
-    pub fn now(targets: Vec<TargetInfo>, threshold_ns: u64, frequency_hz: u64) -> Self {
+    pub fn now(
+        targets: Vec<TargetInfo>,
+        threshold_ns: u64,
+        frequency_hz: u64,
+        sampler: SamplerKind,
+    ) -> Self {
         Self {
             format_version: FORMAT_VERSION,
             lagtrace_version: env!("CARGO_PKG_VERSION").into(),
             targets,
             threshold_ns,
             frequency_hz,
+            sampler,
             kernel_release: kernel_release(),
             start_unix_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

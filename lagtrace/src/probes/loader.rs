@@ -16,6 +16,7 @@ use lagtrace_common::{
 };
 
 use super::{
+    SampleClock,
     attach::{AttachMode, candidates},
     features::Features,
     tracefs,
@@ -33,8 +34,8 @@ const BPF_NOEXIST: u64 = 1;
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
     pub threshold_ns: u64,
-    /// On-CPU samples per second; 0 attaches no sampler.
-    pub frequency: u64,
+    /// What clocks the on-CPU samples.
+    pub sampling: SampleClock,
     /// Attach sched_switch and sched_wakeup.
     pub sched: bool,
     /// Follow processes forked by targets.
@@ -137,10 +138,17 @@ impl Probes {
             log::info!("no task_struct offsets from BTF ({e}): sched by classic tracepoints");
             (0, 0)
         });
+        let tick = match opts.sampling {
+            SampleClock::Tick(t) => Some(t),
+            _ => None,
+        };
         let config = Config {
             threshold_ns: opts.threshold_ns,
-            flags: if opts.frequency > 0 { CFG_SAMPLING } else { 0 }
-                | if opts.sched { CFG_SCHED } else { 0 }
+            flags: if opts.sampling != SampleClock::Off {
+                CFG_SAMPLING
+            } else {
+                0
+            } | if opts.sched { CFG_SCHED } else { 0 }
                 | if opts.children { CFG_CHILDREN } else { 0 }
                 | if opts.select { CFG_SELECT } else { 0 }
                 | if opts.fault_skip_switch_in {
@@ -153,9 +161,10 @@ impl Probes {
             switch_next_pid_off: tracefs::field_offset("sched", "sched_switch", "next_pid")?,
             wakeup_pid_off: tracefs::field_offset("sched", "sched_wakeup", "pid")?,
             fork_child_off: tracefs::field_offset("sched", "sched_process_fork", "child_pid")?,
-            _pad: 0,
+            tick_fn_off: tick.map_or(0, |t| t.function_off),
             task_pid_off,
             task_state_off,
+            tick_fn: tick.map_or(0, |t| t.function),
         };
         let mut ebpf = EbpfLoader::new()
             .load(aya::include_bytes_aligned!(concat!(
@@ -328,9 +337,16 @@ impl Probes {
                 .map_err(attach_err(format!("tracepoint {category}:{name}")))?;
             self.attached.push(format!("{category}:{name}"));
         }
-        if opts.frequency > 0 {
-            let name = self.load_walker::<PerfEvent>("on_cpu_sample", "on_cpu_sample_fp")?;
-            self.attach_sampler(name, opts.frequency)?;
+        match opts.sampling {
+            SampleClock::Off => {}
+            SampleClock::Tick(_) => {
+                let name = self.load_walker::<TracePoint>("tick_sample", "tick_sample_fp")?;
+                self.attach_tick(name)?;
+            }
+            SampleClock::Clock(hz) => {
+                let name = self.load_walker::<PerfEvent>("on_cpu_sample", "on_cpu_sample_fp")?;
+                self.attach_sampler(name, hz)?;
+            }
         }
         let mode = self.attach_iterations(candidates, opts.workers)?;
         self.mode = Some(mode);

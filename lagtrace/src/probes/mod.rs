@@ -10,9 +10,11 @@ pub mod features;
 pub mod loader;
 pub mod sampling;
 pub mod sched_attach;
+pub mod tick;
 pub mod tracefs;
 pub mod unwind_maps;
 
 pub use attach::AttachMode;
 pub use features::Features;
 pub use loader::{Counters, ProbeOptions, Probes};
+pub use sampling::SampleClock;

@@ -1,6 +1,8 @@
-//! The on-CPU sampling clock: one software `cpu-clock` event per thread of
-//! each target, with `inherit` so threads and children created later carry
-//! it too, instead of one event per CPU.
+//! The on-CPU sampling clock. By default the kernel's scheduler tick
+//! (`tick.rs`), which costs no event at all. With `-F N`, or where the tick
+//! cannot serve: one software `cpu-clock` event per thread of each target,
+//! with `inherit` so threads and children created later carry it too,
+//! instead of one event per CPU.
 //!
 //! A per-CPU clock ticks on every CPU whether or not a target runs there,
 //! and on this project's reference VM (no PMU) that alone cut a Node
@@ -22,11 +24,42 @@ use aya::programs::{
     perf_event::{PerfEventConfig, PerfEventLinkId, PerfEventScope, SamplePolicy, SoftwareEvent},
 };
 
-use super::loader::Probes;
+use super::{loader::Probes, tick::Tick};
 use crate::{
     error::{Error, Result},
     target::tids_of,
 };
+
+/// What clocks the on-CPU samples, as chosen at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleClock {
+    /// No on-CPU samples (`-F 0`).
+    Off,
+    /// The scheduler tick, at the kernel's HZ.
+    Tick(Tick),
+    /// A CPU clock at this many Hz.
+    Clock(u64),
+}
+
+impl SampleClock {
+    /// Samples per second (0 when off).
+    pub fn hz(&self) -> u64 {
+        match self {
+            Self::Off => 0,
+            Self::Tick(t) => t.hz,
+            Self::Clock(hz) => *hz,
+        }
+    }
+
+    /// For the start line: `250 Hz (kernel tick)`, `499 Hz`, `off`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Off => "off".into(),
+            Self::Tick(t) => format!("{} Hz (kernel tick)", t.hz),
+            Self::Clock(hz) => format!("{hz} Hz"),
+        }
+    }
+}
 
 /// Where the sampling clock runs.
 #[derive(Debug, Default)]
@@ -43,6 +76,8 @@ pub(super) enum Sampler {
     },
     /// One clock per CPU, for every process (the fallback).
     PerCpu,
+    /// The scheduler tick: nothing per process.
+    Tick,
 }
 
 /// Whether a `perf_event_open` failure means only that the thread is gone.
@@ -68,6 +103,20 @@ fn raise_fd_limit() {
 }
 
 impl Probes {
+    /// Sample on the scheduler tick: one tracepoint, whatever the targets.
+    pub(super) fn attach_tick(&mut self, prog: &'static str) -> Result<()> {
+        let tp: &mut aya::programs::TracePoint = self.program(prog)?;
+        tp.attach("timer", "hrtimer_expire_entry")
+            .map_err(|source| Error::Attach {
+                probe: "tracepoint timer:hrtimer_expire_entry".into(),
+                source,
+            })?;
+        self.sampler = Sampler::Tick;
+        self.attached
+            .push("timer:hrtimer_expire_entry (tick sampler)".into());
+        Ok(())
+    }
+
     /// Start sampling: a clock on every thread of every target already in
     /// the kernel's table, or, if the kernel refuses that, on every CPU.
     pub(super) fn attach_sampler(&mut self, prog: &'static str, frequency: u64) -> Result<()> {

@@ -33,7 +33,7 @@ use crate::{
     clock::WallClock,
     error::{Error, Result},
     output::{self, Outputs, TraceInfo, console::Console, sanitize},
-    probes::{Counters, ProbeOptions, Probes},
+    probes::{Counters, ProbeOptions, Probes, SampleClock},
     spans::Assembler,
     symbolize::StackSymbolizer,
     target::{ThreadNames, check_privileges, model_for},
@@ -103,6 +103,29 @@ fn fault_injection(name: &str) -> bool {
     on
 }
 
+/// The sampling clock: `-F N` asks for the CPU clock at N Hz (0: none);
+/// without it, the kernel's tick where it can serve, else the clock at
+/// [`DEFAULT_FREQUENCY`](crate::cli::DEFAULT_FREQUENCY).
+fn sample_clock(frequency: Option<u64>) -> SampleClock {
+    match frequency {
+        Some(0) => SampleClock::Off,
+        Some(hz) => SampleClock::Clock(hz),
+        None => match crate::probes::tick::probe() {
+            Ok(tick) => {
+                log::info!("sampling on the kernel's tick, {} Hz", tick.hz);
+                SampleClock::Tick(tick)
+            }
+            Err(why) => {
+                log::info!(
+                    "sampling by a CPU clock at {} Hz: the kernel's tick cannot drive it: {why}",
+                    crate::cli::DEFAULT_FREQUENCY
+                );
+                SampleClock::Clock(crate::cli::DEFAULT_FREQUENCY)
+            }
+        },
+    }
+}
+
 pub fn period_ns(frequency: u64) -> u64 {
     1_000_000_000u64.checked_div(frequency).unwrap_or(1_000_000)
 }
@@ -123,9 +146,11 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         .iter()
         .map(|t| model_for(t.pid, args.model))
         .collect();
+    let sampling = sample_clock(args.frequency);
+    let hz = sampling.hz();
     let opts = ProbeOptions {
         threshold_ns,
-        frequency: args.frequency,
+        sampling,
         sched: !args.no_sched,
         children: args.children,
         // Children may be tokio binaries too: attach the futex points then.
@@ -139,7 +164,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
     let outputs = Outputs::open(
         args,
         targets.first().map_or(std::process::id(), |t| t.pid),
-        period_ns(args.frequency),
+        period_ns(hz),
         targets.len() > 1 || selection.active(),
     )?;
     let mut probes = Probes::load(&opts)?;
@@ -229,11 +254,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         "lagtrace: tracing {}: threshold {}, sampling {}, attach: {mode}, {}. Ctrl-C to stop.",
         who.join(", "),
         output::fmt_ns(threshold_ns),
-        if args.frequency > 0 {
-            format!("{} Hz", args.frequency)
-        } else {
-            "off".into()
-        },
+        sampling.describe(),
         match args.duration {
             Some(d) => format!("for {}", output::fmt_ns(d.as_nanos() as u64)),
             None if selection.active() => "until Ctrl-C or SIGTERM".into(),
@@ -252,7 +273,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         targets,
         clock,
         threshold_ns,
-        period_ns: period_ns(args.frequency),
+        period_ns: period_ns(hz),
         blame_rules: crate::spans::blame::Rules {
             app_prefixes: args.app_prefix.clone(),
         },
@@ -275,7 +296,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         finished_at_exit: None,
     };
     p.outputs
-        .begin(&record::header(&p.targets, threshold_ns, args.frequency));
+        .begin(&record::header(&p.targets, threshold_ns, &sampling));
     let mut outcome = Outcome::default();
     let deadline = args.duration.map(|d| started + d);
     let mut tick = interval(TICK);
@@ -303,7 +324,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
                     pids: p.targets.iter().map(|t| t.pid).collect(),
                     comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
                     threshold_ns,
-                    period_ns: period_ns(args.frequency),
+                    period_ns: period_ns(hz),
                     // The trace so far; the snapshot takes the window's spans.
                     summary: record::summary(&p, &probes.counters().unwrap_or_default(), &tables.stats, started.elapsed().as_nanos() as u64, &outcome.exited),
                 };
@@ -464,7 +485,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         pids: p.targets.iter().map(|t| t.pid).collect(),
         comms: p.targets.iter().map(|t| t.comm.clone()).collect(),
         threshold_ns,
-        period_ns: period_ns(args.frequency),
+        period_ns: period_ns(hz),
         summary,
     };
     report_health(&outcome.counters);

@@ -6,9 +6,10 @@ use crate::{
     aggregate::summary::OTHER_PROCESSES,
     events::StackEnd,
     output::records::{
-        Header, Health, ProcessSummary, SummaryRecord, TargetInfo, UnwindFile, UnwindTables,
+        Header, Health, ProcessSummary, SamplerKind, SummaryRecord, TargetInfo, UnwindFile,
+        UnwindTables,
     },
-    probes::Counters,
+    probes::{Counters, SampleClock},
     target::Target,
     unwind::TableStats,
 };
@@ -16,7 +17,7 @@ use crate::{
 /// Rows of top causes per process.
 pub(super) const TOP_CAUSES: usize = 5;
 
-pub(super) fn header(targets: &[Target], threshold_ns: u64, frequency_hz: u64) -> Header {
+pub(super) fn header(targets: &[Target], threshold_ns: u64, sampling: &SampleClock) -> Header {
     let targets = targets
         .iter()
         .map(|t| TargetInfo {
@@ -25,7 +26,12 @@ pub(super) fn header(targets: &[Target], threshold_ns: u64, frequency_hz: u64) -
             describe: t.describe(),
         })
         .collect();
-    Header::now(targets, threshold_ns, frequency_hz)
+    let kind = match sampling {
+        SampleClock::Off => SamplerKind::Off,
+        SampleClock::Tick(_) => SamplerKind::Tick,
+        SampleClock::Clock(_) => SamplerKind::Clock,
+    };
+    Header::now(targets, threshold_ns, sampling.hz(), kind)
 }
 
 pub(super) fn summary(

@@ -7,6 +7,7 @@
 pub(crate) mod cache;
 pub mod cpython;
 pub mod frame;
+pub mod irq;
 pub mod merge;
 pub mod native;
 pub mod perf_map;
@@ -17,7 +18,7 @@ pub mod v8;
 
 use std::collections::HashMap;
 
-use lagtrace_common::{LANG_NATIVE_SHIFT, PY_FRAME_ENTRY};
+use lagtrace_common::{LANG_NATIVE_SHIFT, PY_FRAME_ENTRY, SAMPLE_F_IN_IRQ};
 
 use crate::{
     events::{SampleRec, StackEnd},
@@ -81,7 +82,18 @@ impl StackSymbolizer {
             leaf: self
                 .native
                 .frames(pid, ts, &rec.user[..rec.user.len().min(1)], &[]),
-            kernel: self.native.frames(pid, ts, &[], &rec.kernel),
+            kernel: self.kernel_frames(pid, rec),
+        }
+    }
+
+    /// A sample's kernel frames, outermost first, without the timer
+    /// interrupt's own when the tick took it (see `irq`).
+    fn kernel_frames(&mut self, pid: u32, rec: &SampleRec) -> Vec<Frame> {
+        let kernel = self.native.frames(pid, rec.ts_ns, &[], &rec.kernel);
+        if rec.flags & SAMPLE_F_IN_IRQ != 0 {
+            irq::interrupted(kernel)
+        } else {
+            kernel
         }
     }
 
@@ -123,8 +135,6 @@ impl StackSymbolizer {
     /// Frames (outermost first) of a sample with JS frames read from V8,
     /// each in place of the native frame it was found in.
     fn js_frames(&mut self, pid: u32, rec: &SampleRec) -> Vec<Frame> {
-        let groups = self.native.user_groups(pid, rec.ts_ns, &rec.user);
-        let kernel = self.native.frames(pid, rec.ts_ns, &[], &rec.kernel);
         let js: Vec<(usize, Frame)> = rec
             .lang
             .iter()
@@ -133,6 +143,14 @@ impl StackSymbolizer {
                 (at, self.js.frame(pid, r))
             })
             .collect();
+        // The kernel read a JS function on each of those frames: their
+        // addresses are code even where the maps lagtrace read do not show
+        // it (V8 maps and unmaps code pages as its GC compacts them).
+        let verified: Vec<usize> = js.iter().map(|(at, _)| *at).collect();
+        let groups = self
+            .native
+            .user_groups(pid, rec.ts_ns, &rec.user, &verified);
+        let kernel = self.kernel_frames(pid, rec);
         v8::merge::merge(groups, &js, kernel)
     }
 

@@ -40,16 +40,18 @@ type FileId = (u32, u32, u64);
 pub const NOT_CODE: &str = "[unwind stopped: not code]";
 
 /// How many of `addrs` (innermost first) to keep: up to the first one after
-/// the leaf that no executable mapping holds. Without a read of the maps
-/// (the process is gone) nothing is cut.
-fn code_prefix(cache: &PidCache, addrs: &[u64]) -> usize {
+/// the leaf that no executable mapping holds, and that the kernel did not
+/// find code on (`verified`: indices of frames it read a JS function on).
+/// Without a read of the maps (the process is gone) nothing is cut.
+fn code_prefix(cache: &PidCache, addrs: &[u64], verified: &[usize]) -> usize {
     if !cache.maps_read || cache.maps.is_empty() {
         return addrs.len();
     }
     addrs
         .iter()
+        .enumerate()
         .skip(1)
-        .position(|&a| !cache.find(a).is_some_and(|m| m.exec))
+        .position(|(i, &a)| !verified.contains(&i) && !cache.find(a).is_some_and(|m| m.exec))
         .map_or(addrs.len(), |i| i + 1)
 }
 
@@ -101,7 +103,7 @@ impl NativeSymbolizer {
         let kernel = lookup_addrs(kernel_ips);
         let mut out = Vec::new();
         if !user.is_empty() {
-            let named = self.resolve_user(pid, ts_ns, &user);
+            let named = self.resolve_user(pid, ts_ns, &user, &[]);
             for frames in named.into_iter().rev() {
                 out.extend(frames);
             }
@@ -119,12 +121,19 @@ impl NativeSymbolizer {
     /// The user frames of one sample by address, INNERMOST address first,
     /// each address's frames outermost first (a function and its inlines);
     /// a walk that ran into data ends in a marker group.
-    pub fn user_groups(&mut self, pid: u32, ts_ns: u64, user_ips: &[u64]) -> Vec<Vec<Frame>> {
+    /// `verified`: indices of frames the kernel found JS code on.
+    pub fn user_groups(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        user_ips: &[u64],
+        verified: &[usize],
+    ) -> Vec<Vec<Frame>> {
         let user = lookup_addrs(user_ips);
         if user.is_empty() {
             return Vec::new();
         }
-        self.resolve_user(pid, ts_ns, &user)
+        self.resolve_user(pid, ts_ns, &user, verified)
     }
 
     /// Read the maps of a process again, so that each mapping's time window
@@ -180,7 +189,13 @@ impl NativeSymbolizer {
     }
 
     /// The frames of each address (innermost first, as given).
-    fn resolve_user(&mut self, pid: u32, ts_ns: u64, addrs: &[u64]) -> Vec<Vec<Frame>> {
+    fn resolve_user(
+        &mut self,
+        pid: u32,
+        ts_ns: u64,
+        addrs: &[u64],
+        verified: &[usize],
+    ) -> Vec<Vec<Frame>> {
         let cache = self.pids.entry(pid).or_default();
         // The sample must be older than the newest read of the maps, to
         // know what was mapped when it was taken.
@@ -198,7 +213,7 @@ impl NativeSymbolizer {
         // An unwind that ran into data (a heap pointer, log text read as a
         // return address) stops at its first frame outside executable code.
         let whole = addrs.len();
-        let addrs = &addrs[..code_prefix(cache, addrs)];
+        let addrs = &addrs[..code_prefix(cache, addrs, verified)];
         let mut out: Vec<Option<Vec<Frame>>> = vec![None; addrs.len()];
         let mut by_file: HashMap<FileId, (Mapping, Vec<(usize, u64)>)> = HashMap::new();
         let mut vdso: Vec<(usize, u64)> = Vec::new();
@@ -526,7 +541,7 @@ mod tests {
             libc::clock_gettime as *const () as u64 + 5,
         ]
         .to_vec();
-        let ours = NativeSymbolizer::new().resolve_user(pid, now(), &addrs);
+        let ours = NativeSymbolizer::new().resolve_user(pid, now(), &addrs, &[]);
         let symbolizer = Symbolizer::new();
         let src = Source::Process(Process {
             perf_map: false,

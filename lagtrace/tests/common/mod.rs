@@ -317,6 +317,17 @@ pub fn read_record(path: &Path, kind: &str) -> Option<Value> {
     read_jsonl(path).into_iter().find(|v| v["record"] == kind)
 }
 
+/// The on-CPU samples per second of a finished trace, and what clocked
+/// them (`tick`, `clock`), from the header of its `--spans` file.
+pub fn sampling_of(fin: &Finished) -> (f64, String) {
+    let header = read_record(&fin.dir.path("spans.jsonl"), "header")
+        .unwrap_or_else(|| panic!("no header record in {:?}", fin.dir.path("spans.jsonl")));
+    (
+        header["frequency_hz"].as_f64().expect("frequency_hz"),
+        header["sampler"].as_str().expect("sampler").to_string(),
+    )
+}
+
 /// A running lagtrace.
 pub struct Lagtrace {
     pub child: Child,
