@@ -165,7 +165,7 @@ pub struct Config {
     pub task_pid_off: u32,
     pub task_state_off: u32,
     /// The address of the scheduler tick's hrtimer function
-    /// (`tick_nohz_handler`, `tick_sched_timer` before 6.10): the tick
+    /// (`tick_sched_timer`, `tick_nohz_handler` from 6.10): the tick
     /// sampler samples on its expiries and ignores every other hrtimer.
     pub tick_fn: u64,
 }

@@ -293,7 +293,7 @@ fn the_kernel_tick_samples_by_default() {
         "hrtimer_interrupt",
         "tick_nohz_handler",
         "tick_sched_timer",
-        "sysvec",
+        "apic_timer_interrupt",
     ];
     for t in &stalls {
         let span = matching_span(&fin.spans, t)[0];
@@ -304,9 +304,12 @@ fn the_kernel_tick_samples_by_default() {
             t.label
         );
         // One sample per tick while the thread runs: 25 % slack for where
-        // the first and last ticks fall and for the age check.
+        // the first and last ticks fall and for the age check. An emulated
+        // CPU that falls behind takes its late ticks as one (the tick
+        // timer skips the periods it missed): there, at least 30 %.
+        let floor = if emulated() { 0.3 } else { 0.75 };
         assert!(
-            (0.75 * expected..=1.25 * expected + 1.0).contains(&(total as f64)),
+            (floor * expected..=1.25 * expected + 1.0).contains(&(total as f64)),
             "{}: {total} samples, expected about {expected:.0}",
             t.label
         );
@@ -330,7 +333,15 @@ fn the_kernel_tick_samples_by_default() {
             .filter(|f| interrupt.iter().any(|i| f.contains(i)))
             .collect();
         assert!(seen.is_empty(), "{}: interrupt frames {seen:?}", t.label);
-        assert_eq!(span["blame"]["function"], "inner_work", "{}", span["blame"]);
+        // The stall's own code. On an emulated CPU reading the clock is
+        // slow enough for the spin's clock reads (now_ns) to be the blame.
+        let blame = span["blame"]["function"].as_str().unwrap_or("");
+        let own: &[&str] = if emulated() {
+            &["inner_work", "hot_spin_ms", "now_ns"]
+        } else {
+            &["inner_work"]
+        };
+        assert!(own.contains(&blame), "{}", span["blame"]);
     }
     report(test, &errors);
 }

@@ -14,8 +14,11 @@ use std::{fs, thread, time::Duration};
 
 use super::tracefs;
 
-/// The names of the tick's hrtimer function, newest first (renamed in 6.10).
-const TICK_FUNCTIONS: [&str; 2] = ["tick_nohz_handler", "tick_sched_timer"];
+/// The names of the tick's hrtimer function, in the order to look for
+/// them. 6.10 renamed `tick_sched_timer` to `tick_nohz_handler`, a name
+/// that before then belonged to the low-resolution tick handler (no
+/// hrtimer): a kernel with the old name has the old meaning of the new one.
+const TICK_FUNCTIONS: [&str; 2] = ["tick_sched_timer", "tick_nohz_handler"];
 /// The HZ values Linux offers (`kernel/Kconfig.hz`).
 const HZ_CHOICES: [u64; 4] = [100, 250, 300, 1000];
 /// How long jiffies are counted when the config does not say HZ.
@@ -155,7 +158,8 @@ mod tests {
     fn the_tick_function_is_found_by_either_name() {
         let new = "ffffffff814352e0 t tick_nohz_handler\nffffffff81000000 T _text\n";
         assert_eq!(tick_function(new), Some(0xffffffff814352e0));
-        let old = "ffffffffa1000000 t tick_sched_timer\n";
+        // Before 6.10 tick_nohz_handler is the low-resolution handler.
+        let old = "ffffffffa1000100 t tick_nohz_handler\nffffffffa1000000 t tick_sched_timer\n";
         assert_eq!(tick_function(old), Some(0xffffffffa1000000));
         // Hidden by kptr_restrict, or a module's symbol of the same name.
         assert_eq!(
