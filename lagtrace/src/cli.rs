@@ -28,9 +28,8 @@ pub enum Attach {
 /// Default threshold: half of asyncio's `slow_callback_duration` (100 ms),
 /// since a 50 ms stall already dominates a typical p99 budget.
 pub const DEFAULT_THRESHOLD: &str = "50ms";
-/// Sampling frequency of the clock where the kernel's tick cannot drive the
-/// sampler: a 50 ms span gets about 25 samples. A prime rate avoids
-/// lockstep with timers that fire every 1, 5 or 10 ms.
+/// Default sampling frequency: a 50 ms span gets about 25 samples. A prime
+/// rate avoids lockstep with timers that fire every 1, 5 or 10 ms.
 pub const DEFAULT_FREQUENCY: u64 = 499;
 /// The highest sampling frequency accepted.
 pub const MAX_FREQUENCY: u64 = 4999;
@@ -108,11 +107,17 @@ pub struct Args {
     pub files: OutputFiles,
 
     /// On-CPU stack samples per second while a loop iteration is open, by a
-    /// CPU clock on each target thread (0: no sampling). Default: one at each
-    /// tick of the kernel's scheduler (its HZ, 250 on most distributions),
-    /// which adds no interrupt; 499 Hz by the clock where the tick cannot.
+    /// CPU clock on each target thread (0: no sampling) [default: 499].
     #[arg(short = 'F', long, value_parser = parse_frequency)]
     pub frequency: Option<u64>,
+
+    /// Experimental: take the on-CPU samples on the kernel's scheduler tick
+    /// (its HZ, 250 on most distributions) instead of a CPU clock, which
+    /// adds no interrupt of its own. Falls back to the clock where the tick
+    /// cannot serve. Known to misname the code of a library swapped at the
+    /// same address now and then (README, Limits).
+    #[arg(long, conflicts_with = "frequency")]
+    pub tick: bool,
 
     /// Do not attach the scheduler tracepoints (no on/off-CPU split, no off-CPU stacks).
     #[arg(long)]
@@ -319,6 +324,11 @@ mod tests {
         assert_eq!(a.pids, vec![42]);
         assert_eq!(a.threshold, Duration::from_millis(20));
         assert_eq!(a.frequency, None);
+        assert!(!a.tick);
+        let t = Args::try_parse_from(["lagtrace", "--pid", "1", "--tick"]).unwrap();
+        assert!(t.tick);
+        // The tick sets its own rate.
+        assert!(Args::try_parse_from(["lagtrace", "--pid", "1", "--tick", "-F", "99"]).is_err());
         assert!(Args::try_parse_from(["lagtrace"]).is_err());
         assert!(Args::try_parse_from(["lagtrace", "--pid", "x"]).is_err());
         assert!(Args::try_parse_from(["lagtrace", "--pid", "1", "--threshold", "50"]).is_err());

@@ -103,20 +103,21 @@ fn fault_injection(name: &str) -> bool {
     on
 }
 
-/// The sampling clock: `-F N` asks for the CPU clock at N Hz (0: none);
-/// without it, the kernel's tick where it can serve, else the clock at
-/// [`DEFAULT_FREQUENCY`](crate::cli::DEFAULT_FREQUENCY).
-fn sample_clock(frequency: Option<u64>) -> SampleClock {
+/// The sampling clock: the CPU clock at `-F N` Hz (0: none), by default
+/// at [`DEFAULT_FREQUENCY`](crate::cli::DEFAULT_FREQUENCY); with `--tick`,
+/// the kernel's tick where it can serve, else that clock.
+fn sample_clock(frequency: Option<u64>, tick: bool) -> SampleClock {
     match frequency {
         Some(0) => SampleClock::Off,
         Some(hz) => SampleClock::Clock(hz),
+        None if !tick => SampleClock::Clock(crate::cli::DEFAULT_FREQUENCY),
         None => match crate::probes::tick::probe() {
             Ok(tick) => {
                 log::info!("sampling on the kernel's tick, {} Hz", tick.hz);
                 SampleClock::Tick(tick)
             }
             Err(why) => {
-                log::info!(
+                log::warn!(
                     "sampling by a CPU clock at {} Hz: the kernel's tick cannot drive it: {why}",
                     crate::cli::DEFAULT_FREQUENCY
                 );
@@ -146,7 +147,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         .iter()
         .map(|t| model_for(t.pid, args.model))
         .collect();
-    let sampling = sample_clock(args.frequency);
+    let sampling = sample_clock(args.frequency, args.tick);
     let hz = sampling.hz();
     let opts = ProbeOptions {
         threshold_ns,

@@ -18,6 +18,7 @@ pub const PROGRAMS: &[&str] = &[
     "sched_switch",
     "sched_wakeup",
     "on_cpu_sample",
+    "tick_sample",
     "thread_exit",
 ];
 

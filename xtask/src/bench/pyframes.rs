@@ -120,7 +120,14 @@ fn measure_depth(ctx: &Ctx, depth: u32) -> Result<Depth> {
         ..
     } = targets::start("python_frames", &mut cmd, false)?;
     overhead::settle(ctx)?;
-    let args = vec!["--spans".to_owned(), spans_file.display().to_string()];
+    // The CPU clock: its program (`on_cpu_sample`) runs only on the target's
+    // threads, so its run time is the walks' (the tick's sees every hrtimer).
+    let args = vec![
+        "-F".to_owned(),
+        "499".to_owned(),
+        "--spans".to_owned(),
+        spans_file.display().to_string(),
+    ];
     let lt = Lagtrace::start(&ctx.lagtrace, pid, &args)?;
     let ids = bpfstats::prog_ids_of(lt.pid());
     // The target idles in its loop here: every run only filters.

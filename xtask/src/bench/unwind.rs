@@ -45,7 +45,9 @@ impl Started {
 fn start_lagtrace(bin: &Path, pid: u32, extra: &[&str]) -> Result<Started> {
     let summary = std::env::temp_dir().join(format!("lagtrace-unwind-bench-{pid}.summary.json"));
     let mut cmd = Command::new(bin);
-    cmd.args(["--pid", &pid.to_string(), "--summary-json"])
+    // The CPU clock: its program (`on_cpu_sample`) runs only on the target's
+    // threads, so its run time is the walks' (the tick's sees every hrtimer).
+    cmd.args(["--pid", &pid.to_string(), "-F", "499", "--summary-json"])
         .arg(&summary)
         .args(extra);
     let t0 = Instant::now();
