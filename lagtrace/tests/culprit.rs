@@ -33,10 +33,20 @@ fn spans_name_the_handler_not_the_library() {
     }
     let Some(py) = python() else { return };
     let script = targets_dir().join("culprit_app.py");
-    let mut target = Target::start(&py, &[script.to_str().unwrap(), "--count", "3"]);
+    // 8 MB: json.loads of the default 4 MB took 43 ms on a faster host,
+    // under the 50 ms threshold, and the stall was no span.
+    let mut target = Target::start(
+        &py,
+        &[script.to_str().unwrap(), "--count", "3", "--mb", "8"],
+    );
     let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 6, "{stalls:?}");
+    // The precondition: every stall is well over the threshold.
+    for t in &stalls {
+        let ms = (t.end_ns - t.start_ns) as f64 / 1e6;
+        assert!(ms >= 60.0, "{}: the stall took only {ms:.1} ms", t.label);
+    }
     let mut named = 0;
     for t in &stalls {
         let found = matching_span(&fin.spans, t);

@@ -183,8 +183,26 @@ pub fn open_map_file(
 
 /// The exact file of a mapping: through `map_files` (needs CAP_SYS_ADMIN),
 /// else by its path inside the target's root, checked to be the same file.
+///
+/// A `map_files` entry names an address range, not a file: between the
+/// read of the maps and the open, the target may have unloaded the file
+/// and loaded another at the same addresses (a plugin swapped by dlclose
+/// and dlopen). The file opened is the mapping's only if the maps, read
+/// again after the open, still show the same file there; else it is taken
+/// by its path. Before this check, such a swap named every sample of the
+/// first library with the second's functions for the rest of the trace
+/// (`tests/hostile.rs`, dlswap, about 1 run in 5 with `--tick`).
 pub fn open_mapping(pid: u32, m: &Mapping, owners: &[u32]) -> Result<File, UntrustedError> {
-    match open_map_file(pid, m.start, m.end, owners) {
+    let opened = open_map_file(pid, m.start, m.end, owners);
+    let opened = match opened {
+        Ok(f) if still_mapped(pid, m) => Ok(f),
+        Ok(_) => Err(UntrustedError::Open {
+            path: PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
+            source: io::Error::other("the range holds another file by now"),
+        }),
+        other => other,
+    };
+    match opened {
         Err(UntrustedError::Open { .. }) => {
             let path = m.path.as_deref().unwrap_or_default();
             let f = open_in_root(pid, path, owners)?;
@@ -193,6 +211,15 @@ pub fn open_mapping(pid: u32, m: &Mapping, owners: &[u32]) -> Result<File, Untru
         }
         other => other,
     }
+}
+
+/// Whether `/proc/PID/maps` still shows `m`'s file over `m`'s range.
+fn still_mapped(pid: u32, m: &Mapping) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|text| {
+        super::cache::parse_maps(&text).iter().any(|n| {
+            (n.start, n.end, n.dev, n.inode, n.offset) == (m.start, m.end, m.dev, m.inode, m.offset)
+        })
+    })
 }
 
 /// A regular file owned by an allowed uid, or an error naming why not.
@@ -321,5 +348,21 @@ mod tests {
             }
             Err(e) => panic!("{e}"),
         }
+    }
+
+    /// A mapping is still there only with the same file over the same range.
+    #[test]
+    fn a_range_that_holds_another_file_is_not_still_mapped() {
+        let pid = process::id();
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let exe = fs::read_link("/proc/self/exe").unwrap();
+        let line = maps
+            .lines()
+            .find(|l| l.ends_with(exe.to_str().unwrap()))
+            .expect("own executable mapped");
+        let mut m = super::super::cache::parse_maps(line).remove(0);
+        assert!(still_mapped(pid, &m));
+        m.inode += 1;
+        assert!(!still_mapped(pid, &m), "another inode over the same range");
     }
 }
