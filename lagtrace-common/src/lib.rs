@@ -802,7 +802,7 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<EventHeader>(), 16);
         assert_eq!(size_of::<SpanEvent>(), 16 + 8 * 6 + 8 + 16);
-        assert_eq!(size_of::<Config>(), 32);
+        assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<ExecEvent>(), 16 + 8 + 16);
         assert_eq!(size_of::<LangFrameRec>(), 16);
         assert_eq!(

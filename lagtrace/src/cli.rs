@@ -114,8 +114,7 @@ pub struct Args {
     /// Experimental: take the on-CPU samples on the kernel's scheduler tick
     /// (its HZ, 250 on most distributions) instead of a CPU clock, which
     /// adds no interrupt of its own. Falls back to the clock where the tick
-    /// cannot serve. Known to misname the code of a library swapped at the
-    /// same address now and then (README, Limits).
+    /// cannot serve. Not the default yet (README, Limits).
     #[arg(long, conflicts_with = "frequency")]
     pub tick: bool,
 
