@@ -328,16 +328,21 @@ mod tests {
         assert_eq!(namespace_root("garbage"), None);
     }
 
-    #[test]
-    fn map_files_name_the_mapped_file() {
-        let pid = process::id();
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    /// This test process's first mapping of its own executable, and its path.
+    fn own_exe_mapping() -> (Mapping, PathBuf) {
+        let maps = fs::read_to_string(format!("/proc/{}/maps", process::id())).unwrap();
         let exe = fs::read_link("/proc/self/exe").unwrap();
         let line = maps
             .lines()
             .find(|l| l.ends_with(exe.to_str().unwrap()))
             .expect("own executable mapped");
-        let m = super::super::cache::parse_maps(line).remove(0);
+        (super::super::cache::parse_maps(line).remove(0), exe)
+    }
+
+    #[test]
+    fn map_files_name_the_mapped_file() {
+        let pid = process::id();
+        let (m, exe) = own_exe_mapping();
         match open_map_file(pid, m.start, m.end, &allowed_owners(pid)) {
             Ok(f) => same_file(&f, &exe, m.dev, m.inode).unwrap(),
             // map_files needs CAP_SYS_ADMIN (or CAP_CHECKPOINT_RESTORE).
@@ -354,13 +359,7 @@ mod tests {
     #[test]
     fn a_range_that_holds_another_file_is_not_still_mapped() {
         let pid = process::id();
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-        let exe = fs::read_link("/proc/self/exe").unwrap();
-        let line = maps
-            .lines()
-            .find(|l| l.ends_with(exe.to_str().unwrap()))
-            .expect("own executable mapped");
-        let mut m = super::super::cache::parse_maps(line).remove(0);
+        let (mut m, _) = own_exe_mapping();
         assert!(still_mapped(pid, &m));
         m.inode += 1;
         assert!(!still_mapped(pid, &m), "another inode over the same range");
