@@ -1,5 +1,5 @@
-//! The scheduler tick as the sampling clock, lagtrace's default (the BPF
-//! side is `lagtrace-ebpf/src/probes/sample.rs`). A CPU that runs a thread
+//! The scheduler tick as the sampling clock, with `--tick` (the BPF side
+//! is `lagtrace-ebpf/src/probes/sample.rs`). A CPU that runs a thread
 //! takes its tick anyway, so a program on the tick's hrtimer samples with
 //! no interrupt of its own and nothing to switch at a context switch.
 //!
@@ -57,7 +57,7 @@ pub fn probe() -> Result<Tick, String> {
         fs::read_to_string("/proc/kallsyms").map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
     let function =
         tick_function(&syms).ok_or("no tick function with a visible address in /proc/kallsyms")?;
-    let hz = configured_hz().map_or_else(measured_hz, Ok)?;
+    let hz = configured_hz().map_or_else(|| measured_hz(&list), Ok)?;
     Ok(Tick {
         function,
         function_off,
@@ -78,16 +78,19 @@ fn all_high_res(list: &str) -> bool {
 /// The address of the tick's hrtimer function in a /proc/kallsyms text
 /// (`addr type name [module]`); None when absent or hidden (all zeroes).
 fn tick_function(kallsyms: &str) -> Option<u64> {
-    TICK_FUNCTIONS.iter().find_map(|want| {
-        kallsyms.lines().find_map(|line| {
-            let mut f = line.split_whitespace();
-            let (addr, _kind, name) = (f.next()?, f.next()?, f.next()?);
-            if name != *want || f.next().is_some() {
-                return None;
-            }
-            u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0)
-        })
-    })
+    // One pass over the (megabytes of) symbols, each name's address kept.
+    let mut found = [None; TICK_FUNCTIONS.len()];
+    for line in kallsyms.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(_kind), Some(name), None) = (f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        if let Some(i) = TICK_FUNCTIONS.iter().position(|want| *want == name) {
+            found[i] = u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0);
+        }
+    }
+    found.into_iter().flatten().next()
 }
 
 /// `CONFIG_HZ` from the running kernel's config in /boot, where the
@@ -106,17 +109,16 @@ fn hz_in_config(config: &str) -> Option<u64> {
         .filter(|hz| HZ_CHOICES.contains(hz))
 }
 
-/// HZ from how far jiffies move in [`HZ_MEASURE`], by /proc/timer_list's
-/// `now at … nsecs` and `jiffies: …`, rounded to the nearest choice.
-fn measured_hz() -> Result<u64, String> {
-    let read = || -> Result<(u64, u64), String> {
-        let list = fs::read_to_string("/proc/timer_list")
-            .map_err(|e| format!("reading /proc/timer_list: {e}"))?;
-        clock_and_jiffies(&list).ok_or_else(|| "/proc/timer_list shows no jiffies".into())
-    };
-    let (t0, j0) = read()?;
+/// HZ from how far jiffies move in [`HZ_MEASURE`] after `first` (a
+/// /proc/timer_list just read), by its `now at … nsecs` and `jiffies: …`,
+/// rounded to the nearest choice.
+fn measured_hz(first: &str) -> Result<u64, String> {
+    let no_jiffies = || "/proc/timer_list shows no jiffies".to_string();
+    let (t0, j0) = clock_and_jiffies(first).ok_or_else(no_jiffies)?;
     thread::sleep(HZ_MEASURE);
-    let (t1, j1) = read()?;
+    let list = fs::read_to_string("/proc/timer_list")
+        .map_err(|e| format!("reading /proc/timer_list: {e}"))?;
+    let (t1, j1) = clock_and_jiffies(&list).ok_or_else(no_jiffies)?;
     nearest_hz(j1.saturating_sub(j0), t1.saturating_sub(t0))
         .ok_or_else(|| format!("jiffies moved {} in {} ns: no HZ fits", j1 - j0, t1 - t0))
 }

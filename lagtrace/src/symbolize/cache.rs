@@ -89,7 +89,7 @@ impl Mapping {
     }
 
     /// The same mapping of the same file.
-    fn same(&self, o: &Mapping) -> bool {
+    pub(super) fn same(&self, o: &Mapping) -> bool {
         (
             self.start,
             self.end,

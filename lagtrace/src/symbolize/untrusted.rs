@@ -193,17 +193,10 @@ pub fn open_map_file(
 /// first library with the second's functions for the rest of the trace
 /// (`tests/hostile.rs`, dlswap, about 1 run in 5 with `--tick`).
 pub fn open_mapping(pid: u32, m: &Mapping, owners: &[u32]) -> Result<File, UntrustedError> {
-    let opened = open_map_file(pid, m.start, m.end, owners);
-    let opened = match opened {
+    match open_map_file(pid, m.start, m.end, owners) {
         Ok(f) if still_mapped(pid, m) => Ok(f),
-        Ok(_) => Err(UntrustedError::Open {
-            path: PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end)),
-            source: io::Error::other("the range holds another file by now"),
-        }),
-        other => other,
-    };
-    match opened {
-        Err(UntrustedError::Open { .. }) => {
+        // Swapped since, or no map_files: by path.
+        Ok(_) | Err(UntrustedError::Open { .. }) => {
             let path = m.path.as_deref().unwrap_or_default();
             let f = open_in_root(pid, path, owners)?;
             same_file(&f, Path::new(path), m.dev, m.inode)?;
@@ -215,11 +208,8 @@ pub fn open_mapping(pid: u32, m: &Mapping, owners: &[u32]) -> Result<File, Untru
 
 /// Whether `/proc/PID/maps` still shows `m`'s file over `m`'s range.
 fn still_mapped(pid: u32, m: &Mapping) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|text| {
-        super::cache::parse_maps(&text).iter().any(|n| {
-            (n.start, n.end, n.dev, n.inode, n.offset) == (m.start, m.end, m.dev, m.inode, m.offset)
-        })
-    })
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|text| super::cache::parse_maps(&text).iter().any(|n| n.same(m)))
 }
 
 /// A regular file owned by an allowed uid, or an error naming why not.
