@@ -28,7 +28,8 @@ pub enum Attach {
 /// Default threshold: half of asyncio's `slow_callback_duration` (100 ms),
 /// since a 50 ms stall already dominates a typical p99 budget.
 pub const DEFAULT_THRESHOLD: &str = "50ms";
-/// Default sampling frequency: a 50 ms span gets about 25 samples. A prime
+/// The sampling clock's frequency where the kernel's tick cannot serve (and
+/// the usual `-F`): a 50 ms span gets about 25 samples. A prime
 /// rate avoids lockstep with timers that fire every 1, 5 or 10 ms.
 pub const DEFAULT_FREQUENCY: u64 = 499;
 /// The highest sampling frequency accepted.
@@ -107,14 +108,16 @@ pub struct Args {
     pub files: OutputFiles,
 
     /// On-CPU stack samples per second while a loop iteration is open, by a
-    /// CPU clock on each target thread (0: no sampling) [default: 499].
+    /// CPU clock on each target thread (0: no sampling). Without it the
+    /// kernel's scheduler tick takes the samples where it can serve (at its
+    /// HZ, 250 on most distributions), else a 499 Hz clock.
     #[arg(short = 'F', long, value_parser = parse_frequency)]
     pub frequency: Option<u64>,
 
-    /// Experimental: take the on-CPU samples on the kernel's scheduler tick
-    /// (its HZ, 250 on most distributions) instead of a CPU clock, which
-    /// adds no interrupt of its own. Falls back to the clock where the tick
-    /// cannot serve. Not the default yet (README, Limits).
+    /// Take the on-CPU samples on the kernel's scheduler tick, and fail
+    /// where it cannot serve (high-resolution timers off, a nohz_full CPU,
+    /// no tick function in /proc/kallsyms) instead of falling back to the
+    /// clock.
     #[arg(long, conflicts_with = "frequency")]
     pub tick: bool,
 

@@ -3,9 +3,9 @@
 //! the coverage that design must keep: a loop thread, or a forked child
 //! process, that appears only after lagtrace attached still gets its
 //! on-CPU samples, at the configured frequency, naming the function that
-//! burns the CPU. With `--tick` the kernel's tick drives the sampler
-//! instead; the same checks hold for it, and its samples must not show the
-//! timer interrupt they were taken in.
+//! burns the CPU. By default the kernel's tick drives the sampler instead
+//! where it can serve; the same checks hold for it, and its samples must
+//! not show the timer interrupt they were taken in.
 mod common;
 
 use std::time::Duration;
@@ -261,13 +261,13 @@ fn tick_can_sample() -> Result<(), String> {
     Ok(())
 }
 
-/// With `--tick` the scheduler tick takes the samples: at the kernel's HZ,
-/// in the function that burns the CPU, and with none of the timer
-/// interrupt's own kernel frames (hrtimer_interrupt and the rest) in any
-/// stack.
+/// By default the scheduler tick takes the samples where it can serve: at
+/// the kernel's HZ, in the function that burns the CPU, and with none of
+/// the timer interrupt's own kernel frames (hrtimer_interrupt and the
+/// rest) in any stack.
 #[test]
-fn the_kernel_tick_takes_the_samples_with_tick() {
-    let test = "the_kernel_tick_takes_the_samples_with_tick";
+fn the_kernel_tick_takes_the_samples_by_default() {
+    let test = "the_kernel_tick_takes_the_samples_by_default";
     if !root_or_skip(test) {
         return;
     }
@@ -280,10 +280,13 @@ fn the_kernel_tick_takes_the_samples_with_tick() {
         return;
     };
     let mut target = Target::start(&bin, &["--stalls-ms", "120,250", "--gap-ms", "150"]);
-    let fin = trace_scenario(&mut target, &["--tick"]);
+    let fin = trace_scenario(&mut target, &[]);
     assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
     let (hz, sampler) = sampling_of(&fin);
-    assert_eq!(sampler, "tick", "the sampler on this kernel with --tick");
+    assert_eq!(
+        sampler, "tick",
+        "the default sampler on a kernel whose tick can serve"
+    );
     assert!(
         [100.0, 250.0, 300.0, 1000.0].contains(&hz),
         "{hz} Hz is no kernel HZ"

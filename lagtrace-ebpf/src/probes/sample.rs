@@ -1,7 +1,7 @@
 //! On-CPU sampling. Two clocks drive the same sampler: a perf_event
-//! program on a software CPU clock opened per target thread (the default,
-//! `-F N`), or the kernel's own scheduler tick (a tracepoint on the tick's
-//! hrtimer, `--tick`). Either does work only for a loop
+//! program on a software CPU clock opened per target thread (`-F N`, or
+//! where the tick cannot serve), or the kernel's own scheduler tick (a
+//! tracepoint on the tick's hrtimer, the default). Either does work only for a loop
 //! thread inside an open iteration that is old enough to become a span
 //! (`SAMPLE_MIN_AGE_SHIFT`).
 //!

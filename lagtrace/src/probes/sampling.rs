@@ -1,6 +1,6 @@
-//! The on-CPU sampling clock. With `--tick`, where it can serve, the
+//! The on-CPU sampling clock. By default, where it can serve, the
 //! kernel's scheduler tick (`tick.rs`), which costs no event at all.
-//! Otherwise one software `cpu-clock` event per thread of each target, with
+//! With `-F N`, or where the tick cannot serve, one software `cpu-clock` event per thread of each target, with
 //! `inherit` so threads and children created later carry it too, instead
 //! of one event per CPU.
 //!

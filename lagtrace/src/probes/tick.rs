@@ -1,4 +1,4 @@
-//! The scheduler tick as the sampling clock, with `--tick` (the BPF side
+//! The scheduler tick as the sampling clock, by default (the BPF side
 //! is `lagtrace-ebpf/src/probes/sample.rs`). A CPU that runs a thread
 //! takes its tick anyway, so a program on the tick's hrtimer samples with
 //! no interrupt of its own and nothing to switch at a context switch.

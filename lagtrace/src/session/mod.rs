@@ -103,27 +103,35 @@ fn fault_injection(name: &str) -> bool {
     on
 }
 
-/// The sampling clock: the CPU clock at `-F N` Hz (0: none), by default
-/// at [`DEFAULT_FREQUENCY`](crate::cli::DEFAULT_FREQUENCY); with `--tick`,
-/// the kernel's tick where it can serve, else that clock.
-fn sample_clock(frequency: Option<u64>, tick: bool) -> SampleClock {
+/// The sampling clock: the CPU clock at `-F N` Hz (0: none); by default
+/// the kernel's tick where it can serve, else the clock at
+/// [`DEFAULT_FREQUENCY`](crate::cli::DEFAULT_FREQUENCY). `--tick` asks for
+/// the tick and fails where it cannot serve.
+fn sample_clock(frequency: Option<u64>, tick: bool) -> Result<SampleClock> {
     match frequency {
-        Some(0) => SampleClock::Off,
-        Some(hz) => SampleClock::Clock(hz),
-        None if !tick => SampleClock::Clock(crate::cli::DEFAULT_FREQUENCY),
-        None => match crate::probes::tick::probe() {
-            Ok(tick) => {
-                log::info!("sampling on the kernel's tick, {} Hz", tick.hz);
-                SampleClock::Tick(tick)
-            }
-            Err(why) => {
-                log::warn!(
-                    "sampling by a CPU clock at {} Hz: the kernel's tick cannot drive it: {why}",
-                    crate::cli::DEFAULT_FREQUENCY
-                );
-                SampleClock::Clock(crate::cli::DEFAULT_FREQUENCY)
-            }
-        },
+        Some(0) => return Ok(SampleClock::Off),
+        Some(hz) => return Ok(SampleClock::Clock(hz)),
+        None => {}
+    }
+    match crate::probes::tick::probe() {
+        Ok(tick) => {
+            log::info!("sampling on the kernel's tick, {} Hz", tick.hz);
+            Ok(SampleClock::Tick(tick))
+        }
+        Err(why) if tick => Err(Error::Unsupported {
+            what: format!(
+                "--tick: the kernel's tick cannot drive the sampler: {why}; \
+                 sample by a CPU clock instead (-F {})",
+                crate::cli::DEFAULT_FREQUENCY
+            ),
+        }),
+        Err(why) => {
+            log::warn!(
+                "sampling by a CPU clock at {} Hz: the kernel's tick cannot drive it: {why}",
+                crate::cli::DEFAULT_FREQUENCY
+            );
+            Ok(SampleClock::Clock(crate::cli::DEFAULT_FREQUENCY))
+        }
     }
 }
 
@@ -147,7 +155,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         .iter()
         .map(|t| model_for(t.pid, args.model))
         .collect();
-    let sampling = sample_clock(args.frequency, args.tick);
+    let sampling = sample_clock(args.frequency, args.tick)?;
     let hz = sampling.hz();
     let opts = ProbeOptions {
         threshold_ns,

@@ -104,9 +104,9 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
          `bench/targets/getppid_loop.c` in a separate, untraced process (median of 5 runs of \
          2,000,000 calls) while lagtrace traces the idle spin loop: what every other process \
          on the host pays per syscall. *CPU/request*: the servers' CPU time per request, \
-         interleaved rounds as in section 1; after the modes come lagtrace at defaults \
-         sampling on the kernel's tick instead of its 499 Hz CPU clock (`--tick`), without \
-         sampling (`-F 0`), and the floors: the epoll syscall tracepoints \
+         interleaved rounds as in section 1. The modes sample on the kernel's tick (the \
+         default where it can serve); after them come lagtrace sampling by a 499 Hz CPU clock \
+         per thread instead (`-F 499`), without sampling (`-F 0`), and the floors: the epoll syscall tracepoints \
          enabled by `perf stat` (counting only, no BPF program, no lagtrace), and a \
          `perf record` cpu-clock at lagtrace's default 499 Hz on the target's threads (what \
          the sampling ticks cost before any program runs).\n\n",
@@ -213,14 +213,19 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
                 tool: Tool::Lagtrace(vec!["--attach".into(), (*m).into()]),
             });
         }
-        // What the default costs with the tick instead of the CPU clock,
-        // and without sampling, then the floors on this server: what a
-        // request pays for the syscall tracepoints being on, before any
-        // program runs, and for a CPU clock's ticks alone.
+        // What the default costs with a CPU clock instead of the tick, and
+        // without sampling, then the floors on this server: what a request
+        // pays for the syscall tracepoints being on, before any program
+        // runs, and for a CPU clock's ticks alone.
         modes.push(Mode {
-            label: "lagtrace --attach auto --tick (kernel tick)".into(),
+            label: "lagtrace --attach auto -F 499 (CPU clock)".into(),
             target,
-            tool: Tool::Lagtrace(vec!["--attach".into(), "auto".into(), "--tick".into()]),
+            tool: Tool::Lagtrace(vec![
+                "--attach".into(),
+                "auto".into(),
+                "-F".into(),
+                "499".into(),
+            ]),
         });
         modes.push(Mode {
             label: "lagtrace --attach auto -F 0 (no sampling)".into(),
@@ -251,7 +256,7 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             .enumerate()
             .map(|(i, m)| format!("{m} {}", ratio_cell(compare(&results, i + 1, 0).cpu)))
             .collect();
-        // The rows after the modes (`--tick`, `-F 0`, the floors), by their labels.
+        // The rows after the modes (`-F 499`, `-F 0`, the floors), by their labels.
         let rest: Vec<String> = (usable.len() + 1..modes.len())
             .map(|i| {
                 let cpu = ratio_cell(compare(&results, i, 0).cpu);

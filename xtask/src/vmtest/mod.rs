@@ -55,9 +55,12 @@ const PLAN: &[(&str, &[&str])] = &[
         "errors",
         &["nothing_stays_attached_after_sigint_sigterm_or_sigkill"],
     ),
-    // The tick sampler (`--tick`): the tick's hrtimer, its function named
+    // The tick sampler (the default): the tick's hrtimer, its function named
     // as each kernel names it, its interrupt frames cut.
-    ("sampling", &["the_kernel_tick_takes_the_samples_with_tick"]),
+    (
+        "sampling",
+        &["the_kernel_tick_takes_the_samples_by_default"],
+    ),
     // The parked-worker test missed a first stall now and then in the 6.1
     // guest until the kernel was armed only once every hook was attached
     // (CFG_ARMED); it still runs last.
