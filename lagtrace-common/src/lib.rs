@@ -10,6 +10,8 @@
 //! - nothing here allocates or depends on std.
 #![no_std]
 
+pub mod syscalls;
+
 /// Most threads the kernel tracks at once (loop threads of all targets).
 pub const MAX_THREADS: u32 = 1024;
 /// Most loop threads with kernel sample slots ([`ThreadSamples`]) at once;

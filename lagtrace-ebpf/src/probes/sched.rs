@@ -33,8 +33,6 @@ const STOPPED_STATE_MASK: i64 = 0x04 | 0x08;
 /// A plain sleep (`TASK_INTERRUPTIBLE`, `TASK_UNINTERRUPTIBLE`): how a
 /// thread waits in a syscall.
 const PLAIN_SLEEP_MASK: i64 = 0x01 | 0x02;
-/// The x86-64 numbers of epoll_wait, epoll_pwait and epoll_pwait2.
-const EPOLL_WAIT_SYSCALLS: [u64; 3] = [232, 281, 441];
 
 /// Whether the current task, going to sleep in state `state`, sleeps in an
 /// epoll wait. A task asleep in the kernel is inside a syscall or a page
@@ -45,7 +43,7 @@ fn sleeps_in_epoll_wait(state: i64) -> bool {
     if state & PLAIN_SLEEP_MASK == 0 || state & STOPPED_STATE_MASK != 0 {
         return false;
     }
-    matches!(current_syscall(), Some(nr) if EPOLL_WAIT_SYSCALLS.contains(&nr))
+    matches!(current_syscall(), Some(nr) if lagtrace_common::syscalls::EPOLL_WAITS.contains(&nr))
 }
 
 #[tracepoint]

@@ -7,15 +7,18 @@
 //! `pt_regs` and the syscall number. They run for every syscall of the host,
 //! so the target check comes first and the syscall number after it.
 //!
-//! x86-64 only: the syscall numbers and `pt_regs` offsets below are that
-//! ABI's (arch/x86/entry/syscalls/syscall_64.tbl,
-//! arch/x86/include/asm/ptrace.h); userspace offers these modes only there.
+//! x86-64 only: the syscall numbers (`lagtrace_common::syscalls`) and the
+//! `pt_regs` offsets below are that ABI's
+//! (arch/x86/entry/syscalls/syscall_64.tbl, arch/x86/include/asm/ptrace.h);
+//! userspace offers these modes only there.
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
+
+use lagtrace_common::syscalls::{EPOLL_PWAIT, EPOLL_PWAIT2, EPOLL_WAIT, FUTEX};
 
 use crate::{
     iteration::target,
@@ -25,10 +28,6 @@ use crate::{
     },
 };
 
-const NR_FUTEX: u64 = 202;
-const NR_EPOLL_WAIT: u64 = 232;
-const NR_EPOLL_PWAIT: u64 = 281;
-const NR_EPOLL_PWAIT2: u64 = 441;
 /// `struct pt_regs` on x86-64: `r10` and `si` (the fourth and second
 /// syscall arguments) and `orig_ax` (the syscall number, kept through the
 /// return).
@@ -69,8 +68,8 @@ fn sys_enter<C: EbpfContext>(ctx: &C, regs: u64, nr: u64) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let cfg = target((pid_tgid >> 32) as u32)?;
     match nr {
-        NR_EPOLL_WAIT | NR_EPOLL_PWAIT | NR_EPOLL_PWAIT2 => wait_entered(pid_tgid),
-        NR_FUTEX => futex_entered(
+        EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2 => wait_entered(pid_tgid),
+        FUTEX => futex_entered(
             ctx,
             pid_tgid,
             cfg,
@@ -86,8 +85,8 @@ fn sys_exit<C: EbpfContext>(ctx: &C, regs: u64) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     target((pid_tgid >> 32) as u32)?;
     match reg(regs, PT_REGS_ORIG_AX)? {
-        NR_EPOLL_WAIT | NR_EPOLL_PWAIT | NR_EPOLL_PWAIT2 => wait_returned(ctx, pid_tgid),
-        NR_FUTEX => futex_returned(pid_tgid),
+        EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2 => wait_returned(ctx, pid_tgid),
+        FUTEX => futex_returned(pid_tgid),
         _ => None,
     }
 }

@@ -22,9 +22,9 @@ use super::{read_comm, tids_of};
 
 /// Syscall numbers on this architecture: futex, and the epoll waits.
 #[cfg(target_arch = "x86_64")]
-const SYS_FUTEX: u64 = 202;
+const SYS_FUTEX: u64 = lagtrace_common::syscalls::FUTEX;
 #[cfg(target_arch = "x86_64")]
-const SYS_EPOLL_WAITS: [u64; 3] = [232, 281, 441];
+const SYS_EPOLL_WAITS: [u64; 3] = lagtrace_common::syscalls::EPOLL_WAITS;
 #[cfg(target_arch = "aarch64")]
 const SYS_FUTEX: u64 = 98;
 #[cfg(target_arch = "aarch64")]

@@ -107,7 +107,14 @@ pub fn settle(ctx: &Ctx) -> Result<bool> {
     Ok(clean)
 }
 
-/// Runs `rounds` rounds of every mode; returns `[mode][round]`.
+/// Runs `rounds` rounds of every mode, each round in its own shuffled
+/// order; returns `[mode][round]`.
+///
+/// A fixed order puts each mode at the same distance from the untraced
+/// run it is divided by, round after round, so a host that drifts during
+/// a round (a neighbour's load, a thermal or frequency change) biases the
+/// later modes the same way every time. Shuffled, the drift spreads over
+/// every mode as noise instead of as a verdict.
 pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Round>>> {
     let secs = ctx.plan.load_secs;
     let mut warmed: Vec<u32> = Vec::new();
@@ -120,7 +127,8 @@ pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Ro
     }
     let mut out: Vec<Vec<Round>> = modes.iter().map(|_| Vec::new()).collect();
     for r in 0..rounds {
-        for (i, m) in modes.iter().enumerate() {
+        for i in shuffled(modes.len(), r as u64) {
+            let m = &modes[i];
             eprintln!("-- round {}/{rounds}: {}", r + 1, m.label);
             let clean = settle(ctx)?;
             let mut round = one_round(ctx, m, secs)?;
@@ -129,6 +137,21 @@ pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Ro
         }
     }
     Ok(out)
+}
+
+/// `0..n` in an order of its own for each `seed` (Fisher–Yates on
+/// xorshift64): reproducible from run to run, different from round to
+/// round.
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
 }
 
 fn one_round(ctx: &Ctx, m: &Mode, secs: u64) -> Result<Round> {
@@ -502,4 +525,25 @@ fn capture_version(bin: &std::path::Path) -> String {
     crate::util::capture(Command::new(bin).arg("--version"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "py-spy".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shuffled;
+
+    #[test]
+    fn each_round_runs_every_mode_once_in_its_own_order() {
+        let orders: Vec<Vec<usize>> = (0..7).map(|r| shuffled(11, r)).collect();
+        for o in &orders {
+            let mut sorted = o.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..11).collect::<Vec<_>>());
+        }
+        // The untraced run (mode 0) is not first in every round.
+        assert!(orders.iter().any(|o| o[0] != 0), "{orders:?}");
+        assert!(orders.windows(2).all(|w| w[0] != w[1]), "{orders:?}");
+        assert_eq!(shuffled(11, 3), shuffled(11, 3));
+        assert_eq!(shuffled(1, 0), vec![0]);
+        assert!(shuffled(0, 0).is_empty());
+    }
 }
