@@ -476,7 +476,12 @@ fn aiohttp_and_requests_spans_name_the_handler() {
         }
         // The task is the handler, not aiohttp's per-request wrapper.
         let task = span["task"].as_str().unwrap_or("");
-        assert!(!task.contains("_handle_request"), "{task}");
+        assert!(
+            !task.contains("_handle_request"),
+            "{}: task {task}; stacks {:#}",
+            t.label,
+            span["stacks"]
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     Ctx, Section,
-    bpfstats::{self, ProgCost, StatsEnabled},
+    bpfstats::{self, ProgCost, StatsSwitch},
     lagtrace::{Lagtrace, LagtraceRun},
     overhead, procfs,
     report::Table,
@@ -88,7 +88,7 @@ pub(super) fn spin_once(spin: &mut Target, secs: u64) -> Result<(u64, f64)> {
 }
 
 pub fn section_kernel(ctx: &Ctx) -> Result<Section> {
-    let _stats = StatsEnabled::enable().context("could not enable BPF stats")?;
+    let _stats = StatsSwitch::enable().context("could not enable BPF stats")?;
     let mut body = format!(
         "With `sysctl -w kernel.bpf_stats_enabled=1` (restored afterwards), lagtrace's programs \
          (found by the `prog_id` of its own fds) are read with `bpftool prog show -j` just before \

@@ -180,6 +180,7 @@ pub fn run_bench(args: &BenchArgs) -> Result<()> {
              If sudo cannot find cargo: sudo -E env \"PATH=$PATH\" cargo xtask bench"
         );
     }
+    let _stats_off = bpfstats::StatsSwitch::off_for_run()?;
     if args.unwind {
         proc::catch_signals();
         return unwind::run_unwind_bench(args.quick);

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     Ctx, Section,
-    bpfstats::{self, StatsEnabled},
+    bpfstats::{self, StatsSwitch},
     lagtrace::Lagtrace,
     overhead,
     proc::{self, Stream},
@@ -198,7 +198,7 @@ pub fn section_pyframes(ctx: &Ctx) -> Result<Section> {
         "`sched_switch` ns/event",
     ]);
     {
-        let _stats = StatsEnabled::enable().context("could not enable BPF stats")?;
+        let _stats = StatsSwitch::enable().context("could not enable BPF stats")?;
         for total in [BASE_FRAMES, 30, 60] {
             let depth = total.saturating_sub(BASE_FRAMES).max(1);
             eprintln!("-- python frames: kernel cost with {total} frames");

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    bpfstats::{self, StatsEnabled},
+    bpfstats::{self, StatsSwitch},
     proc::{Proc, Stream},
     report::Table,
 };
@@ -202,7 +202,7 @@ pub fn run_unwind_bench(quick: bool) -> Result<()> {
 
     // 1. Kernel cost per sample.
     {
-        let _stats = StatsEnabled::enable()?;
+        let _stats = StatsSwitch::enable()?;
         let mut t = Table::new(&[
             "stack depth",
             "on-CPU samples",

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{
     Ctx, Section,
-    bpfstats::{self, StatsEnabled},
+    bpfstats::{self, StatsSwitch},
     lagtrace::Lagtrace,
     overhead,
     proc::{self, Stream},
@@ -141,7 +141,7 @@ pub fn section_v8frames(ctx: &Ctx) -> Result<Section> {
     ]);
     let mut runs = Vec::new();
     {
-        let _stats = StatsEnabled::enable().context("could not enable BPF stats")?;
+        let _stats = StatsSwitch::enable().context("could not enable BPF stats")?;
         for (label, bin) in [
             ("read from V8", ctx.lagtrace.as_path()),
             ("off (LAGTRACE_V8=off)", off.as_path()),
