@@ -15,7 +15,7 @@ use super::{
     lagtrace::Lagtrace,
     overhead::{self, Mode, Tool, compare, interleave, render},
     report::Table,
-    stats::{Spread, ratio_cell, thousands},
+    stats::{self, Spread, ratio_cell, thousands},
     targets,
 };
 use crate::util;
@@ -34,6 +34,8 @@ const SERVER_FLOORS: [Floor; 3] = [Floor::Both, Floor::Exits, Floor::Clock];
 /// getppid calls per measurement, and measurements per mode.
 const GETPPID_CALLS: &str = "2000000";
 const GETPPID_REPEATS: usize = 5;
+/// Spin-loop rounds per mode (see [`spin_rounds`]).
+const SPIN_ROUNDS: usize = 3;
 
 /// Median ns per getppid call over a few runs of the loop.
 fn getppid_ns(bin: &Path) -> Result<f64> {
@@ -77,6 +79,44 @@ fn spin_and_syscall(
     Ok(Ok((n as f64 / s, ns)))
 }
 
+/// What one spin-loop entry gave: (iterations/s, getppid ns/call) per
+/// round, or why the kernel refused the mode.
+type Spun = std::result::Result<Vec<(f64, f64)>, String>;
+
+/// The untraced spin loop and each of [`MODES`] on it, over
+/// [`SPIN_ROUNDS`] rounds (one with `--quick`), each round in an order of
+/// its own like the servers' rounds: one 5 s spin per mode swung by ±3 %
+/// between runs of the same configuration (run 11: `auto` 0.48×, `exit-tp`
+/// 0.51×). Entry 0 is the untraced loop, then [`MODES`] in order.
+fn spin_rounds(ctx: &Ctx, spin: &mut targets::Target, getppid: &Path) -> Result<Vec<Spun>> {
+    let entries: Vec<Option<&str>> = std::iter::once(None)
+        .chain(MODES.iter().map(|m| Some(*m)))
+        .collect();
+    let mut got: Vec<Spun> = entries.iter().map(|_| Ok(Vec::new())).collect();
+    let rounds = if ctx.plan.quick { 1 } else { SPIN_ROUNDS };
+    for r in 0..rounds {
+        for i in overhead::shuffled(entries.len(), r as u64) {
+            if got[i].is_err() {
+                continue;
+            }
+            let label = entries[i].map_or("untraced".into(), |m| format!("--attach {m}"));
+            eprintln!(
+                "-- attach: spin + getppid, round {}/{rounds}: {label}",
+                r + 1
+            );
+            match spin_and_syscall(ctx, spin, getppid, entries[i])? {
+                Ok(x) => {
+                    if let Ok(v) = &mut got[i] {
+                        v.push(x);
+                    }
+                }
+                Err(why) => got[i] = Err(why),
+            }
+        }
+    }
+    Ok(got)
+}
+
 /// The spin loop's rate with the epoll tracepoints enabled by `perf stat`
 /// (counting, no program): what the tracepoint path costs before any of
 /// lagtrace's work. Why not, if perf is missing.
@@ -115,13 +155,21 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
     let spin_bin = targets::build_spin_loop(&ctx.out)?;
     let getppid = targets::build_getppid_loop(&ctx.out)?;
     let mut spin = targets::spin_loop(&spin_bin, ctx.plan.spin_secs)?;
-    eprintln!("-- attach: untraced spin + getppid");
-    let (base_rate, base_ns) =
-        spin_and_syscall(ctx, &mut spin, &getppid, None)?.map_err(anyhow::Error::msg)?;
+    let spun = spin_rounds(ctx, &mut spin, &getppid)?;
+    let [base, modes @ ..] = &spun[..] else {
+        unreachable!("spin_rounds measures the untraced loop and every mode")
+    };
+    let Ok(base) = base else {
+        anyhow::bail!("the untraced spin loop could not be measured");
+    };
+    let base_rate =
+        Spread::of(&base.iter().map(|r| r.0).collect::<Vec<_>>()).map_or(f64::NAN, |s| s.median);
+    let base_ns =
+        Spread::of(&base.iter().map(|r| r.1).collect::<Vec<_>>()).map_or(f64::NAN, |s| s.median);
     let mut t = Table::new(&[
         "mode",
-        "spin loop iterations/s",
-        "spin ratio",
+        "spin loop iterations/s (median)",
+        "spin ratio, median (min–max)",
         "getppid ns/call (other process)",
         "getppid added",
     ]);
@@ -133,32 +181,42 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
         "—".into(),
     ]);
     let mut usable = Vec::new();
-    for m in MODES {
-        eprintln!("-- attach: spin + getppid, --attach {m}");
-        match spin_and_syscall(ctx, &mut spin, &getppid, Some(m))? {
-            Ok((rate, ns)) => {
-                t.row(vec![
-                    format!("`--attach {m}`"),
-                    thousands(rate),
-                    format!("{:.2}×", rate / base_rate),
-                    format!("{ns:.1}"),
-                    format!("{:+.1} ns", ns - base_ns),
-                ]);
-                headline.push(format!(
-                    "--attach {m}: spin {:.2}×, getppid elsewhere {:+.1} ns/call",
-                    rate / base_rate,
-                    ns - base_ns
-                ));
-                usable.push(m);
-            }
-            Err(why) => t.row(vec![
+    for (m, got) in MODES.iter().zip(modes) {
+        let Ok(runs) = got else {
+            let why = got.as_ref().err().map_or("", String::as_str);
+            t.row(vec![
                 format!("`--attach {m}`"),
                 format!("refused here: {why}"),
                 String::new(),
                 String::new(),
                 String::new(),
-            ]),
-        }
+            ]);
+            continue;
+        };
+        let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let ratio = Spread::of(&stats::ratios(
+            &rates,
+            &base.iter().map(|r| r.0).collect::<Vec<_>>(),
+        ));
+        let ns = Spread::of(&runs.iter().map(|r| r.1).collect::<Vec<_>>())
+            .map_or(f64::NAN, |s| s.median);
+        let median = Spread::of(&rates).map_or(f64::NAN, |s| s.median);
+        let cell = ratio.map_or_else(
+            || "n/a".into(),
+            |r| format!("{:.2}× ({:.2}–{:.2})", r.median, r.min, r.max),
+        );
+        t.row(vec![
+            format!("`--attach {m}`"),
+            thousands(median),
+            cell.clone(),
+            format!("{ns:.1}"),
+            format!("{:+.1} ns", ns - base_ns),
+        ]);
+        headline.push(format!(
+            "--attach {m}: spin {cell}, getppid elsewhere {:+.1} ns/call",
+            ns - base_ns
+        ));
+        usable.push(*m);
     }
     for floor in [Floor::Both, Floor::Exits] {
         match tracepoints_alone(&mut spin, &ctx.out, ctx.plan.spin_secs, floor)? {

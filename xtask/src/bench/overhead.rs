@@ -142,7 +142,7 @@ pub fn interleave(ctx: &Ctx, modes: &[Mode], rounds: usize) -> Result<Vec<Vec<Ro
 /// `0..n` in an order of its own for each `seed` (Fisher–Yates on
 /// xorshift64): reproducible from run to run, different from round to
 /// round.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
