@@ -33,7 +33,7 @@ use crate::{
     clock::WallClock,
     error::{Error, Result},
     output::{self, Outputs, TraceInfo, console::Console, sanitize},
-    probes::{Counters, ProbeOptions, Probes, SampleClock},
+    probes::{Counters, ProbeOptions, Probes, SampleClock, tick::Tick},
     spans::Assembler,
     symbolize::StackSymbolizer,
     target::{ThreadNames, check_privileges, model_for},
@@ -108,12 +108,21 @@ fn fault_injection(name: &str) -> bool {
 /// [`DEFAULT_FREQUENCY`](crate::cli::DEFAULT_FREQUENCY). `--tick` asks for
 /// the tick and fails where it cannot serve.
 fn sample_clock(frequency: Option<u64>, tick: bool) -> Result<SampleClock> {
+    choose_clock(frequency, tick, crate::probes::tick::probe)
+}
+
+/// [`sample_clock`] with the kernel's answer as a parameter.
+fn choose_clock(
+    frequency: Option<u64>,
+    tick: bool,
+    probe: impl FnOnce() -> Result<Tick, String>,
+) -> Result<SampleClock> {
     match frequency {
         Some(0) => return Ok(SampleClock::Off),
         Some(hz) => return Ok(SampleClock::Clock(hz)),
         None => {}
     }
-    match crate::probes::tick::probe() {
+    match probe() {
         Ok(tick) => {
             log::info!("sampling on the kernel's tick, {} Hz", tick.hz);
             Ok(SampleClock::Tick(tick))
@@ -601,4 +610,44 @@ fn report_health(c: &Counters) {
             .collect::<Vec<_>>()
             .join(", ")
     );
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::*;
+
+    const TICK: Tick = Tick {
+        function: 0xffff_ffff_8100_0000,
+        function_off: 8,
+        hz: 250,
+    };
+
+    #[test]
+    fn the_tick_by_default_the_clock_where_it_cannot_serve() {
+        let clock = |f, t, p: Result<Tick, String>| choose_clock(f, t, || p);
+        assert!(matches!(
+            clock(None, false, Ok(TICK)),
+            Ok(SampleClock::Tick(_))
+        ));
+        assert!(matches!(
+            clock(None, false, Err("nohz_full".into())),
+            Ok(SampleClock::Clock(crate::cli::DEFAULT_FREQUENCY))
+        ));
+        // -F picks the clock (or nothing) without asking the kernel.
+        let asked = |f| choose_clock(f, false, || panic!("-F must not probe the tick"));
+        assert!(matches!(asked(Some(99)), Ok(SampleClock::Clock(99))));
+        assert!(matches!(asked(Some(0)), Ok(SampleClock::Off)));
+        // --tick insists: one line naming why and the remedy.
+        let err = clock(None, true, Err("CPUs 1 are nohz_full".into())).unwrap_err();
+        let line = err.to_string();
+        assert!(
+            line.contains("CPUs 1 are nohz_full") && line.contains("-F 499"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'), "{line}");
+        assert!(matches!(
+            clock(None, true, Ok(TICK)),
+            Ok(SampleClock::Tick(_))
+        ));
+    }
 }
