@@ -29,8 +29,8 @@ pub enum Attach {
 /// since a 50 ms stall already dominates a typical p99 budget.
 pub const DEFAULT_THRESHOLD: &str = "50ms";
 /// The sampling clock's frequency where the kernel's tick cannot serve (and
-/// the usual `-F`): a 50 ms span gets about 25 samples. A prime
-/// rate avoids lockstep with timers that fire every 1, 5 or 10 ms.
+/// the usual `-F`): a 50 ms span gets about 25 samples. A prime rate avoids
+/// lockstep with timers that fire every 1, 5 or 10 ms.
 pub const DEFAULT_FREQUENCY: u64 = 499;
 /// The highest sampling frequency accepted.
 pub const MAX_FREQUENCY: u64 = 4999;

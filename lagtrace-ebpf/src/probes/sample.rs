@@ -1,9 +1,9 @@
 //! On-CPU sampling. Two clocks drive the same sampler: a perf_event
 //! program on a software CPU clock opened per target thread (`-F N`, or
 //! where the tick cannot serve), or the kernel's own scheduler tick (a
-//! tracepoint on the tick's hrtimer, the default). Either does work only for a loop
-//! thread inside an open iteration that is old enough to become a span
-//! (`SAMPLE_MIN_AGE_SHIFT`).
+//! tracepoint on the tick's hrtimer, the default). Either does work only
+//! for a loop thread inside an open iteration that is old enough to become
+//! a span (`SAMPLE_MIN_AGE_SHIFT`).
 //!
 //! Why the tick: a CPU running a thread takes its tick anyway, so sampling
 //! on it adds no interrupt. A per-thread clock adds one per sample and is

@@ -1,8 +1,8 @@
 //! The on-CPU sampling clock. By default, where it can serve, the
 //! kernel's scheduler tick (`tick.rs`), which costs no event at all.
-//! With `-F N`, or where the tick cannot serve, one software `cpu-clock` event per thread of each target, with
-//! `inherit` so threads and children created later carry it too, instead
-//! of one event per CPU.
+//! With `-F N`, or where the tick cannot serve, one software `cpu-clock`
+//! event per thread of each target, with `inherit` so threads and children
+//! created later carry it too, instead of one event per CPU.
 //!
 //! A per-CPU clock ticks on every CPU whether or not a target runs there,
 //! and on this project's reference VM (no PMU) that alone cut a Node

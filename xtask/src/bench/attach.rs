@@ -140,14 +140,15 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
     let mut body = String::from(
         "Each attach mode of lagtrace (`--attach`, default settings otherwise) on the same \
          targets in one run. *Spin loop*: `bench/targets/spin_loop.c`, `epoll_wait(…, 0)` in a \
-         tight loop, iterations per second traced by that mode. *getppid*: \
+         tight loop, iterations per second traced by that mode (median over rounds that each \
+         run the modes in a shuffled order; the ratio is taken per round). *getppid*: \
          `bench/targets/getppid_loop.c` in a separate, untraced process (median of 5 runs of \
          2,000,000 calls) while lagtrace traces the idle spin loop: what every other process \
          on the host pays per syscall. *CPU/request*: the servers' CPU time per request, \
          interleaved rounds as in section 1. The modes sample on the kernel's tick (the \
-         default where it can serve); after them come lagtrace sampling by a 499 Hz CPU clock \
-         per thread instead (`-F 499`), without sampling (`-F 0`), and the floors: the epoll syscall tracepoints \
-         enabled by `perf stat` (counting only, no BPF program, no lagtrace), and a \
+         default where it can serve); after them come lagtrace sampling by a 499 Hz CPU \
+         clock per thread instead (`-F 499`), without sampling (`-F 0`), and the floors: the \
+         epoll syscall tracepoints enabled by `perf stat` (counting only, no BPF program, no lagtrace), and a \
          `perf record` cpu-clock at lagtrace's default 499 Hz on the target's threads (what \
          the sampling ticks cost before any program runs).\n\n",
     );
@@ -182,16 +183,18 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
     ]);
     let mut usable = Vec::new();
     for (m, got) in MODES.iter().zip(modes) {
-        let Ok(runs) = got else {
-            let why = got.as_ref().err().map_or("", String::as_str);
-            t.row(vec![
-                format!("`--attach {m}`"),
-                format!("refused here: {why}"),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
-            continue;
+        let runs = match got {
+            Ok(runs) => runs,
+            Err(why) => {
+                t.row(vec![
+                    format!("`--attach {m}`"),
+                    format!("refused here: {why}"),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+                continue;
+            }
         };
         let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
         let ratio = Spread::of(&stats::ratios(
