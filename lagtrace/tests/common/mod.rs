@@ -552,21 +552,35 @@ pub fn assert_stalls_reported(spans: &[Value], stalls: &[Truth], threshold_ms: u
         let d = found[0]["duration_ns"].as_u64().unwrap() as f64;
         let err_ms = (d - t.duration_ns() as f64) / 1e6;
         let waited_ms = found[0]["runqueue_ns"].as_u64().unwrap_or(0) as f64 / 1e6 + slack_ms;
+        let start_err_ms =
+            (found[0]["start_unix_ns"].as_u64().unwrap() as f64 - t.start_ns as f64) / 1e6;
+        // Where the excess lies (before the stall began or after it ended)
+        // and how the span split its time, so a miss says what to look at.
+        let ms = |k: &str| found[0][k].as_u64().unwrap_or(0) as f64 / 1e6;
         if err_ms > 3.0 {
             eprintln!(
-                "NOTE {}: {err_ms:+.3} ms over the truth with {waited_ms:.3} ms spent waiting for a CPU",
-                t.label
+                "NOTE {}: {err_ms:+.3} ms over the truth with {waited_ms:.3} ms spent waiting \
+                 for a CPU (started {start_err_ms:+.3} ms from the stall; on-CPU {:.3}, \
+                 off-CPU {:.3} ms)",
+                t.label,
+                ms("on_cpu_ns"),
+                ms("off_cpu_ns"),
             );
         }
         assert!(
             (-1.0..=3.0 + waited_ms).contains(&err_ms),
-            "stall {} lasted {:.3} ms, span says {:.3} ms (error {err_ms:+.3} ms)",
+            "stall {} lasted {:.3} ms, span says {:.3} ms (error {err_ms:+.3} ms: \
+             started {:+.3} ms from the stall, ended {:+.3} ms from it; \
+             on-CPU {:.3}, off-CPU {:.3}, runqueue {:.3} ms)",
             t.label,
             t.duration_ns() as f64 / 1e6,
-            d / 1e6
+            d / 1e6,
+            start_err_ms,
+            start_err_ms + err_ms,
+            ms("on_cpu_ns"),
+            ms("off_cpu_ns"),
+            ms("runqueue_ns"),
         );
-        let start_err_ms =
-            (found[0]["start_unix_ns"].as_u64().unwrap() as f64 - t.start_ns as f64) / 1e6;
         assert!(
             (-3.0 - waited_ms..=1.0).contains(&start_err_ms),
             "stall {} start off by {start_err_ms:+.3} ms",
