@@ -551,12 +551,12 @@ pub fn assert_stalls_reported(spans: &[Value], stalls: &[Truth], threshold_ms: u
         );
         let d = found[0]["duration_ns"].as_u64().unwrap() as f64;
         let err_ms = (d - t.duration_ns() as f64) / 1e6;
-        let waited_ms = found[0]["runqueue_ns"].as_u64().unwrap_or(0) as f64 / 1e6 + slack_ms;
-        let start_err_ms =
-            (found[0]["start_unix_ns"].as_u64().unwrap() as f64 - t.start_ns as f64) / 1e6;
+        let ms = |k: &str| found[0][k].as_u64().unwrap_or(0) as f64 / 1e6;
+        let waited_ms = ms("runqueue_ns") + slack_ms;
         // Where the excess lies (before the stall began or after it ended)
         // and how the span split its time, so a miss says what to look at.
-        let ms = |k: &str| found[0][k].as_u64().unwrap_or(0) as f64 / 1e6;
+        let start_err_ms =
+            (found[0]["start_unix_ns"].as_u64().unwrap() as f64 - t.start_ns as f64) / 1e6;
         if err_ms > 3.0 {
             eprintln!(
                 "NOTE {}: {err_ms:+.3} ms over the truth with {waited_ms:.3} ms spent waiting \

@@ -163,8 +163,8 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
     let Ok(base) = base else {
         anyhow::bail!("the untraced spin loop could not be measured");
     };
-    let base_rate =
-        Spread::of(&base.iter().map(|r| r.0).collect::<Vec<_>>()).map_or(f64::NAN, |s| s.median);
+    let base_rates: Vec<f64> = base.iter().map(|r| r.0).collect();
+    let base_rate = Spread::of(&base_rates).map_or(f64::NAN, |s| s.median);
     let base_ns =
         Spread::of(&base.iter().map(|r| r.1).collect::<Vec<_>>()).map_or(f64::NAN, |s| s.median);
     let mut t = Table::new(&[
@@ -197,10 +197,7 @@ pub fn section_attach(ctx: &Ctx) -> Result<Section> {
             }
         };
         let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        let ratio = Spread::of(&stats::ratios(
-            &rates,
-            &base.iter().map(|r| r.0).collect::<Vec<_>>(),
-        ));
+        let ratio = Spread::of(&stats::ratios(&rates, &base_rates));
         let ns = Spread::of(&runs.iter().map(|r| r.1).collect::<Vec<_>>())
             .map_or(f64::NAN, |s| s.median);
         let median = Spread::of(&rates).map_or(f64::NAN, |s| s.median);
