@@ -174,6 +174,7 @@ fn moved_functions_never_name_another_function() {
     let in_stall = [
         "blockTheLoop",
         "injectStalls",
+        "startAfterAWait",
         "wallNs",
         "sleep",
         "writeTruth",
