@@ -73,10 +73,11 @@ function main() {
   }
 
   // Listening for SIGUSR1 also stops Node from starting its inspector on it.
-  // Node compiles its own signal-dispatch JS lazily, on the first signal:
-  // 3-6 ms of on-CPU parsing (more under --perf-basic-prof, which writes a
-  // map line per compile), all in the iteration that handles the signal.
-  // A stall started from that iteration (as an immediate did) carried it
+  // The first signal's iteration compiles JS on-CPU (V8's parser and
+  // bytecode generator, under Node's signal dispatch), more the longer the
+  // process ran before it: measured under --perf-basic-prof, 0.3-0.7 ms
+  // when signalled at once, 2-4 ms after 1 s, 7-10 ms after 3-6 s. A
+  // stall started from that iteration (as an immediate did) carried it
   // outside its truth window. So the stalls start from a timer, in an
   // iteration that began after the loop waited in epoll again: libuv adds
   // to the loop's idle time only after a wait that could block, so the
