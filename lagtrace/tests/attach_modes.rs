@@ -135,7 +135,7 @@ fn every_attach_mode_gives_the_truth() {
             "{flag}: {:?}",
             fin.stderr
         );
-        let errors = assert_stalls_reported(&fin.spans, &target.stalls(), 50);
+        let errors = assert_stalls_witnessed(&fin, &target.stalls(), 50);
         assert_eq!(errors.len(), 3, "{flag}: {:?}", fin.spans);
         assert_no_idle_spans(flag, &fin.spans, &target.stalls());
         report(&format!("asyncio cpu, attach {name}"), &errors);
@@ -154,7 +154,7 @@ fn every_attach_mode_gives_the_truth() {
                 cmd.extend(["--stalls-ms", "80,150,300", "--gap-ms", "150"]);
                 let mut target = Target::start(c_loop, &cmd);
                 let fin = trace_scenario(&mut target, &["--attach", flag]);
-                let errors = assert_stalls_reported(&fin.spans, &target.stalls(), 50);
+                let errors = assert_stalls_witnessed(&fin, &target.stalls(), 50);
                 assert_eq!(errors.len(), 3, "{flag}: {:?}", fin.spans);
                 assert_no_idle_spans(flag, &fin.spans, &target.stalls());
                 report(&format!("{what}, attach {name}"), &errors);
@@ -182,7 +182,7 @@ fn every_attach_mode_gives_the_truth() {
         let fin = lt.stop();
         assert_eq!(fin.code, Some(0), "{flag}: {:?}", fin.stderr);
         let stalls = target.stalls();
-        let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+        let errors = assert_stalls_witnessed(&fin, &stalls, 50);
         assert_eq!(errors.len(), 3, "{flag}: {:?}", fin.spans);
         for t in &stalls {
             let on_worker = matching_span(&fin.spans, t);

@@ -152,7 +152,7 @@ fn existing_prefork_workers_are_traced_with_children() {
     assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 2);
-    let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+    let errors = assert_stalls_witnessed(&fin, &stalls, 50);
     assert_eq!(errors.len(), 2, "both workers' stalls are reported");
     for t in &stalls {
         assert!(workers.contains(&t.tid), "{t:?} from a worker {workers:?}");
@@ -188,7 +188,7 @@ fn node_with_a_perf_map_blames_the_js_function() {
     let fin = trace_scenario(&mut target, &[]);
     let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
     let stalls = target.stalls();
-    assert_stalls_reported(&fin.spans, &stalls, 50);
+    assert_stalls_witnessed(&fin, &stalls, 50);
     for t in &stalls {
         let span = matching_span(&fin.spans, t)[0];
         let (mut named, mut all) = (0u64, 0u64);
@@ -284,7 +284,7 @@ fn a_stale_perf_map_under_a_reused_pid_names_nothing() {
     let _ = std::fs::remove_file(&map);
     planted.unwrap();
     let stalls = target.stalls();
-    assert_stalls_reported(&fin.spans, &stalls, 50);
+    assert_stalls_witnessed(&fin, &stalls, 50);
     let (mut stale, mut jit) = (0u64, 0u64);
     for t in &stalls {
         let span = matching_span(&fin.spans, t)[0];
@@ -395,7 +395,7 @@ fn tokio_sleep_blames_the_named_function_not_libc() {
     let fin = lt.stop();
     assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
     let stalls = target.stalls();
-    assert_eq!(assert_stalls_reported(&fin.spans, &stalls, 50).len(), 2);
+    assert_eq!(assert_stalls_witnessed(&fin, &stalls, 50).len(), 2);
     for t in &stalls {
         let span = matching_span(&fin.spans, t)[0];
         let cause = span["cause"].as_str().unwrap_or("");

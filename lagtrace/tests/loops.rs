@@ -38,7 +38,7 @@ fn asyncio_cpu_stalls_are_timed() {
     );
     assert!(alive, "the target must survive tracing");
     assert_eq!(stalls.len(), 6);
-    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let errors = assert_stalls_witnessed(&fin, &stalls, THRESHOLD_MS);
     assert_eq!(
         errors.len(),
         stalls
@@ -94,7 +94,7 @@ fn asyncio_sleep_stalls_are_timed() {
         ],
     );
     assert!(alive);
-    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let errors = assert_stalls_witnessed(&fin, &stalls, THRESHOLD_MS);
     assert_eq!(errors.len(), 3);
     report("asyncio time.sleep", &errors);
 }
@@ -113,7 +113,7 @@ fn node_busy_function_is_timed() {
         &[script.to_str().unwrap(), "--stalls-ms", "60,100,250"],
     );
     assert!(alive);
-    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let errors = assert_stalls_witnessed(&fin, &stalls, THRESHOLD_MS);
     assert_eq!(errors.len(), 3);
     report("node libuv", &errors);
 }

@@ -81,7 +81,7 @@ fn trace_sleeps(py: &std::path::Path, wrapper: &[&str]) -> (Finished, Vec<Truth>
 /// Each sleep is a span, off-CPU for at least the time slept, with the
 /// sleep's stack under its caller and a cause that names both.
 fn assert_sleep_spans(fin: &Finished, stalls: &[Truth]) {
-    assert_stalls_reported(&fin.spans, stalls, 50);
+    assert_stalls_witnessed(fin, stalls, 50);
     for t in stalls {
         let span = matching_span(&fin.spans, t)[0];
         // The truth is the sleep the target asked for (its label, e.g.
@@ -232,7 +232,7 @@ fn blocking_recv_from_a_slow_server_shows_the_read() {
     let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 3);
-    assert_stalls_reported(&fin.spans, &stalls, 50);
+    assert_stalls_witnessed(&fin, &stalls, 50);
     for t in &stalls {
         let span = matching_span(&fin.spans, t)[0];
         let off = f(span, "off_cpu_ns") / f(span, "duration_ns");

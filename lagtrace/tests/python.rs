@@ -98,7 +98,7 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
         );
         let fin = trace_scenario(&mut target, &[]);
         let stalls = target.stalls();
-        assert_stalls_reported(&fin.spans, &stalls, 50);
+        assert_stalls_witnessed(&fin, &stalls, 50);
         for t in &stalls {
             let span = matching_span(&fin.spans, t)[0];
             let (hit, total) = share_under(span, "burn_cpu", "asyncio_stalls.py", &lines);

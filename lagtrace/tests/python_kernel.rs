@@ -62,7 +62,7 @@ fn deep_recursion_is_cut_with_its_innermost_64_frames_right() {
         );
         let fin = trace_scenario(&mut target, &[]);
         let stalls = target.stalls();
-        assert_stalls_reported(&fin.spans, &stalls, 50);
+        assert_stalls_witnessed(&fin, &stalls, 50);
         for t in &stalls {
             let span = matching_span(&fin.spans, t)[0];
             let (mut right, mut total) = (0, 0);
@@ -247,7 +247,7 @@ fn sleep_in_a_coroutine_has_its_python_frames_read_at_the_switch() {
         );
         let fin = trace_scenario(&mut target, &[]);
         let stalls = target.stalls();
-        assert_stalls_reported(&fin.spans, &stalls, 50);
+        assert_stalls_witnessed(&fin, &stalls, 50);
         for t in &stalls {
             let span = matching_span(&fin.spans, t)[0];
             // The wait's stack, weighted by the time asleep: the coroutine

@@ -159,7 +159,7 @@ fn a_report_of_a_live_run_writes_the_same_outputs() {
     std::thread::sleep(Duration::from_millis(200));
     let fin = lt.stop();
     assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
-    assert_stalls_reported(&fin.spans, &target.stalls(), 50);
+    assert_stalls_witnessed(&fin, &target.stalls(), 50);
     let spans_file = fin.dir.path("spans.jsonl");
 
     // The file starts with its header and ends with the summary record,

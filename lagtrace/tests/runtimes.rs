@@ -68,7 +68,7 @@ fn loop_in_a_non_main_thread_and_two_loops_in_one_process() {
         let fin = trace_scenario(&mut target, &[]);
         let stalls = target.stalls();
         assert_eq!(stalls.len(), 2 * names.len());
-        let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+        let errors = assert_stalls_witnessed(&fin, &stalls, 50);
         for t in &stalls {
             assert_ne!(t.tid, target.pid, "the loop runs off the main thread");
             let span = matching_span(&fin.spans, t)[0];
@@ -123,8 +123,8 @@ fn repeated_pid_traces_two_processes_with_a_summary_each() {
     b.run_scenario(Duration::from_secs(30));
     let fin = lt.stop();
     assert_eq!(fin.code, Some(0), "{:?}", fin.stderr);
-    assert_stalls_reported(&fin.spans, &a.stalls(), 50);
-    assert_stalls_reported(&fin.spans, &b.stalls(), 50);
+    assert_stalls_witnessed(&fin, &a.stalls(), 50);
+    assert_stalls_witnessed(&fin, &b.stalls(), 50);
     let out = fin.stdout.join("\n");
     assert!(
         out.contains(&format!("== lag summary: pid {pa} "))
@@ -170,7 +170,7 @@ fn target_in_its_own_pid_namespace_is_traced_by_host_pid() {
         .into_iter()
         .map(|t| Truth { tid: host, ..t })
         .collect();
-    let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+    let errors = assert_stalls_witnessed(&fin, &stalls, 50);
     for s in &fin.spans {
         assert_eq!(
             s["pid"].as_u64(),
@@ -259,7 +259,7 @@ fn tokio_current_thread_blocking_tasks_are_spans() {
         ) else {
             return;
         };
-        let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+        let errors = assert_stalls_witnessed(&fin, &stalls, 50);
         assert_eq!(errors.len(), 3);
         if block == "cpu" {
             let named = fin.spans.iter().all(|s| {
@@ -309,7 +309,7 @@ fn tokio_multi_thread_span_is_on_the_worker_that_blocked() {
         ) else {
             return;
         };
-        let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+        let errors = assert_stalls_witnessed(&fin, &stalls, 50);
         assert_eq!(errors.len(), 3);
         for t in &stalls {
             // The span is on the worker that ran the task. Another thread may
@@ -404,7 +404,7 @@ fn a_plain_thread_waiting_for_a_lock_is_no_worker() {
         contended >= 10,
         "the scenario needs the contender to wait for the lock: {contender}"
     );
-    let errors = assert_stalls_reported(&fin.spans, &stalls, 20);
+    let errors = assert_stalls_witnessed(&fin, &stalls, 20);
     assert_eq!(errors.len(), 2);
     let on_contender: Vec<&Value> = fin
         .spans
@@ -469,7 +469,7 @@ fn uvloop_cpu_stall_is_a_span() {
     );
     let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
-    let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+    let errors = assert_stalls_witnessed(&fin, &stalls, 50);
     assert_eq!(errors.len(), 3);
     report("uvloop", &errors);
 }
@@ -494,7 +494,7 @@ fn prefork_workers_are_followed_with_children() {
     let fin = trace_scenario(&mut target, &["--children"]);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 2, "two workers, one stall each");
-    let errors = assert_stalls_reported(&fin.spans, &stalls, 50);
+    let errors = assert_stalls_witnessed(&fin, &stalls, 50);
     assert_eq!(errors.len(), 2);
     let out = fin.stdout.join("\n");
     for t in &stalls {

@@ -72,7 +72,7 @@ fn late_loop_is_sampled_via(
     assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 3, "the target's truth: {stalls:?}");
-    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let errors = assert_stalls_witnessed(&fin, &stalls, THRESHOLD_MS);
     let (hz, _) = sampling_of(&fin);
     for t in &stalls {
         let span = matching_span(&fin.spans, t)[0];
@@ -205,7 +205,7 @@ fn a_busy_healthy_loop_costs_no_stack_walks() {
     assert_eq!(fin.code, Some(0), "lagtrace failed: {:?}", fin.stderr);
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 2, "the target's truth: {stalls:?}");
-    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let errors = assert_stalls_witnessed(&fin, &stalls, THRESHOLD_MS);
     let in_spans: u64 = stalls
         .iter()
         .map(|t| on_cpu_samples(matching_span(&fin.spans, t)[0], "hot_spin_ms").1)
@@ -292,7 +292,7 @@ fn the_kernel_tick_takes_the_samples_by_default() {
         "{hz} Hz is no kernel HZ"
     );
     let stalls = target.stalls();
-    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let errors = assert_stalls_witnessed(&fin, &stalls, THRESHOLD_MS);
     let interrupt = [
         "hrtimer_interrupt",
         "tick_nohz_handler",

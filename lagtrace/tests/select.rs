@@ -36,7 +36,7 @@ fn check_traced(lt: Lagtrace, target: &mut Target, name: &str) {
     );
     let stalls = target.stalls();
     assert_eq!(stalls.len(), 3, "the target's truth: {stalls:?}");
-    let errors = assert_stalls_reported(&fin.spans, &stalls, THRESHOLD_MS);
+    let errors = assert_stalls_witnessed(&fin, &stalls, THRESHOLD_MS);
     assert_eq!(errors.len(), 3, "every stall over the threshold is a span");
     for s in &fin.spans {
         assert_eq!(s["pid"].as_u64(), Some(u64::from(target.pid)), "{s}");

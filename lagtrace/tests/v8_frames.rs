@@ -170,7 +170,7 @@ fn moved_functions_never_name_another_function() {
     );
     let fin = trace_scenario(&mut target, &[]);
     let stalls = target.stalls();
-    assert_stalls_reported(&fin.spans, &stalls, 50);
+    assert_stalls_witnessed(&fin, &stalls, 50);
     let in_stall = [
         "blockTheLoop",
         "injectStalls",

@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod witness;
+
 pub const LAGTRACE: &str = env!("CARGO_BIN_EXE_lagtrace");
 
 pub fn targets_dir() -> PathBuf {
@@ -335,6 +337,7 @@ pub struct Lagtrace {
     stdout: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
     pub stderr_seen: Vec<String>,
+    witness: Option<witness::Recording>,
 }
 
 /// What lagtrace printed and wrote.
@@ -345,6 +348,9 @@ pub struct Finished {
     pub stderr: Vec<String>,
     pub spans: Vec<Value>,
     pub dir: tempdir::Dir,
+    /// The kernel's own record of every thread's epoll calls while lagtrace
+    /// ran (see [`witness`]), when tracefs could take one.
+    pub witness: Option<witness::Witness>,
 }
 
 impl Lagtrace {
@@ -394,12 +400,17 @@ impl Lagtrace {
             let _ = child.kill();
             panic!("lagtrace did not attach: {seen:?}");
         }
+        // lagtrace has mounted tracefs if it was not.
+        let witness = witness::Recording::start()
+            .map_err(|why| eprintln!("NOTE no epoll witness: {why}"))
+            .ok();
         Lagtrace {
             child,
             dir,
             stdout,
             stderr,
             stderr_seen: seen,
+            witness,
         }
     }
 
@@ -442,12 +453,18 @@ impl Lagtrace {
         let mut stderr = std::mem::take(&mut self.stderr_seen);
         stderr.extend(drain(&self.stderr));
         let spans = read_spans(&self.dir.path("spans.jsonl"));
+        let witness = self.witness.take().and_then(|rec| {
+            rec.finish()
+                .map_err(|why| eprintln!("NOTE no epoll witness: {why}"))
+                .ok()
+        });
         Finished {
             code: status.code(),
             stdout,
             stderr,
             spans,
             dir: self.dir,
+            witness,
         }
     }
 }
@@ -534,61 +551,179 @@ pub fn matching_span<'a>(spans: &'a [Value], t: &Truth) -> Vec<&'a Value> {
 /// between the target's clock reads and its epoll calls runs tens of times
 /// slower there, and that time is in the span but not in the truth window.
 pub fn assert_stalls_reported(spans: &[Value], stalls: &[Truth], threshold_ms: u64) -> Vec<f64> {
+    note_emulation();
+    reported_stalls(spans, stalls, threshold_ms)
+        .map(|(span, t)| against_truth(span, t))
+        .collect()
+}
+
+/// As [`assert_stalls_reported`], with the kernel's own records of the
+/// traced threads' wait calls as a second witness (see [`witness`]). Where
+/// the span's thread made wait calls while recording, the span must begin
+/// at a wait's return and end at a wait's entry (or inside an epoll call:
+/// `--attach exit-tp` hooks no entries and ends where the thread falls
+/// asleep in it), with no epoll call in between; it must also cover the
+/// stall (-1 ms). The loop's own work around the stall is then measured by
+/// those records instead of allowed for by the truth bar's +3 ms. Without a
+/// witness, the truth bar.
+pub fn assert_stalls_witnessed(fin: &Finished, stalls: &[Truth], threshold_ms: u64) -> Vec<f64> {
+    let Some(w) = &fin.witness else {
+        return assert_stalls_reported(&fin.spans, stalls, threshold_ms);
+    };
+    note_emulation();
+    reported_stalls(&fin.spans, stalls, threshold_ms)
+        .map(|(span, t)| against_witness(span, t, w))
+        .collect()
+}
+
+/// How far a span's boundary may lie from the wait call that makes it. The
+/// two read the monotonic clock at the same tracepoint hits, but this
+/// kernel's syscall tracepoints may sleep, so a busy host can preempt the
+/// thread between lagtrace's hook and ftrace's; an emulated CPU runs both
+/// far slower.
+fn witness_tolerance_ns() -> u64 {
+    if emulated() { 3_000_000 } else { 1_000_000 }
+}
+
+fn note_emulation() {
     let slack_ms = emulation_slack_ms();
     if slack_ms > 0.0 {
         eprintln!("NOTE emulated CPU: the accuracy bar widens by {slack_ms} ms");
     }
-    let mut errors = Vec::new();
-    for t in stalls {
-        let found = matching_span(spans, t);
-        if t.duration_ns() < (threshold_ms + 5) * 1_000_000 {
-            continue;
-        }
-        assert_eq!(
-            found.len(),
-            1,
-            "stall {t:?} should be reported exactly once; got {found:?}"
-        );
-        let d = found[0]["duration_ns"].as_u64().unwrap() as f64;
-        let err_ms = (d - t.duration_ns() as f64) / 1e6;
-        let ms = |k: &str| found[0][k].as_u64().unwrap_or(0) as f64 / 1e6;
-        let waited_ms = ms("runqueue_ns") + slack_ms;
-        // Where the excess lies (before the stall began or after it ended)
-        // and how the span split its time, so a miss says what to look at.
-        let start_err_ms =
-            (found[0]["start_unix_ns"].as_u64().unwrap() as f64 - t.start_ns as f64) / 1e6;
-        if err_ms > 3.0 {
-            eprintln!(
-                "NOTE {}: {err_ms:+.3} ms over the truth with {waited_ms:.3} ms spent waiting \
-                 for a CPU (started {start_err_ms:+.3} ms from the stall; on-CPU {:.3}, \
-                 off-CPU {:.3} ms)",
-                t.label,
-                ms("on_cpu_ns"),
-                ms("off_cpu_ns"),
+}
+
+/// Each stall long enough to be checked, with its one span.
+fn reported_stalls<'a>(
+    spans: &'a [Value],
+    stalls: &'a [Truth],
+    threshold_ms: u64,
+) -> impl Iterator<Item = (&'a Value, &'a Truth)> {
+    stalls
+        .iter()
+        .filter(move |t| t.duration_ns() >= (threshold_ms + 5) * 1_000_000)
+        .map(move |t| {
+            let found = matching_span(spans, t);
+            assert_eq!(
+                found.len(),
+                1,
+                "stall {t:?} should be reported exactly once; got {found:?}"
             );
-        }
-        assert!(
-            (-1.0..=3.0 + waited_ms).contains(&err_ms),
-            "stall {} lasted {:.3} ms, span says {:.3} ms (error {err_ms:+.3} ms: \
-             started {:+.3} ms from the stall, ended {:+.3} ms from it; \
-             on-CPU {:.3}, off-CPU {:.3}, runqueue {:.3} ms)",
-            t.label,
-            t.duration_ns() as f64 / 1e6,
-            d / 1e6,
-            start_err_ms,
-            start_err_ms + err_ms,
-            ms("on_cpu_ns"),
-            ms("off_cpu_ns"),
-            ms("runqueue_ns"),
-        );
-        assert!(
-            (-3.0 - waited_ms..=1.0).contains(&start_err_ms),
-            "stall {} start off by {start_err_ms:+.3} ms",
+            (found[0], t)
+        })
+}
+
+/// Nanosecond field `k` of a span, in ms.
+fn ms_of(span: &Value, k: &str) -> f64 {
+    span[k].as_u64().unwrap_or(0) as f64 / 1e6
+}
+
+/// One span against the witness; see [`assert_stalls_witnessed`]. Returns
+/// span - truth in ms, as [`against_truth`].
+fn against_witness(span: &Value, t: &Truth, w: &witness::Witness) -> f64 {
+    let tid = span["tid"].as_u64().unwrap() as u32;
+    let tol = witness_tolerance_ns();
+    let start = span["start_unix_ns"].as_u64().unwrap();
+    if !w.saw(tid) || start < w.since() + tol {
+        eprintln!(
+            "NOTE {}: tid {tid} made no wait call while recorded, or the span began before \
+             the recording; held to the truth bar",
             t.label
         );
-        errors.push(err_ms);
+        return against_truth(span, t);
     }
-    errors
+    let end = start + span["duration_ns"].as_u64().unwrap();
+    let err_ms = (end - start) as f64 / 1e6 - t.duration_ns() as f64 / 1e6;
+    let start_err_ms = (start as f64 - t.start_ns as f64) / 1e6;
+    let seen = || {
+        let from = start.min(t.start_ns) - 2_000_000;
+        let rel = |x: u64| (x as f64 - from as f64) / 1e6;
+        format!(
+            "span {:+.3}..{:+.3} ms, stall {:+.3}..{:+.3}; waits of tid {tid} (ms): {}",
+            rel(start),
+            rel(end),
+            rel(t.start_ns),
+            rel(t.end_ns),
+            w.around(tid, from, end + 2_000_000)
+        )
+    };
+    assert!(
+        w.returned_near(tid, start, tol),
+        "stall {}: the span does not begin at a wait's return: {}",
+        t.label,
+        seen()
+    );
+    assert!(
+        w.waiting_near(tid, end, tol),
+        "stall {}: the span does not end at a wait: {}",
+        t.label,
+        seen()
+    );
+    assert_eq!(
+        w.epoll_calls(tid, start + tol, end.saturating_sub(tol)),
+        0,
+        "stall {}: the span runs over an epoll call: {}",
+        t.label,
+        seen()
+    );
+    assert!(
+        err_ms >= -1.0 && start_err_ms <= 1.0,
+        "stall {}: the span does not cover the stall: {}",
+        t.label,
+        seen()
+    );
+    if err_ms > 3.0 {
+        eprintln!(
+            "NOTE {}: the loop's own work outside the stall: {err_ms:+.3} ms, between \
+             witnessed waits (started {start_err_ms:+.3} ms from the stall; on-CPU {:.3}, \
+             off-CPU {:.3}, runqueue {:.3} ms)",
+            t.label,
+            ms_of(span, "on_cpu_ns"),
+            ms_of(span, "off_cpu_ns"),
+            ms_of(span, "runqueue_ns"),
+        );
+    }
+    err_ms
+}
+
+/// The truth bar of [`assert_stalls_reported`] for one span. Returns
+/// span - truth in ms.
+fn against_truth(span: &Value, t: &Truth) -> f64 {
+    let d = span["duration_ns"].as_u64().unwrap() as f64;
+    let err_ms = (d - t.duration_ns() as f64) / 1e6;
+    let waited_ms = ms_of(span, "runqueue_ns") + emulation_slack_ms();
+    // Where the excess lies (before the stall began or after it ended)
+    // and how the span split its time, so a miss says what to look at.
+    let start_err_ms = (span["start_unix_ns"].as_u64().unwrap() as f64 - t.start_ns as f64) / 1e6;
+    if err_ms > 3.0 {
+        eprintln!(
+            "NOTE {}: {err_ms:+.3} ms over the truth with {waited_ms:.3} ms spent waiting \
+             for a CPU (started {start_err_ms:+.3} ms from the stall; on-CPU {:.3}, \
+             off-CPU {:.3} ms)",
+            t.label,
+            ms_of(span, "on_cpu_ns"),
+            ms_of(span, "off_cpu_ns"),
+        );
+    }
+    assert!(
+        (-1.0..=3.0 + waited_ms).contains(&err_ms),
+        "stall {} lasted {:.3} ms, span says {:.3} ms (error {err_ms:+.3} ms: \
+         started {:+.3} ms from the stall, ended {:+.3} ms from it; \
+         on-CPU {:.3}, off-CPU {:.3}, runqueue {:.3} ms)",
+        t.label,
+        t.duration_ns() as f64 / 1e6,
+        d / 1e6,
+        start_err_ms,
+        start_err_ms + err_ms,
+        ms_of(span, "on_cpu_ns"),
+        ms_of(span, "off_cpu_ns"),
+        ms_of(span, "runqueue_ns"),
+    );
+    assert!(
+        (-3.0 - waited_ms..=1.0).contains(&start_err_ms),
+        "stall {} start off by {start_err_ms:+.3} ms",
+        t.label
+    );
+    err_ms
 }
 
 /// Whether the tests run in a guest on an emulated CPU (`cargo xtask
