@@ -401,9 +401,7 @@ impl Lagtrace {
             panic!("lagtrace did not attach: {seen:?}");
         }
         // lagtrace has mounted tracefs if it was not.
-        let witness = witness::Recording::start()
-            .map_err(|why| eprintln!("NOTE no epoll witness: {why}"))
-            .ok();
+        let witness = witness::Recording::start_or_note();
         Lagtrace {
             child,
             dir,
@@ -453,11 +451,10 @@ impl Lagtrace {
         let mut stderr = std::mem::take(&mut self.stderr_seen);
         stderr.extend(drain(&self.stderr));
         let spans = read_spans(&self.dir.path("spans.jsonl"));
-        let witness = self.witness.take().and_then(|rec| {
-            rec.finish()
-                .map_err(|why| eprintln!("NOTE no epoll witness: {why}"))
-                .ok()
-        });
+        let witness = self
+            .witness
+            .take()
+            .and_then(witness::Recording::finish_or_note);
         Finished {
             code: status.code(),
             stdout,
@@ -567,11 +564,22 @@ pub fn assert_stalls_reported(spans: &[Value], stalls: &[Truth], threshold_ms: u
 /// those records instead of allowed for by the truth bar's +3 ms. Without a
 /// witness, the truth bar.
 pub fn assert_stalls_witnessed(fin: &Finished, stalls: &[Truth], threshold_ms: u64) -> Vec<f64> {
-    let Some(w) = &fin.witness else {
-        return assert_stalls_reported(&fin.spans, stalls, threshold_ms);
+    assert_spans_witnessed(&fin.spans, fin.witness.as_ref(), stalls, threshold_ms)
+}
+
+/// As [`assert_stalls_witnessed`], for spans read some other way (rotated
+/// files, a filtered list, a lagtrace not started by [`Lagtrace`]).
+pub fn assert_spans_witnessed(
+    spans: &[Value],
+    witness: Option<&witness::Witness>,
+    stalls: &[Truth],
+    threshold_ms: u64,
+) -> Vec<f64> {
+    let Some(w) = witness else {
+        return assert_stalls_reported(spans, stalls, threshold_ms);
     };
     note_emulation();
-    reported_stalls(&fin.spans, stalls, threshold_ms)
+    reported_stalls(spans, stalls, threshold_ms)
         .map(|(span, t)| against_witness(span, t, w))
         .collect()
 }
