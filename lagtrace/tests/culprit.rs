@@ -568,12 +568,21 @@ fn express_hot_path_is_named(test: &str, node_flags: &[&str]) {
             }
         }
         let share = named as f64 / all.max(1) as f64;
+        // The span is the whole iteration, and express's own work around
+        // the handler is in it (a first request can compile its request
+        // path for tens of ms), so the bar is 80 % of the stall's share.
+        let stall_share = t.duration_ns() as f64 / span["duration_ns"].as_u64().unwrap() as f64;
         eprintln!(
-            "EXPRESS {node_flags:?}: {named}/{all} samples name buildReport ({:.0}%), blame {}",
+            "EXPRESS {node_flags:?}: {named}/{all} samples name buildReport ({:.0}%, the stall \
+             is {:.0}% of the span), blame {}",
             share * 100.0,
+            stall_share * 100.0,
             span["blame"]["text"]
         );
-        assert!(share >= 0.8, "{share:.2}: {span}");
+        assert!(
+            share >= 0.8 * stall_share,
+            "{share:.2} of samples, the stall {stall_share:.2} of the span: {span}"
+        );
         assert!(
             blame(span, "function").contains("buildReport"),
             "{}",

@@ -348,8 +348,8 @@ pub struct Finished {
     pub stderr: Vec<String>,
     pub spans: Vec<Value>,
     pub dir: tempdir::Dir,
-    /// The kernel's own record of every thread's epoll calls while lagtrace
-    /// ran (see [`witness`]), when tracefs could take one.
+    /// The kernel's own record of every thread's epoll and futex calls while
+    /// lagtrace ran (see [`witness`]), when tracefs could take one.
     pub witness: Option<witness::Witness>,
 }
 
