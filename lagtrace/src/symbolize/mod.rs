@@ -165,19 +165,27 @@ impl StackSymbolizer {
         self.python.reads_in_flight() + self.js.reads_in_flight()
     }
 
-    /// The asyncio task that most of the samples with Python frames ran in.
-    pub fn busiest_task(&mut self, pid: u32, samples: &[Sample]) -> Option<String> {
-        let mut counts: HashMap<String, u32> = HashMap::new();
+    /// The asyncio task that held the span longest, by the time its samples
+    /// with Python frames stand for: `period_ns` for an on-CPU sample, the
+    /// time off the CPU for the others. By count, a task asleep for the
+    /// whole span (one off-CPU sample) lost to the loop's own bookkeeping
+    /// around it (a few on-CPU samples).
+    pub fn busiest_task(&mut self, pid: u32, samples: &[Sample], period_ns: u64) -> Option<String> {
+        let mut weights: HashMap<String, u64> = HashMap::new();
         for s in samples {
             let Some(py) = self.python_frames(pid, &s.rec) else {
                 continue;
             };
             let names: Vec<Frame> = py.into_iter().map(|(n, _)| n).collect();
             if let Some(task) = python::task_of(&names) {
-                *counts.entry(task).or_default() += 1;
+                let ns = match s.rec.kind {
+                    StackKind::OnCpu => period_ns,
+                    _ => s.rec.weight_ns,
+                };
+                *weights.entry(task).or_default() += ns.max(1);
             }
         }
-        counts
+        weights
             .into_iter()
             .max_by(|a, b| a.1.cmp(&b.1).then_with(|| b.0.cmp(&a.0)))
             .map(|(t, _)| t)
