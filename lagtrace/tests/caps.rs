@@ -45,6 +45,7 @@ fn runs_with_only_the_documented_capabilities() {
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777)).unwrap();
     let spans = dir.path("spans.jsonl");
     let log = dir.path("stderr.txt");
+    let recording = witness::Recording::start_or_note();
     let mut lt = Command::new(setpriv)
         .args([
             &format!("--reuid={UID}"),
@@ -79,8 +80,6 @@ fn runs_with_only_the_documented_capabilities() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // lagtrace has mounted tracefs if it was not.
-    let recording = witness::Recording::start_or_note();
     target.run_scenario(patience(Duration::from_secs(60)));
     std::thread::sleep(Duration::from_millis(200));
     signal(lt.id(), libc::SIGINT);

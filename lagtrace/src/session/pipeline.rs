@@ -239,7 +239,9 @@ impl Pipeline {
             exited: ev.header.kind == EVENT_SPAN_EXIT,
             cause: None,
             blame: None,
-            task: self.symbolizer.busiest_task(pid, &raw.samples, self.period_ns),
+            task: self
+                .symbolizer
+                .busiest_task(pid, &raw.samples, self.period_ns),
             task_name: None,
             stacks,
             start_mono_ns: ev.start_ns,

@@ -385,6 +385,7 @@ impl Lagtrace {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let witness = witness::Recording::start_or_note();
         let mut child = cmd.spawn().expect("starting lagtrace");
         let stdout = lines_of::<ChildStdout>(child.stdout.take().expect("piped"));
         let stderr = lines_of::<ChildStderr>(child.stderr.take().expect("piped"));
@@ -400,8 +401,6 @@ impl Lagtrace {
             let _ = child.kill();
             panic!("lagtrace did not attach: {seen:?}");
         }
-        // lagtrace has mounted tracefs if it was not.
-        let witness = witness::Recording::start_or_note();
         Lagtrace {
             child,
             dir,

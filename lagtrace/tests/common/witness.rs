@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use lagtrace::clock::WallClock;
-use lagtrace::probes::tracefs::TRACEFS;
+use lagtrace::probes::tracefs::{TRACEFS, ensure_mounted};
 
 const WAIT_CALLS: [&str; 4] = ["epoll_wait", "epoll_pwait", "epoll_pwait2", "futex"];
 
@@ -68,8 +68,13 @@ pub struct Witness {
 
 impl Recording {
     /// Start recording every thread's epoll calls, or say why not.
+    ///
+    /// Start it before lagtrace attaches: adding a probe to a tracepoint
+    /// that has one changes how the kernel calls them, and that change is
+    /// then lagtrace's attach, not a moment inside the traced scenario.
     pub fn start() -> Result<Self, String> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
+        ensure_mounted().map_err(|e| format!("mounting tracefs: {e}"))?;
         let instances = PathBuf::from(TRACEFS).join("instances");
         if !instances.is_dir() {
             return Err(format!("{} is missing", instances.display()));
