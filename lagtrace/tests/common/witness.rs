@@ -45,8 +45,6 @@ pub struct Iteration {
     pub began: u64,
     /// The next epoll call: the end of the iteration.
     pub ended: u64,
-    /// That call's return, if it came while recording.
-    pub resumed: Option<u64>,
 }
 
 /// A recording in progress; [`Recording::finish`] stops it. The instance
@@ -67,7 +65,7 @@ pub struct Witness {
 }
 
 impl Recording {
-    /// Start recording every thread's epoll calls, or say why not.
+    /// Start recording every thread's epoll and futex calls, or say why not.
     ///
     /// Start it before lagtrace attaches: adding a probe to a tracepoint
     /// that has one changes how the kernel calls them, and that change is
@@ -104,7 +102,7 @@ impl Recording {
             }
         }
         if rec.enabled.is_empty() {
-            return Err("the kernel has no syscalls:sys_*_epoll_* tracepoints".into());
+            return Err("the kernel has no syscalls:sys_*_epoll_*/futex tracepoints".into());
         }
         rec.write("tracing_on", "1")?;
         rec.since_mono_ns = WallClock::now_mono_ns();
@@ -238,20 +236,11 @@ impl Witness {
                 _ => None,
             })
             .min_by_key(|t| t.abs_diff(start_unix_ns))?;
-        let mut after = self.of(tid, began + 1, u64::MAX);
-        let ended = after.find_map(|b| match b {
+        let ended = self.of(tid, began + 1, u64::MAX).find_map(|b| match b {
             Boundary::Enter(t, true) => Some(t + self.offset_ns()),
             _ => None,
         })?;
-        let resumed = after.find_map(|b| match b {
-            Boundary::Exit(t, _) => Some(t + self.offset_ns()),
-            _ => None,
-        });
-        Some(Iteration {
-            began,
-            ended,
-            resumed,
-        })
+        Some(Iteration { began, ended })
     }
 
     /// `tid`'s records from `from` to `to` (wall-clock ns), as text relative
