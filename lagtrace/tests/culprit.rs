@@ -423,7 +423,7 @@ fn frameworks_python(test: &str) -> Option<PathBuf> {
         .is_ok_and(|s| s.success());
     if !ok {
         eprintln!(
-            "SKIP: {test}: no target/venv-frameworks with aiohttp and requests (run `cargo xtask setup`)"
+            "SKIP {test}: no target/venv-frameworks with aiohttp and requests (run `cargo xtask setup`)"
         );
         return None;
     }
@@ -536,7 +536,7 @@ fn express_hot_path_is_named(test: &str, node_flags: &[&str]) {
     };
     let modules = targets_dir().join("../../../target/node-frameworks/node_modules");
     if !modules.join("express/package.json").exists() {
-        eprintln!("SKIP: {test}: no express in target/node-frameworks (run `cargo xtask setup`)");
+        eprintln!("SKIP {test}: no express in target/node-frameworks (run `cargo xtask setup`)");
         return;
     }
     let script = targets_dir().join("express_app.js");

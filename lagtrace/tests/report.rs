@@ -76,7 +76,7 @@ fn speedscope_schema_check(file: &Path) -> Option<Result<(), String>> {
     let schema = npm.join("speedscope/dist/release/file-format-schema.json");
     if !schema.exists() || !npm.join("ajv").exists() {
         eprintln!(
-            "SKIP: speedscope schema check: {} missing (run `cargo xtask setup`)",
+            "SKIP speedscope schema check: {} missing (run `cargo xtask setup`)",
             schema.display()
         );
         return None;

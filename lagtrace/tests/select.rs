@@ -101,7 +101,7 @@ fn cgroup_traces_a_target_inside() {
         return;
     };
     let Some(root) = cgroup2_root() else {
-        eprintln!("SKIP: cgroup_traces_a_target_inside: no cgroup v2 hierarchy mounted");
+        eprintln!("SKIP cgroup_traces_a_target_inside: no cgroup v2 hierarchy mounted");
         return;
     };
     let name = format!("lagtrace-test-{}", std::process::id());

@@ -120,7 +120,7 @@ fn task_names_on_uvloop() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv-uvloop/bin/python3");
     if !venv_py.exists() {
         eprintln!(
-            "SKIP: {test}: no {} (cargo xtask setup makes it)",
+            "SKIP {test}: no {} (cargo xtask setup makes it)",
             venv_py.display()
         );
         return;

@@ -19,7 +19,7 @@ fn node_with_v8dbg_or_skip(test: &str) -> Option<PathBuf> {
     match lagtrace::symbolize::v8::metadata::from_file(&node) {
         Ok(_) => Some(node),
         Err(e) => {
-            eprintln!("SKIP: {test}: {e}");
+            eprintln!("SKIP {test}: {e}");
             None
         }
     }
@@ -30,7 +30,7 @@ fn express_modules_or_skip(test: &str) -> Option<PathBuf> {
     if modules.join("express/package.json").exists() {
         Some(modules)
     } else {
-        eprintln!("SKIP: {test}: no express in target/node-frameworks (run `cargo xtask setup`)");
+        eprintln!("SKIP {test}: no express in target/node-frameworks (run `cargo xtask setup`)");
         None
     }
 }

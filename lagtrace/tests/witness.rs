@@ -23,7 +23,7 @@ fn spans_match_the_witness(test: &str, target: &mut Target) {
         assert_eq!(span.len(), 1, "{t:?}: {span:?}");
         let start = span[0]["start_unix_ns"].as_u64().unwrap();
         let it = w
-            .iteration(t.tid, start, 1_000_000)
+            .iteration(t.tid, start, witness_tolerance_ns())
             .unwrap_or_else(|| panic!("{}: no witnessed epoll iteration", t.label));
         let end = start + span[0]["duration_ns"].as_u64().unwrap();
         let us = |a: u64, b: u64| (a as i64 - b as i64) / 1000;

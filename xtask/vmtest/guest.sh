@@ -51,12 +51,18 @@ while read -r name bin filters; do
     passed=$(grep -o '[0-9]* passed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
     failed=$(grep -o '[0-9]* failed' "/tmp/$name.log" | awk '{s+=$1} END {print s+0}')
     # A skip line may follow the harness's `test NAME ... ` on one line.
-    skipped=$(grep -o 'SKIP [a-z0-9_]*' "/tmp/$name.log" | sort -u | wc -l)
+    # `SKIP NAME: why` is a test that skipped whole; `SKIP NAME PART: why`
+    # one that skipped a part (a refused attach mode, a missing Python) and
+    # ran the rest.
+    skipped=$(grep -o 'SKIP [a-z0-9_]*:' "/tmp/$name.log" | sort -u | wc -l)
+    partly=$(grep -o 'SKIP [a-z0-9_]* [^:]*:' "/tmp/$name.log" | awk '{print $2}' | sort -u | wc -l)
     # What `--attach auto` chose (tests/attach_modes.rs), for the table.
     grep -o 'auto chose [a-z_]*' "/tmp/$name.log" | sed 's/^auto chose /vmtest: attach /'
     # And every mode it traced the stall scenarios in.
     grep -o 'attach modes checked on this kernel: .*' "/tmp/$name.log" |
         sed 's/^attach modes checked on this kernel: /vmtest: modes /'
     grep -o 'SKIP [a-z0-9_]*:.*' "/tmp/$name.log" | cut -c1-300 | sed "s/^/vmtest: skip $name: /"
-    echo "vmtest: result $name rc=$rc passed=$passed failed=$failed skipped=$skipped secs=$secs"
+    grep -o 'SKIP [a-z0-9_]* [^:]*:.*' "/tmp/$name.log" | cut -c1-300 | sort -u |
+        sed "s/^/vmtest: skip part $name: /"
+    echo "vmtest: result $name rc=$rc passed=$passed failed=$failed skipped=$skipped partly=$partly secs=$secs"
 done <"$plan"

@@ -75,7 +75,7 @@ pub fn tool_or_skip(test: &str, candidates: &[&str]) -> Option<PathBuf> {
 pub fn pyenv_python_or_skip(test: &str, version: &str) -> Option<PathBuf> {
     let p = pyenv_python(version);
     if p.is_none() {
-        eprintln!("SKIP: {test}: no pyenv CPython {version}");
+        eprintln!("SKIP {test}: no pyenv CPython {version}");
     }
     p
 }
@@ -588,7 +588,7 @@ pub fn assert_spans_witnessed(
 /// kernel's syscall tracepoints may sleep, so a busy host can preempt the
 /// thread between lagtrace's hook and ftrace's; an emulated CPU runs both
 /// far slower.
-fn witness_tolerance_ns() -> u64 {
+pub fn witness_tolerance_ns() -> u64 {
     if emulated() { 3_000_000 } else { 1_000_000 }
 }
 
