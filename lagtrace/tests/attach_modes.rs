@@ -245,7 +245,11 @@ fn a_stall_right_after_attach_is_seen_on_a_worker_parked_before() {
                 let parked: Vec<&String> = fin
                     .stderr
                     .iter()
-                    .filter(|l| l.contains("asleep at attach"))
+                    .filter(|l| {
+                        l.contains("asleep at attach")
+                            || l.contains("not asleep in a loop wait")
+                            || l.contains("kernel knows at exit")
+                    })
                     .collect();
                 missed.push(format!(
                     "--attach {flag} round {round}: {:?}; spans: {:?}; {parked:?}",

@@ -460,6 +460,7 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         p.discard(events.get_mut(), FINAL_DISCARD);
     }
     let threads = probes.threads()?;
+    targets::log_known_threads(&threads);
     // The programs still run: an iteration that ended since that drain sent
     // its span after it. Without a second drain, one that ended before the
     // table was read was in neither (the last stall, when the target stops

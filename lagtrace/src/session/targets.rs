@@ -43,6 +43,26 @@ pub fn watch_parked(pid: u32, workers: bool, probes: &mut Probes) -> Result<()> 
     Ok(())
 }
 
+/// With `-v`, the kernel's view of each loop thread at the end: a stall
+/// with no span is told apart as a thread never seen, one still on
+/// probation, or one whose iteration never began.
+pub fn log_known_threads(threads: &[(u32, lagtrace_common::ThreadState)]) {
+    if !log::log_enabled!(log::Level::Info) {
+        return;
+    }
+    let known: Vec<String> = threads
+        .iter()
+        .map(|(tid, t)| {
+            format!(
+                "{tid} (pid {}): {} iterations begun, {} ended, probation {}, flags {:#x}, \
+                 in futex wait {}",
+                t.tgid, t.iteration, t.iterations, t.probation, t.flags, t.in_futex_wait
+            )
+        })
+        .collect();
+    log::info!("loop threads the kernel knows at exit: {known:?}");
+}
+
 /// How long after an exec the new interpreter gets to become readable
 /// (it is still starting when the exec is first seen).
 const REATTACH_WINDOW: Duration = Duration::from_secs(3);

@@ -51,19 +51,31 @@ pub struct Parked {
 
 /// The threads of `pid` asleep in a loop's wait; futex waits count only
 /// for the worker model (`workers`) and a thread named like a worker.
+/// With `-v`, what was read for the threads left out (the syscall number
+/// and first arguments, or `running`), to tell a missed first iteration's
+/// cause.
 pub fn parked_threads(pid: u32, workers: bool) -> Vec<Parked> {
-    tids_of(pid)
-        .into_iter()
-        .filter_map(|tid| {
-            let line = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?;
-            let wait = waiting_in(&line)?;
-            let named = || {
-                read_comm(pid, Some(tid))
-                    .is_some_and(|c| c.as_bytes().starts_with(WORKER_COMM_PREFIX))
-            };
-            (wait == Wait::Epoll || (workers && named())).then_some(Parked { tid, wait })
-        })
-        .collect()
+    let mut parked = Vec::new();
+    let mut others = Vec::new();
+    for tid in tids_of(pid) {
+        let Ok(line) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")) else {
+            continue;
+        };
+        let named = || {
+            read_comm(pid, Some(tid)).is_some_and(|c| c.as_bytes().starts_with(WORKER_COMM_PREFIX))
+        };
+        match waiting_in(&line) {
+            Some(wait) if wait == Wait::Epoll || (workers && named()) => {
+                parked.push(Parked { tid, wait });
+            }
+            _ => {
+                let read: Vec<&str> = line.split_whitespace().take(5).collect();
+                others.push(format!("{tid}: {}", read.join(" ")));
+            }
+        }
+    }
+    log::info!("pid {pid}: threads not asleep in a loop wait at attach: {others:?}");
+    parked
 }
 
 /// The wait a `/proc/PID/task/TID/syscall` line (`nr arg1 … arg6 sp pc`,

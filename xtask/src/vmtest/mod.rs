@@ -324,6 +324,16 @@ fn boot_kernel(
         boot.accel.name()
     );
     let console = qemu::boot(&boot)?;
+    // The whole console stays on disk: a failing test's log lines are in
+    // it, and the printed tail or the table may not reach them.
+    let saved = work.join(format!("console-{}.log", kernel.release));
+    std::fs::write(&saved, console.lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", saved.display()))?;
+    println!(
+        "vmtest: {} console saved in {}",
+        spec.label,
+        saved.display()
+    );
     if console.panicked || console.timed_out || !console.done {
         // What the guest said last: the panic, or the test it sat in.
         println!("  console tail ({}):", spec.label);
