@@ -385,7 +385,7 @@ impl Lagtrace {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let witness = witness::Recording::start_or_note();
+        let mut witness = witness::Recording::start_or_note();
         let mut child = cmd.spawn().expect("starting lagtrace");
         let stdout = lines_of::<ChildStdout>(child.stdout.take().expect("piped"));
         let stderr = lines_of::<ChildStderr>(child.stderr.take().expect("piped"));
@@ -400,6 +400,9 @@ impl Lagtrace {
         {
             let _ = child.kill();
             panic!("lagtrace did not attach: {seen:?}");
+        }
+        if let Some(w) = witness.as_mut() {
+            w.mark_attached();
         }
         Lagtrace {
             child,
@@ -556,9 +559,12 @@ pub fn assert_stalls_reported(spans: &[Value], stalls: &[Truth], threshold_ms: u
 /// As [`assert_stalls_reported`], with the kernel's own records of the
 /// traced threads' wait calls as a second witness (see [`witness`]). Where
 /// the span's thread made wait calls while recording, the span must begin
-/// at a wait's return and end at a wait's entry (or inside an epoll call:
+/// at a wait's return (or, for a thread lagtrace found asleep at attach,
+/// inside that wait) and end at a wait's entry (or inside an epoll call:
 /// `--attach exit-tp` hooks no entries and ends where the thread falls
-/// asleep in it), with no epoll call in between; it must also cover the
+/// asleep in it, and `fentry` hooks the wait function, which a thread
+/// preempted on its way in reaches late), with no epoll return in between;
+/// it must also cover the
 /// stall (-1 ms). The loop's own work around the stall is then measured by
 /// those records instead of allowed for by the truth bar's +3 ms. Without a
 /// witness, the truth bar.
@@ -653,8 +659,10 @@ fn against_witness(span: &Value, t: &Truth, w: &witness::Witness) -> f64 {
             w.around(tid, from, end + 2_000_000)
         )
     };
+    // A thread found asleep at attach begins at its switch onto a CPU,
+    // inside the wait it was found in.
     assert!(
-        w.returned_near(tid, start, tol),
+        w.returned_near(tid, start, tol) || w.in_a_wait_from_before_attach(tid, start),
         "stall {}: the span does not begin at a wait's return: {}",
         t.label,
         seen()
@@ -666,9 +674,9 @@ fn against_witness(span: &Value, t: &Truth, w: &witness::Witness) -> f64 {
         seen()
     );
     assert_eq!(
-        w.epoll_calls(tid, start + tol, end.saturating_sub(tol)),
+        w.epoll_returns(tid, start + tol, end.saturating_sub(tol)),
         0,
-        "stall {}: the span runs over an epoll call: {}",
+        "stall {}: the span runs over an epoll return: {}",
         t.label,
         seen()
     );

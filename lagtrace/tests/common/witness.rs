@@ -53,6 +53,7 @@ pub struct Recording {
     dir: PathBuf,
     enabled: Vec<PathBuf>,
     since_mono_ns: u64,
+    attached_mono_ns: Option<u64>,
 }
 
 /// What a finished recording saw: `(tid, boundary)` in time order, the
@@ -62,6 +63,9 @@ pub struct Witness {
     records: Vec<(u32, Boundary)>,
     wall: WallClock,
     since_mono_ns: u64,
+    /// When the harness saw lagtrace's start line (see
+    /// [`Recording::mark_attached`]).
+    attached_mono_ns: Option<u64>,
 }
 
 impl Recording {
@@ -88,6 +92,7 @@ impl Recording {
             dir,
             enabled: Vec::new(),
             since_mono_ns: 0,
+            attached_mono_ns: None,
         };
         rec.write("buffer_size_kb", BUFFER_KB)?;
         rec.write("trace_clock", "mono")?;
@@ -142,7 +147,15 @@ impl Recording {
             records: text.lines().filter_map(parse_line).collect(),
             wall: WallClock::measure(),
             since_mono_ns: self.since_mono_ns,
+            attached_mono_ns: self.attached_mono_ns,
         })
+    }
+
+    /// lagtrace printed its start line: it has armed its programs and
+    /// looked for threads asleep in their wait, which it watches from
+    /// their next switch onto a CPU.
+    pub fn mark_attached(&mut self) {
+        self.attached_mono_ns = Some(WallClock::now_mono_ns());
     }
 
     fn overruns(&self) -> u64 {
@@ -218,10 +231,40 @@ impl Witness {
         matches!(last, Some(Boundary::Enter(_, true)))
     }
 
-    /// `tid`'s epoll calls from `from` to `to` (wall-clock ns).
-    pub fn epoll_calls(&self, tid: u32, from: u64, to: u64) -> usize {
+    /// Whether `tid` was, at `at` (wall-clock ns), inside a wait call that
+    /// began before lagtrace attached. lagtrace begins the iteration of a
+    /// thread it found asleep at attach when the thread next gets a CPU:
+    /// inside that call, before its return (ms before it, under emulation).
+    pub fn in_a_wait_from_before_attach(&self, tid: u32, at: u64) -> bool {
+        let Some(attached) = self.attached_mono_ns else {
+            return false;
+        };
+        let mono = at.saturating_sub(self.offset_ns());
+        let mut of_tid = self.records.iter().filter(|(t, _)| *t == tid);
+        let last = of_tid
+            .clone()
+            .filter(|(_, b)| b.ns() <= mono)
+            .map(|(_, b)| *b)
+            .next_back();
+        match last {
+            Some(Boundary::Enter(began, _)) => began <= attached,
+            // No record before: the call began before the recording, if
+            // the thread's next record is its return.
+            None => matches!(
+                of_tid.find(|(_, b)| b.ns() > mono).map(|(_, b)| *b),
+                Some(Boundary::Exit(..))
+            ),
+            Some(Boundary::Exit(..)) => false,
+        }
+    }
+
+    /// `tid`'s epoll returns from `from` to `to` (wall-clock ns). A return
+    /// inside a span is an iteration boundary the span ran over; an entry
+    /// alone is not, as a span may end inside that call (see
+    /// [`Witness::waiting_near`]).
+    pub fn epoll_returns(&self, tid: u32, from: u64, to: u64) -> usize {
         self.of(tid, from, to)
-            .filter(|b| matches!(b, Boundary::Enter(_, true)))
+            .filter(|b| matches!(b, Boundary::Exit(_, true)))
             .count()
     }
 
