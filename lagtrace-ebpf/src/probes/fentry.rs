@@ -43,8 +43,11 @@ pub fn fentry_futex(ctx: FEntryContext) -> u32 {
     0
 }
 
+/// fexit sees the same arguments as fentry.
 #[fexit(function = "do_futex")]
-pub fn fexit_futex(_ctx: FExitContext) -> u32 {
-    let _ = futex_returned(bpf_get_current_pid_tgid());
+pub fn fexit_futex(ctx: FExitContext) -> u32 {
+    let _ = futex_returned(&ctx, bpf_get_current_pid_tgid(), || {
+        Some((ctx.arg::<u64>(1), ctx.arg::<u64>(3)))
+    });
     0
 }

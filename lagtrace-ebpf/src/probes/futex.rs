@@ -85,14 +85,22 @@ fn first_probation(timeout: u64) -> u32 {
 }
 
 #[tracepoint]
-pub fn futex_exit(_ctx: TracePointContext) -> u32 {
-    futex_returned(bpf_get_current_pid_tgid()).map_or(0, |()| 0)
+pub fn futex_exit(ctx: TracePointContext) -> u32 {
+    // The exit record has no arguments: see `futex_returned`.
+    futex_returned(&ctx, bpf_get_current_pid_tgid(), || None).map_or(0, |()| 0)
 }
 
-/// A futex operation of any thread returned.
+/// A futex operation of any thread returned. `call` gives its `(op,
+/// timeout)` where the attach mode can read them at the return.
 #[inline(always)]
-pub fn futex_returned(pid_tgid: u64) -> Option<()> {
-    let t = thread(pid_tgid as u32)?;
+pub fn futex_returned<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    call: impl FnOnce() -> Option<(u64, u64)>,
+) -> Option<()> {
+    let Some(t) = thread(pid_tgid as u32) else {
+        return parked_before_armed(ctx, pid_tgid, call);
+    };
     // Only the return of a wait seen entering starts an iteration: a thread
     // that merely wakes others (a plain thread notifying the runtime) is no
     // worker. A worker parked since before attach was marked as waiting by
@@ -101,6 +109,32 @@ pub fn futex_returned(pid_tgid: u64) -> Option<()> {
         return None;
     }
     t.in_futex_wait = 0;
+    begin(t, now_ns());
+    Some(())
+}
+
+/// A worker's park that began before the programs were armed, seen at its
+/// return: the kernel never saw it enter, and the /proc scan missed it
+/// (the thread was on its way into the wait, or just woken, so it read as
+/// running). Taken in here as an epoll return takes in its thread, by the
+/// rule of [`futex_entered`]: an untimed wait by a thread named like a
+/// worker. Modes that cannot read the call at its return (the classic exit
+/// tracepoint has no arguments) rely on the scan alone.
+#[inline(always)]
+fn parked_before_armed<C: EbpfContext>(
+    ctx: &C,
+    pid_tgid: u64,
+    call: impl FnOnce() -> Option<(u64, u64)>,
+) -> Option<()> {
+    let (tid, tgid) = (pid_tgid as u32, (pid_tgid >> 32) as u32);
+    if target(tgid)?.model != MODEL_WORKER {
+        return None;
+    }
+    let (op, timeout) = call()?;
+    if !is_futex_wait(op) || first_probation(timeout) != 0 {
+        return None;
+    }
+    let t = thread_or_insert(ctx, tid, tgid, 0)?;
     begin(t, now_ns());
     Some(())
 }

@@ -29,8 +29,8 @@ use crate::{
 };
 
 /// `struct pt_regs` on x86-64: `r10` and `si` (the fourth and second
-/// syscall arguments) and `orig_ax` (the syscall number, kept through the
-/// return).
+/// syscall arguments, kept through the return as well) and `orig_ax` (the
+/// syscall number, kept through the return).
 const PT_REGS_R10: usize = 56;
 const PT_REGS_SI: usize = 104;
 const PT_REGS_ORIG_AX: usize = 120;
@@ -86,7 +86,9 @@ fn sys_exit<C: EbpfContext>(ctx: &C, regs: u64) -> Option<()> {
     target((pid_tgid >> 32) as u32)?;
     match reg(regs, PT_REGS_ORIG_AX)? {
         EPOLL_WAIT | EPOLL_PWAIT | EPOLL_PWAIT2 => wait_returned(ctx, pid_tgid),
-        FUTEX => futex_returned(pid_tgid),
+        FUTEX => futex_returned(ctx, pid_tgid, || {
+            Some((reg(regs, PT_REGS_SI)?, reg(regs, PT_REGS_R10)?))
+        }),
         _ => None,
     }
 }

@@ -88,9 +88,12 @@ fn log_tables(tables: &UnwindTables, took: Duration) {
     }
 }
 
-/// The weight of one on-CPU sample; off-CPU time is counted in these units.
 /// The environment variable that turns on [`ProbeOptions::fault_skip_switch_in`].
 const FAULT_SKIP_SWITCH_IN: &str = "LAGTRACE_FAULT_SKIP_SWITCH_IN";
+
+/// Fault injection: no /proc scan for threads asleep in their wait at
+/// attach, as if it read every one as running.
+const FAULT_SKIP_PARKED_SCAN: &str = "LAGTRACE_FAULT_SKIP_PARKED_SCAN";
 
 /// Whether the fault-injection variable `name` is set (tests use it to
 /// reproduce on demand what the kernel does now and then); said on stderr,
@@ -238,8 +241,12 @@ pub async fn run(args: &Args) -> Result<Outcome> {
         None => None,
     };
     probes.attach(&opts)?;
-    for (pid, workers) in probes.target_models() {
-        targets::watch_parked(pid, workers, &mut probes)?;
+    // The fault leaves the kernel alone to find threads parked before it
+    // was armed (tests/attach_modes.rs).
+    if !fault_injection(FAULT_SKIP_PARKED_SCAN) {
+        for (pid, workers) in probes.target_models() {
+            targets::watch_parked(pid, workers, &mut probes)?;
+        }
     }
     let (mode, why) = probes.mode.clone().expect("set by attach");
     log::info!("attach: {mode}: {why}");
