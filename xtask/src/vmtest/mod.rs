@@ -70,6 +70,7 @@ const PLAN: &[(&str, &[&str])] = &[
             "auto_names_its_choice",
             "every_attach_mode_gives_the_truth",
             "a_stall_right_after_attach_is_seen_on_a_worker_parked_before",
+            "a_worker_parked_before_attach_is_taken_in_at_its_return",
         ],
     ),
 ];
