@@ -55,6 +55,7 @@ pub struct Parked {
 /// and first arguments, or `running`), to tell a missed first iteration's
 /// cause.
 pub fn parked_threads(pid: u32, workers: bool) -> Vec<Parked> {
+    let verbose = log::log_enabled!(log::Level::Info);
     let mut parked = Vec::new();
     let mut others = Vec::new();
     for tid in tids_of(pid) {
@@ -68,13 +69,16 @@ pub fn parked_threads(pid: u32, workers: bool) -> Vec<Parked> {
             Some(wait) if wait == Wait::Epoll || (workers && named()) => {
                 parked.push(Parked { tid, wait });
             }
-            _ => {
+            _ if verbose => {
                 let read: Vec<&str> = line.split_whitespace().take(5).collect();
                 others.push(format!("{tid}: {}", read.join(" ")));
             }
+            _ => {}
         }
     }
-    log::info!("pid {pid}: threads not asleep in a loop wait at attach: {others:?}");
+    if verbose {
+        log::info!("pid {pid}: threads not asleep in a loop wait at attach: {others:?}");
+    }
     parked
 }
 

@@ -562,8 +562,8 @@ pub fn assert_stalls_reported(spans: &[Value], stalls: &[Truth], threshold_ms: u
 /// at a wait's return (or, for a thread lagtrace found asleep at attach,
 /// inside that wait) and end at a wait's entry (or inside an epoll call:
 /// `--attach exit-tp` hooks no entries and ends where the thread falls
-/// asleep in it, and `fentry` hooks the wait function, which a thread
-/// preempted on its way in reaches late), with no epoll return in between;
+/// asleep in it, and `fentry` hooks the wait function, which a thread can
+/// reach well after the syscall's entry), with no epoll return in between;
 /// it must also cover the
 /// stall (-1 ms). The loop's own work around the stall is then measured by
 /// those records instead of allowed for by the truth bar's +3 ms. Without a
