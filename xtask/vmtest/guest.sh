@@ -42,6 +42,10 @@ while read -r name bin filters; do
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "vmtest: log $name: killed after the ${limit} s limit per test binary"
     secs=$(($(date +%s) - start))
     if [ $rc -ne 0 ]; then
+        # Each panic's message whole, folded for the console (the lines
+        # above cut a span's JSON; the guest's files die with it).
+        awk '/panicked at/ {on=1; next} /^stack backtrace:|^note: / {on=0} on' "/tmp/$name.log" |
+            fold -w 400 | head -n 300 | sed "s/^/vmtest: panic $name: /"
         # Each panic first (a test that failed early is out of the tail).
         grep -E -A3 'panicked' "/tmp/$name.log" | head -n 24 |
             cut -c1-400 | sed "s/^/vmtest: log $name: /"

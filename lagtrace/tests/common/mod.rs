@@ -650,13 +650,20 @@ fn against_witness(span: &Value, t: &Truth, w: &witness::Witness) -> f64 {
     let seen = || {
         let from = start.min(t.start_ns) - 2_000_000;
         let rel = |x: u64| (x as f64 - from as f64) / 1e6;
+        // The waits' window reaches back past the previous iteration's
+        // (a tick of up to 100 ms), and the count of every thread's
+        // records in the span tells a silent recording from a silent
+        // thread.
+        let back = from.saturating_sub(250_000_000);
         format!(
-            "span {:+.3}..{:+.3} ms, stall {:+.3}..{:+.3}; waits of tid {tid} (ms): {}",
+            "span {:+.3}..{:+.3} ms, stall {:+.3}..{:+.3}; waits of tid {tid} (ms): {}; \
+             records of all threads in the span: {}",
             rel(start),
             rel(end),
             rel(t.start_ns),
             rel(t.end_ns),
-            w.around(tid, from, end + 2_000_000)
+            w.around(tid, back, end + 2_000_000, from),
+            w.records_between(start, end)
         )
     };
     // A thread found asleep at attach begins at its switch onto a CPU,

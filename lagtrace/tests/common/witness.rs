@@ -286,10 +286,10 @@ impl Witness {
         Some(Iteration { began, ended })
     }
 
-    /// `tid`'s records from `from` to `to` (wall-clock ns), as text relative
-    /// to `from`, for a failure message.
-    pub fn around(&self, tid: u32, from: u64, to: u64) -> String {
-        let lo = from.saturating_sub(self.offset_ns()) as f64;
+    /// `tid`'s records from `from` to `to` (wall-clock ns), as text in ms
+    /// relative to `origin`, for a failure message.
+    pub fn around(&self, tid: u32, from: u64, to: u64, origin: u64) -> String {
+        let lo = origin.saturating_sub(self.offset_ns()) as f64;
         self.of(tid, from, to)
             .map(|b| {
                 let (what, t, epoll) = match b {
@@ -301,6 +301,18 @@ impl Witness {
             })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// How many records of any thread lie from `from` to `to` (wall-clock
+    /// ns): none at all in a span's window means the recording, not the
+    /// thread, was silent there.
+    pub fn records_between(&self, from: u64, to: u64) -> usize {
+        let lo = from.saturating_sub(self.offset_ns());
+        let hi = to.saturating_sub(self.offset_ns());
+        self.records
+            .iter()
+            .filter(|(_, b)| (lo..=hi).contains(&b.ns()))
+            .count()
     }
 
     fn offset_ns(&self) -> u64 {
