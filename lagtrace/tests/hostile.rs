@@ -682,12 +682,7 @@ fn swap_is_named_right(bin: &Path, libs: &[String], extra: &[&str]) {
     let (mut matched, mut wrong, mut right) = (0, 0, 0);
     for t in &truth {
         let label = t["label"].as_str().unwrap();
-        let stall = Truth {
-            label: label.to_string(),
-            tid: t["tid"].as_u64().unwrap() as u32,
-            start_ns: t["start_ns"].as_u64().unwrap(),
-            end_ns: t["end_ns"].as_u64().unwrap(),
-        };
+        let stall = Truth::from_json(t);
         let other = if label == "A" {
             "spin_in_libB"
         } else {

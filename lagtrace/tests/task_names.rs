@@ -25,12 +25,7 @@ fn check(test: &str, python: &Path, extra: &[&str]) {
         .collect();
     assert_eq!(stalls.len(), 3, "{test}: the target ran its three stalls");
     for s in &stalls {
-        let truth = Truth {
-            label: s["label"].as_str().unwrap_or_default().to_string(),
-            tid: s["tid"].as_u64().unwrap_or(0) as u32,
-            start_ns: s["start_ns"].as_u64().expect("start_ns"),
-            end_ns: s["end_ns"].as_u64().expect("end_ns"),
-        };
+        let truth = Truth::from_json(s);
         let found = matching_span(&fin.spans, &truth);
         assert_eq!(
             found.len(),

@@ -257,12 +257,7 @@ impl Target {
         read_jsonl(&self.truth)
             .into_iter()
             .filter(|v| v["kind"] == "stall")
-            .map(|v| Truth {
-                label: v["label"].as_str().unwrap_or("").to_string(),
-                tid: v["tid"].as_u64().unwrap_or(0) as u32,
-                start_ns: v["start_ns"].as_u64().expect("start_ns"),
-                end_ns: v["end_ns"].as_u64().expect("end_ns"),
-            })
+            .map(|v| Truth::from_json(&v))
             .collect()
     }
 
@@ -288,9 +283,24 @@ pub struct Truth {
     pub tid: u32,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// When the target's wait returned before the stall, by its own clock,
+    /// where the target writes it (`c_epoll_loop`): a third witness of
+    /// where the iteration began, for a failure message.
+    pub woke_ns: Option<u64>,
 }
 
 impl Truth {
+    /// A `{"kind":"stall",…}` line of a truth file.
+    pub fn from_json(v: &Value) -> Self {
+        Truth {
+            label: v["label"].as_str().unwrap_or("").to_string(),
+            tid: v["tid"].as_u64().unwrap_or(0) as u32,
+            start_ns: v["start_ns"].as_u64().expect("start_ns"),
+            end_ns: v["end_ns"].as_u64().expect("end_ns"),
+            woke_ns: v["woke_ns"].as_u64(),
+        }
+    }
+
     pub fn duration_ns(&self) -> u64 {
         self.end_ns - self.start_ns
     }
@@ -655,8 +665,12 @@ fn against_witness(span: &Value, t: &Truth, w: &witness::Witness) -> f64 {
         // records in the span tells a silent recording from a silent
         // thread.
         let back = from.saturating_sub(250_000_000);
+        let woke = t
+            .woke_ns
+            .map(|ns| format!("; the target's clock at its wait's return: {:+.3}", rel(ns)))
+            .unwrap_or_default();
         format!(
-            "span {:+.3}..{:+.3} ms, stall {:+.3}..{:+.3}; waits of tid {tid} (ms): {}; \
+            "span {:+.3}..{:+.3} ms, stall {:+.3}..{:+.3}{woke}; waits of tid {tid} (ms): {}; \
              records of all threads in the span: {}",
             rel(start),
             rel(end),

@@ -2,7 +2,8 @@
  * epoll loop (a 5 ms timerfd plus a signalfd for SIGUSR1/SIGTERM/SIGINT).
  * On SIGUSR1 it blocks itself in hot_spin_ms() -> inner_work(), two noinline
  * named frames a stack walker should show, once per --stalls-ms entry,
- * --gap-ms apart, and writes each stall's CLOCK_REALTIME window to --truth.
+ * --gap-ms apart, and writes each stall's CLOCK_REALTIME window to --truth,
+ * with the moment the wait before it returned (`woke_ns`).
  *
  * With --poll 1 it polls (epoll_wait with timeout 0) instead of sleeping
  * in its wait: a busy loop whose waits never leave the CPU. --tick-ms sets
@@ -134,6 +135,7 @@ int main(int argc, char **argv)
     for (;;) {
         struct epoll_event events[4];
         int n = epoll_wait(epfd, events, 4, poll ? 0 : -1);
+        int64_t woke_ns = now_ns(CLOCK_REALTIME); /* the iteration's start */
         if (n < 0)
             die("epoll_wait");
         for (int i = 0; i < n; i++) {
@@ -159,8 +161,9 @@ int main(int argc, char **argv)
             int64_t end_ns = now_ns(CLOCK_REALTIME);
             fprintf(truth,
                     "{\"kind\":\"stall\",\"label\":\"spin-%d-%dms\",\"tid\":%ld,"
-                    "\"start_ns\":%lld,\"end_ns\":%lld}\n",
-                    next, stalls[next], tid, (long long)start_ns, (long long)end_ns);
+                    "\"start_ns\":%lld,\"end_ns\":%lld,\"woke_ns\":%lld}\n",
+                    next, stalls[next], tid, (long long)start_ns, (long long)end_ns,
+                    (long long)woke_ns);
             fflush(truth);
             next_at = now_ns(CLOCK_MONOTONIC) + (int64_t)gap_ms * 1000000;
             if (++next == nstalls) {
