@@ -696,12 +696,7 @@ fn swap_is_named_right(bin: &Path, libs: &[String], extra: &[&str]) {
         for s in matching_span(&spans, &stall) {
             matched += 1;
             for st in s["stacks"].as_array().into_iter().flatten() {
-                let frames: Vec<&str> = st["frames"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
+                let frames = frames_of(st);
                 let n = st["samples"].as_u64().unwrap_or(0);
                 if frames.iter().any(|f| f.starts_with(other)) {
                     wrong += n;

@@ -348,15 +348,7 @@ fn the_kernel_tick_takes_the_samples_by_default() {
             .into_iter()
             .flatten()
             .filter(|st| st["kind"] == "on-cpu")
-            .filter(|st| {
-                let frames: Vec<&str> = st["frames"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                holds_the_ticks_frames(&frames)
-            })
+            .filter(|st| holds_the_ticks_frames(&frames_of(st)))
             .collect();
         assert!(
             with_tick.is_empty(),

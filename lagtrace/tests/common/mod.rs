@@ -306,6 +306,16 @@ impl Truth {
     }
 }
 
+/// The frame names of one stack of a span, outermost first.
+pub fn frames_of(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 pub fn read_jsonl(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
