@@ -108,15 +108,15 @@ fn cpu_bound_python_function_is_named_with_file_and_line() {
                 t.label,
                 share * 100.0
             );
-            // On an emulated CPU the loop's own code around the stall runs
-            // tens of times slower and takes a visible share of the span:
-            // the bar is 0.90 of the stall's share of the span there.
-            let bar = if common::emulated() {
-                let span_ns = span["duration_ns"].as_u64().unwrap_or(u64::MAX) as f64;
-                0.90 * (t.duration_ns() as f64 / span_ns).min(1.0)
-            } else {
-                0.97
-            };
+            // The span also holds the loop's own work around the stall
+            // (asyncio's, the truth file's write), rightly sampled outside
+            // `burn_cpu`: 5.6 ms of a 205.6 ms span in one CI run, 2 of 50
+            // samples. The bar is a share of the stall's share of the span:
+            // 0.97, or 0.90 on an emulated CPU, where that code runs tens of
+            // times slower.
+            let span_ns = span["duration_ns"].as_u64().unwrap_or(u64::MAX) as f64;
+            let stall_share = (t.duration_ns() as f64 / span_ns).min(1.0);
+            let bar = if common::emulated() { 0.90 } else { 0.97 } * stall_share;
             assert!(
                 share >= bar,
                 "python {v} {}: {hit}/{total} under burn_cpu, bar {bar:.3} ({:?}): {}",
